@@ -1,0 +1,1 @@
+//! Chatr client (being built; see the open issues).

@@ -1,0 +1,329 @@
+//! Payload layout of each packet: the spec's fields, then our trailing extensions.
+//!
+//! Extension rule (see `docs/PROTOCOL.md`): extension fields follow the spec's fields
+//! in a fixed order. When the payload ends exactly before an extension field, that
+//! field and all later ones are absent (`None`). When it ends *inside* one (e.g. one
+//! byte of a port), the frame is invalid ([`DecodeError::Truncated`]). Bytes after the
+//! last extension field we know are ignored, so newer peers can append more.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::endpoint::Endpoint;
+use crate::error::DecodeError;
+use crate::limits::{MAX_BYTE_ARRAY_LEN, MAX_STRING_LEN};
+use crate::packet::{
+    LINK_SECRET_LEN, PacketClientInfo, PacketConnect, PacketConnected, PacketConnectionRequest,
+    PacketConnectionRequestAccept, PacketConnectionRequestDenied, PacketDisconnect, PacketPing,
+    PacketPong, UDP_TOKEN_LEN,
+};
+use crate::reader::Reader;
+use crate::varint::varint_len;
+use crate::writer::{Writer, address_len};
+
+/// Encoding and decoding of one packet's payload (everything after the opcode).
+pub(crate) trait Payload: Sized {
+    /// Exact number of bytes [`Payload::write`] produces.
+    fn payload_len(&self) -> usize;
+    /// Appends the payload.
+    fn write(&self, w: &mut Writer<'_>);
+    /// Parses a complete payload.
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError>;
+}
+
+/// Stand-in written for an absent `Endpoint` that is followed by a present extension
+/// field: 0.0.0.0 with port 0. Decoding maps an unspecified address with port 0 back to
+/// `None` (such an endpoint could not be dialled anyway).
+const ABSENT_ENDPOINT: Endpoint = Endpoint {
+    ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    port: None,
+};
+
+/// Longest prefix of `s` that is at most `max` bytes and ends on a char boundary.
+fn clamp_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    s.get(..end).unwrap_or_default()
+}
+
+/// Longest prefix of `b` that is at most `max` bytes.
+fn clamp_bytes(b: &[u8], max: usize) -> &[u8] {
+    b.get(..max).unwrap_or(b)
+}
+
+/// Port as written on the wire: 0 means unknown.
+fn wire_port(port: Option<u16>) -> u16 {
+    port.unwrap_or(0)
+}
+
+/// Port as read from the wire: 0 means unknown.
+fn port_from_wire(port: u16) -> Option<u16> {
+    (port != 0).then_some(port)
+}
+
+/// Reads the optional trailing port after a spec `Address`.
+fn read_trailing_port(r: &mut Reader<'_>, field: &'static str) -> Result<Option<u16>, DecodeError> {
+    if r.is_empty() {
+        return Ok(None);
+    }
+    Ok(port_from_wire(r.u16(field)?))
+}
+
+impl Payload for PacketConnect {
+    fn payload_len(&self) -> usize {
+        4 + 16 + 4 + clamp_bytes(&self.signature, MAX_BYTE_ARRAY_LEN).len()
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        w.u32(self.version);
+        w.uuid(&self.uuid);
+        w.bytes_i32(clamp_bytes(&self.signature, MAX_BYTE_ARRAY_LEN));
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            version: r.u32("PacketConnect.version")?,
+            uuid: r.uuid("PacketConnect.uuid")?,
+            signature: r
+                .bytes_i32("PacketConnect.signature", MAX_BYTE_ARRAY_LEN)?
+                .to_vec(),
+        })
+    }
+}
+
+impl Payload for PacketDisconnect {
+    fn payload_len(&self) -> usize {
+        let s = clamp_str(&self.message, MAX_STRING_LEN);
+        // The clamp keeps the length far below u32::MAX.
+        varint_len(u32::try_from(s.len()).unwrap_or(u32::MAX)) + s.len()
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        w.string(clamp_str(&self.message, MAX_STRING_LEN));
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            message: r
+                .string("PacketDisconnect.message", MAX_STRING_LEN)?
+                .to_owned(),
+        })
+    }
+}
+
+impl Payload for PacketConnected {
+    fn payload_len(&self) -> usize {
+        if self.udp_token.is_some() {
+            UDP_TOKEN_LEN
+        } else {
+            0
+        }
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        if let Some(token) = &self.udp_token {
+            w.raw(token);
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let udp_token = if r.is_empty() {
+            None
+        } else {
+            Some(r.array::<UDP_TOKEN_LEN>("PacketConnected.udp_token")?)
+        };
+        Ok(Self { udp_token })
+    }
+}
+
+impl Payload for PacketPing {
+    fn payload_len(&self) -> usize {
+        8
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        w.i64(self.ping_id);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            ping_id: r.i64("PacketPing.ping_id")?,
+        })
+    }
+}
+
+impl Payload for PacketPong {
+    fn payload_len(&self) -> usize {
+        8
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        w.i64(self.ping_id);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            ping_id: r.i64("PacketPong.ping_id")?,
+        })
+    }
+}
+
+/// Layout shared by ConnectionRequest and ConnectionRequestAccept:
+/// UUID, Address, then the trailing port extension (omitted when unknown).
+fn private_endpoint_len(ep: &Endpoint) -> usize {
+    16 + address_len(&ep.ip) + if ep.port.is_some() { 2 } else { 0 }
+}
+
+fn write_uuid_endpoint(w: &mut Writer<'_>, uuid: &uuid::Uuid, ep: &Endpoint) {
+    w.uuid(uuid);
+    w.address(&ep.ip);
+    if let Some(port) = ep.port {
+        w.u16(port);
+    }
+}
+
+impl Payload for PacketConnectionRequest {
+    fn payload_len(&self) -> usize {
+        private_endpoint_len(&self.private_endpoint)
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        write_uuid_endpoint(w, &self.uuid, &self.private_endpoint);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let uuid = r.uuid("PacketConnectionRequest.uuid")?;
+        let ip = r.address("PacketConnectionRequest.private_endpoint")?;
+        let port = read_trailing_port(r, "PacketConnectionRequest.private_endpoint.port")?;
+        Ok(Self {
+            uuid,
+            private_endpoint: Endpoint { ip, port },
+        })
+    }
+}
+
+impl Payload for PacketConnectionRequestAccept {
+    fn payload_len(&self) -> usize {
+        private_endpoint_len(&self.private_endpoint)
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        write_uuid_endpoint(w, &self.uuid, &self.private_endpoint);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let uuid = r.uuid("PacketConnectionRequestAccept.uuid")?;
+        let ip = r.address("PacketConnectionRequestAccept.private_endpoint")?;
+        let port = read_trailing_port(r, "PacketConnectionRequestAccept.private_endpoint.port")?;
+        Ok(Self {
+            uuid,
+            private_endpoint: Endpoint { ip, port },
+        })
+    }
+}
+
+impl Payload for PacketConnectionRequestDenied {
+    fn payload_len(&self) -> usize {
+        16
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        w.uuid(&self.uuid);
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            uuid: r.uuid("PacketConnectionRequestDenied.uuid")?,
+        })
+    }
+}
+
+/// Which ClientInfo extension fields are written: a field is written when it or any
+/// later field is present, so trailing `None`s are omitted.
+struct ClientInfoLayout {
+    port: bool,
+    tcp: bool,
+    secret: bool,
+}
+
+impl PacketClientInfo {
+    fn layout(&self) -> ClientInfoLayout {
+        let secret = self.link_secret.is_some();
+        let tcp = self.tcp_endpoint.is_some() || secret;
+        let port = self.public_endpoint.port.is_some() || tcp;
+        ClientInfoLayout { port, tcp, secret }
+    }
+}
+
+impl Payload for PacketClientInfo {
+    fn payload_len(&self) -> usize {
+        let layout = self.layout();
+        let tcp = self.tcp_endpoint.unwrap_or(ABSENT_ENDPOINT);
+        16 + address_len(&self.public_endpoint.ip)
+            + if layout.port { 2 } else { 0 }
+            + if layout.tcp {
+                address_len(&tcp.ip) + 2
+            } else {
+                0
+            }
+            + if layout.secret { LINK_SECRET_LEN } else { 0 }
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        let layout = self.layout();
+        w.uuid(&self.uuid);
+        w.address(&self.public_endpoint.ip);
+        if layout.port {
+            w.u16(wire_port(self.public_endpoint.port));
+        }
+        if layout.tcp {
+            let tcp = self.tcp_endpoint.unwrap_or(ABSENT_ENDPOINT);
+            w.address(&tcp.ip);
+            w.u16(wire_port(tcp.port));
+        }
+        if let Some(secret) = &self.link_secret {
+            w.raw(secret);
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let uuid = r.uuid("PacketClientInfo.uuid")?;
+        let ip = r.address("PacketClientInfo.public_endpoint")?;
+        let port = read_trailing_port(r, "PacketClientInfo.public_endpoint.port")?;
+        let tcp_endpoint = if r.is_empty() {
+            None
+        } else {
+            // The TCP endpoint is one extension field: Address and port together.
+            let ip = r.address("PacketClientInfo.tcp_endpoint")?;
+            let port = port_from_wire(r.u16("PacketClientInfo.tcp_endpoint.port")?);
+            (!(ip.is_unspecified() && port.is_none())).then_some(Endpoint { ip, port })
+        };
+        let link_secret = if r.is_empty() {
+            None
+        } else {
+            Some(r.array::<LINK_SECRET_LEN>("PacketClientInfo.link_secret")?)
+        };
+        Ok(Self {
+            uuid,
+            public_endpoint: Endpoint { ip, port },
+            tcp_endpoint,
+            link_secret,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clamp_str_respects_char_boundaries() {
+        assert_eq!(clamp_str("héllo", 2), "h");
+        assert_eq!(clamp_str("héllo", 3), "hé");
+        assert_eq!(clamp_str("hi", 8), "hi");
+    }
+}

@@ -1,0 +1,241 @@
+//! Golden frames shared by the integration tests. The hex is written by hand from the
+//! spec (field by field, separated by spaces) and is the same as in `docs/PROTOCOL.md`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use chatr_proto::{
+    Endpoint, Packet, PacketClientInfo, PacketConnect, PacketConnected, PacketConnectionRequest,
+    PacketConnectionRequestAccept, PacketConnectionRequestDenied, PacketDisconnect, PacketPing,
+    PacketPong,
+};
+use uuid::Uuid;
+
+/// The UUID used by every golden frame: 00112233-4455-6677-8899-aabbccddeeff.
+pub(crate) const UUID_HEX: &str = "00112233445566778899aabbccddeeff";
+
+pub(crate) fn uuid() -> Uuid {
+    Uuid::parse_str("00112233-4455-6677-8899-aabbccddeeff").unwrap()
+}
+
+/// One hand-written frame and the packet it must decode to.
+pub(crate) struct Golden {
+    pub(crate) name: &'static str,
+    /// Hex with spaces between fields; `U` stands for [`UUID_HEX`].
+    pub(crate) hex: &'static str,
+    pub(crate) packet: Packet,
+    /// Payload lengths (bytes after the opcode) shorter than the full payload at which
+    /// the frame is still valid: the ends of the spec layout and of each extension field.
+    pub(crate) valid_cuts: &'static [usize],
+}
+
+impl Golden {
+    pub(crate) fn bytes(&self) -> Vec<u8> {
+        unhex(self.hex)
+    }
+}
+
+/// Decodes spaced hex; `U` expands to [`UUID_HEX`].
+pub(crate) fn unhex(spaced: &str) -> Vec<u8> {
+    let joined: String = spaced
+        .split_whitespace()
+        .map(|f| if f == "U" { UUID_HEX } else { f })
+        .collect();
+    hex::decode(joined).unwrap()
+}
+
+fn v4(a: u8, b: u8, c: u8, d: u8, port: Option<u16>) -> Endpoint {
+    Endpoint {
+        ip: IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
+        port,
+    }
+}
+
+pub(crate) fn goldens() -> Vec<Golden> {
+    vec![
+        Golden {
+            name: "Connect v1",
+            hex: "1d 00 00000001 U 00000004 deadbeef",
+            packet: Packet::Connect(PacketConnect {
+                version: 1,
+                uuid: uuid(),
+                signature: vec![0xde, 0xad, 0xbe, 0xef],
+            }),
+            valid_cuts: &[],
+        },
+        Golden {
+            name: "Connect v2, empty signature",
+            hex: "19 00 00000002 U 00000000",
+            packet: Packet::Connect(PacketConnect {
+                version: 2,
+                uuid: uuid(),
+                signature: vec![],
+            }),
+            valid_cuts: &[],
+        },
+        Golden {
+            name: "Disconnect",
+            hex: "10 01 0e 496e76616c6964205061636b6574",
+            packet: Packet::Disconnect(PacketDisconnect {
+                message: "Invalid Packet".into(),
+            }),
+            valid_cuts: &[],
+        },
+        Golden {
+            name: "Disconnect, non-ASCII",
+            hex: "05 01 03 6f c3 a9",
+            packet: Packet::Disconnect(PacketDisconnect {
+                message: "oé".into(),
+            }),
+            valid_cuts: &[],
+        },
+        Golden {
+            name: "Connected (spec)",
+            hex: "01 02",
+            packet: Packet::Connected(PacketConnected { udp_token: None }),
+            valid_cuts: &[],
+        },
+        Golden {
+            name: "Connected + udp_token",
+            hex: "11 02 000102030405060708090a0b0c0d0e0f",
+            packet: Packet::Connected(PacketConnected {
+                udp_token: Some([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]),
+            }),
+            valid_cuts: &[0],
+        },
+        Golden {
+            name: "Ping",
+            hex: "09 03 0102030405060708",
+            packet: Packet::Ping(PacketPing {
+                ping_id: 0x0102_0304_0506_0708,
+            }),
+            valid_cuts: &[],
+        },
+        Golden {
+            name: "Ping, negative id",
+            hex: "09 03 fffffffffffffffe",
+            packet: Packet::Ping(PacketPing { ping_id: -2 }),
+            valid_cuts: &[],
+        },
+        Golden {
+            name: "Pong",
+            hex: "09 04 000000000000002a",
+            packet: Packet::Pong(PacketPong { ping_id: 42 }),
+            valid_cuts: &[],
+        },
+        Golden {
+            name: "ConnectionRequest (spec)",
+            hex: "16 05 U 04 c0a8010a",
+            packet: Packet::ConnectionRequest(PacketConnectionRequest {
+                uuid: uuid(),
+                private_endpoint: v4(192, 168, 1, 10, None),
+            }),
+            valid_cuts: &[],
+        },
+        Golden {
+            name: "ConnectionRequest + port",
+            hex: "18 05 U 04 c0a8010a 1388",
+            packet: Packet::ConnectionRequest(PacketConnectionRequest {
+                uuid: uuid(),
+                private_endpoint: v4(192, 168, 1, 10, Some(5000)),
+            }),
+            valid_cuts: &[21],
+        },
+        Golden {
+            name: "ConnectionRequest IPv6 + port",
+            hex: "24 05 U 06 fe800000000000000000000000000001 01bb",
+            packet: Packet::ConnectionRequest(PacketConnectionRequest {
+                uuid: uuid(),
+                private_endpoint: Endpoint {
+                    ip: IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)),
+                    port: Some(443),
+                },
+            }),
+            valid_cuts: &[33],
+        },
+        Golden {
+            name: "ConnectionRequestAccept (spec)",
+            hex: "16 06 U 04 0a000002",
+            packet: Packet::ConnectionRequestAccept(PacketConnectionRequestAccept {
+                uuid: uuid(),
+                private_endpoint: v4(10, 0, 0, 2, None),
+            }),
+            valid_cuts: &[],
+        },
+        Golden {
+            name: "ConnectionRequestAccept + port",
+            hex: "18 06 U 04 0a000002 ffff",
+            packet: Packet::ConnectionRequestAccept(PacketConnectionRequestAccept {
+                uuid: uuid(),
+                private_endpoint: v4(10, 0, 0, 2, Some(65535)),
+            }),
+            valid_cuts: &[21],
+        },
+        Golden {
+            name: "ConnectionRequestDenied",
+            hex: "11 07 U",
+            packet: Packet::ConnectionRequestDenied(PacketConnectionRequestDenied { uuid: uuid() }),
+            valid_cuts: &[],
+        },
+        Golden {
+            name: "ClientInfo (spec)",
+            hex: "16 08 U 04 cb007105",
+            packet: Packet::ClientInfo(PacketClientInfo {
+                uuid: uuid(),
+                public_endpoint: v4(203, 0, 113, 5, None),
+                tcp_endpoint: None,
+                link_secret: None,
+            }),
+            valid_cuts: &[],
+        },
+        Golden {
+            name: "ClientInfo + port",
+            hex: "18 08 U 04 cb007105 9c40",
+            packet: Packet::ClientInfo(PacketClientInfo {
+                uuid: uuid(),
+                public_endpoint: v4(203, 0, 113, 5, Some(40000)),
+                tcp_endpoint: None,
+                link_secret: None,
+            }),
+            valid_cuts: &[21],
+        },
+        Golden {
+            name: "ClientInfo, all extensions",
+            hex: "3f 08 U 04 cb007105 9c40 04 c6336407 c3cb \
+                  aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            packet: Packet::ClientInfo(PacketClientInfo {
+                uuid: uuid(),
+                public_endpoint: v4(203, 0, 113, 5, Some(40000)),
+                tcp_endpoint: Some(v4(198, 51, 100, 7, Some(50123))),
+                link_secret: Some([0xaa; 32]),
+            }),
+            valid_cuts: &[21, 23, 30],
+        },
+        Golden {
+            name: "ClientInfo, unknown public port + tcp_endpoint",
+            hex: "1f 08 U 04 cb007105 0000 04 c6336407 c3cb",
+            packet: Packet::ClientInfo(PacketClientInfo {
+                uuid: uuid(),
+                public_endpoint: v4(203, 0, 113, 5, None),
+                tcp_endpoint: Some(v4(198, 51, 100, 7, Some(50123))),
+                link_secret: None,
+            }),
+            valid_cuts: &[21, 23],
+        },
+        Golden {
+            name: "ClientInfo, link_secret only",
+            hex: "3f 08 U 04 cb007105 0000 04 00000000 0000 \
+                  0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20",
+            packet: Packet::ClientInfo(PacketClientInfo {
+                uuid: uuid(),
+                public_endpoint: v4(203, 0, 113, 5, None),
+                tcp_endpoint: None,
+                link_secret: Some([
+                    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+                    23, 24, 25, 26, 27, 28, 29, 30, 31, 32,
+                ]),
+            }),
+            valid_cuts: &[21, 23, 30],
+        },
+    ]
+}

@@ -1,0 +1,250 @@
+//! Hand-written frames: decode to the expected packet, encode to the same bytes, and
+//! every truncation is classified right (frame cut → Incomplete, payload cut → invalid).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use chatr_proto::Endpoint;
+use chatr_proto::udp::UdpMessage;
+use chatr_proto::varint::encode_varint;
+use chatr_proto::{DecodeError, Packet, PacketDisconnect, decode_frame};
+use common::{goldens, unhex};
+
+#[test]
+fn every_golden_decodes_to_its_packet() {
+    for g in goldens() {
+        let bytes = g.bytes();
+        assert_eq!(
+            decode_frame(&bytes),
+            Ok((g.packet.clone(), bytes.len())),
+            "{}",
+            g.name
+        );
+    }
+}
+
+#[test]
+fn every_golden_encodes_to_its_bytes() {
+    for g in goldens() {
+        let bytes = g.bytes();
+        let mut out = Vec::new();
+        g.packet.encode(&mut out);
+        assert_eq!(hex::encode(&out), hex::encode(&bytes), "{}", g.name);
+        assert_eq!(g.packet.encoded_len(), bytes.len(), "{}", g.name);
+    }
+}
+
+#[test]
+fn every_opcode_has_a_golden() {
+    let mut seen: Vec<u8> = goldens().iter().map(|g| g.packet.opcode()).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, (0u8..=8).collect::<Vec<_>>());
+    for g in goldens() {
+        assert_eq!(g.bytes().get(1), Some(&g.packet.opcode()), "{}", g.name);
+    }
+}
+
+#[test]
+fn golden_followed_by_more_bytes_consumes_only_its_frame() {
+    for g in goldens() {
+        let mut bytes = g.bytes();
+        let len = bytes.len();
+        bytes.extend_from_slice(&[0x01, 0x02, 0x03]);
+        assert_eq!(
+            decode_frame(&bytes),
+            Ok((g.packet.clone(), len)),
+            "{}",
+            g.name
+        );
+    }
+}
+
+#[test]
+fn every_prefix_of_a_frame_is_incomplete() {
+    for g in goldens() {
+        let bytes = g.bytes();
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                decode_frame(bytes.get(..cut).unwrap()),
+                Err(DecodeError::Incomplete),
+                "{} cut at {cut}",
+                g.name
+            );
+        }
+    }
+}
+
+/// Rebuilds a frame around `payload`, with a correct length prefix.
+fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_varint(u32::try_from(payload.len() + 1).unwrap(), &mut out);
+    out.push(opcode);
+    out.extend_from_slice(payload);
+    out
+}
+
+#[test]
+fn every_field_truncated_inside_a_complete_frame_is_invalid() {
+    let mut checked = 0;
+    for g in goldens() {
+        let bytes = g.bytes();
+        // Every golden has a 1-byte length prefix.
+        let payload = bytes.get(2..).unwrap();
+        let opcode = g.packet.opcode();
+        for cut in 0..payload.len() {
+            let truncated = frame(opcode, payload.get(..cut).unwrap());
+            let result = decode_frame(&truncated);
+            if g.valid_cuts.contains(&cut) {
+                let (packet, used) = result.unwrap_or_else(|e| panic!("{} cut {cut}: {e}", g.name));
+                assert_eq!(used, truncated.len());
+                assert_eq!(packet.opcode(), opcode);
+            } else {
+                assert!(
+                    matches!(result, Err(DecodeError::Truncated { .. })),
+                    "{} cut at {cut}: {result:?}",
+                    g.name
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 300, "only {checked} truncations checked");
+}
+
+#[test]
+fn spec_layout_prefix_of_extended_frames_decodes_without_extensions() {
+    // ConnectionRequest + port, cut after the Address → port unknown.
+    let (p, _) = decode_frame(&unhex("16 05 U 04 c0a8010a")).unwrap();
+    let Packet::ConnectionRequest(req) = p else {
+        panic!("wrong packet {p:?}")
+    };
+    assert_eq!(req.private_endpoint.port, None);
+
+    // ClientInfo, all extensions, cut after the public port.
+    let (p, _) = decode_frame(&unhex("18 08 U 04 cb007105 9c40")).unwrap();
+    let Packet::ClientInfo(info) = p else {
+        panic!("wrong packet {p:?}")
+    };
+    assert_eq!(info.public_endpoint.port, Some(40000));
+    assert_eq!(info.tcp_endpoint, None);
+    assert_eq!(info.link_secret, None);
+}
+
+#[test]
+fn unknown_trailing_bytes_are_tolerated() {
+    let cases = [
+        ("0b 03 0102030405060708 ffff", "09 03 0102030405060708"),
+        (
+            "13 02 000102030405060708090a0b0c0d0e0f 0102",
+            "11 02 000102030405060708090a0b0c0d0e0f",
+        ),
+        ("1a 05 U 04 c0a8010a 1388 dead", "18 05 U 04 c0a8010a 1388"),
+        ("13 07 U 0000", "11 07 U"),
+        (
+            "40 08 U 04 cb007105 9c40 04 c6336407 c3cb \
+             aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa 00",
+            "3f 08 U 04 cb007105 9c40 04 c6336407 c3cb \
+             aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        ),
+        (
+            "1e 00 00000001 U 00000004 deadbeef 00",
+            "1d 00 00000001 U 00000004 deadbeef",
+        ),
+        (
+            "11 01 0e 496e76616c6964205061636b6574 00",
+            "10 01 0e 496e76616c6964205061636b6574",
+        ),
+    ];
+    for (with_trailer, plain) in cases {
+        let long = unhex(with_trailer);
+        let (expected, _) = decode_frame(&unhex(plain)).unwrap();
+        assert_eq!(
+            decode_frame(&long),
+            Ok((expected, long.len())),
+            "{with_trailer}"
+        );
+    }
+}
+
+#[test]
+fn partial_known_extension_is_truncated() {
+    // One byte of the ConnectionRequest port.
+    assert!(matches!(
+        decode_frame(&unhex("17 05 U 04 c0a8010a 13")),
+        Err(DecodeError::Truncated {
+            field: "PacketConnectionRequest.private_endpoint.port"
+        })
+    ));
+    // ClientInfo tcp_endpoint Address without its port.
+    assert!(matches!(
+        decode_frame(&unhex("1d 08 U 04 cb007105 9c40 04 c6336407")),
+        Err(DecodeError::Truncated {
+            field: "PacketClientInfo.tcp_endpoint.port"
+        })
+    ));
+    // Half a udp_token.
+    assert!(matches!(
+        decode_frame(&unhex("09 02 0001020304050607")),
+        Err(DecodeError::Truncated {
+            field: "PacketConnected.udp_token"
+        })
+    ));
+}
+
+#[test]
+fn port_zero_on_the_wire_is_unknown() {
+    let (p, _) = decode_frame(&unhex("18 06 U 04 0a000002 0000")).unwrap();
+    let Packet::ConnectionRequestAccept(acc) = p else {
+        panic!("wrong packet {p:?}")
+    };
+    assert_eq!(acc.private_endpoint.port, None);
+}
+
+#[test]
+fn two_byte_length_prefix() {
+    // Disconnect with a 130-byte message: payload = 82 01 (VarInt 130) + 130 bytes,
+    // frame length = 1 + 2 + 130 = 133 = VarInt 85 01.
+    let mut hex = String::from("8501 01 8201");
+    hex.push_str(&"61".repeat(130));
+    let bytes = unhex(&hex);
+    let packet = Packet::Disconnect(PacketDisconnect::new("a".repeat(130)));
+    assert_eq!(decode_frame(&bytes), Ok((packet.clone(), bytes.len())));
+    assert_eq!(packet.to_bytes(), bytes);
+    assert_eq!(packet.encoded_len(), 135);
+}
+
+#[test]
+fn examples_in_protocol_md_match_the_goldens() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
+    let doc = std::fs::read_to_string(path).unwrap();
+    let doc_hex: String = doc
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_lowercase();
+    for g in goldens() {
+        let want = hex::encode(g.bytes());
+        assert!(
+            doc_hex.contains(&want),
+            "PROTOCOL.md lacks the example for {}: {want}",
+            g.name
+        );
+    }
+    // The UDP control datagram examples (also checked in `udp.rs` unit tests).
+    let udp = [
+        UdpMessage::BindingRequest { token: [0xab; 16] },
+        UdpMessage::BindingResponse {
+            observed: Endpoint {
+                ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+                port: Some(40000),
+            },
+        },
+    ];
+    for msg in udp {
+        let want = hex::encode(msg.to_bytes());
+        assert!(doc_hex.contains(&want), "PROTOCOL.md lacks {msg:?}: {want}");
+    }
+}

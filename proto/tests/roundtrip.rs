@@ -1,0 +1,165 @@
+//! proptest round-trips: for every packet, decode(encode(p)) == p and the encoded
+//! length is exact.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use chatr_proto::{
+    Endpoint, MAX_BYTE_ARRAY_LEN, Packet, PacketClientInfo, PacketConnect, PacketConnected,
+    PacketConnectionRequest, PacketConnectionRequestAccept, PacketConnectionRequestDenied,
+    PacketDisconnect, PacketPing, PacketPong, decode_frame,
+};
+use proptest::prelude::*;
+use uuid::Uuid;
+
+fn any_uuid() -> impl Strategy<Value = Uuid> {
+    any::<[u8; 16]>().prop_map(Uuid::from_bytes)
+}
+
+fn any_ip() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        any::<[u8; 4]>().prop_map(|b| IpAddr::V4(Ipv4Addr::from(b))),
+        any::<[u8; 16]>().prop_map(|b| IpAddr::V6(Ipv6Addr::from(b))),
+    ]
+}
+
+fn any_endpoint() -> impl Strategy<Value = Endpoint> {
+    (any_ip(), proptest::option::of(1u16..=u16::MAX)).prop_map(|(ip, port)| Endpoint { ip, port })
+}
+
+/// A TCP endpoint that is distinguishable from the "absent" stand-in (0.0.0.0:0).
+fn any_tcp_endpoint() -> impl Strategy<Value = Endpoint> {
+    any_endpoint().prop_filter("unspecified without port means absent", |e| {
+        !(e.ip.is_unspecified() && e.port.is_none())
+    })
+}
+
+fn any_packet() -> impl Strategy<Value = Packet> {
+    prop_oneof![
+        (
+            any::<u32>(),
+            any_uuid(),
+            proptest::collection::vec(any::<u8>(), 0..=MAX_BYTE_ARRAY_LEN)
+        )
+            .prop_map(|(version, uuid, signature)| Packet::Connect(PacketConnect {
+                version,
+                uuid,
+                signature
+            })),
+        // At most 250 chars of at most 4 bytes: within MAX_STRING_LEN.
+        ".{0,250}".prop_map(|message| Packet::Disconnect(PacketDisconnect { message })),
+        proptest::option::of(any::<[u8; 16]>())
+            .prop_map(|udp_token| Packet::Connected(PacketConnected { udp_token })),
+        any::<i64>().prop_map(|ping_id| Packet::Ping(PacketPing { ping_id })),
+        any::<i64>().prop_map(|ping_id| Packet::Pong(PacketPong { ping_id })),
+        (any_uuid(), any_endpoint()).prop_map(|(uuid, private_endpoint)| {
+            Packet::ConnectionRequest(PacketConnectionRequest {
+                uuid,
+                private_endpoint,
+            })
+        }),
+        (any_uuid(), any_endpoint()).prop_map(|(uuid, private_endpoint)| {
+            Packet::ConnectionRequestAccept(PacketConnectionRequestAccept {
+                uuid,
+                private_endpoint,
+            })
+        }),
+        any_uuid().prop_map(|uuid| Packet::ConnectionRequestDenied(
+            PacketConnectionRequestDenied { uuid }
+        )),
+        (
+            any_uuid(),
+            any_endpoint(),
+            proptest::option::of(any_tcp_endpoint()),
+            proptest::option::of(any::<[u8; 32]>())
+        )
+            .prop_map(|(uuid, public_endpoint, tcp_endpoint, link_secret)| {
+                Packet::ClientInfo(PacketClientInfo {
+                    uuid,
+                    public_endpoint,
+                    tcp_endpoint,
+                    link_secret,
+                })
+            }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn decode_of_encode_is_identity(packet in any_packet()) {
+        let mut bytes = Vec::new();
+        packet.encode(&mut bytes);
+        prop_assert_eq!(packet.encoded_len(), bytes.len());
+        prop_assert_eq!(decode_frame(&bytes), Ok((packet.clone(), bytes.len())));
+    }
+
+    #[test]
+    fn encode_appends_and_frames_concatenate(a in any_packet(), b in any_packet()) {
+        let mut bytes = vec![0xAA];
+        a.encode(&mut bytes);
+        b.encode(&mut bytes);
+        let rest = bytes.get(1..).unwrap();
+        let (first, used) = decode_frame(rest).unwrap();
+        prop_assert_eq!(&first, &a);
+        prop_assert_eq!(used, a.encoded_len());
+        let (second, used2) = decode_frame(rest.get(used..).unwrap()).unwrap();
+        prop_assert_eq!(second, b);
+        prop_assert_eq!(used + used2, rest.len());
+    }
+
+    #[test]
+    fn opcode_decode_matches_frame(packet in any_packet()) {
+        let bytes = packet.to_bytes();
+        let (_, header) = chatr_proto::varint::decode_varint(&bytes).unwrap();
+        let payload = bytes.get(header + 1..).unwrap();
+        prop_assert_eq!(bytes.get(header), Some(&packet.opcode()));
+        prop_assert_eq!(Packet::decode(packet.opcode(), payload), Ok(packet));
+    }
+}
+
+#[test]
+fn over_limit_fields_are_clamped_on_encode() {
+    let long = "é".repeat(600); // 1200 bytes
+    let packet = Packet::Disconnect(PacketDisconnect { message: long });
+    let bytes = packet.to_bytes();
+    assert_eq!(bytes.len(), packet.encoded_len());
+    let (decoded, _) = decode_frame(&bytes).unwrap();
+    assert_eq!(
+        decoded,
+        Packet::Disconnect(PacketDisconnect {
+            message: "é".repeat(512)
+        })
+    );
+
+    let packet = Packet::Connect(PacketConnect {
+        version: 2,
+        uuid: Uuid::nil(),
+        signature: vec![7; 5000],
+    });
+    let bytes = packet.to_bytes();
+    assert_eq!(bytes.len(), packet.encoded_len());
+    let (decoded, _) = decode_frame(&bytes).unwrap();
+    let Packet::Connect(c) = decoded else {
+        panic!("wrong packet")
+    };
+    assert_eq!(c.signature, vec![7; MAX_BYTE_ARRAY_LEN]);
+}
+
+#[test]
+fn absent_tcp_endpoint_before_link_secret_round_trips() {
+    let packet = Packet::ClientInfo(PacketClientInfo {
+        uuid: Uuid::nil(),
+        public_endpoint: Endpoint {
+            ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
+            port: Some(9),
+        },
+        tcp_endpoint: None,
+        link_secret: Some([3; 32]),
+    });
+    assert_eq!(
+        decode_frame(&packet.to_bytes()),
+        Ok((packet.clone(), packet.encoded_len()))
+    );
+}

@@ -1,0 +1,1 @@
+//! Chatr Connect server (being built; see the open issues).

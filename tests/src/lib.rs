@@ -1,0 +1,1 @@
+//! End-to-end tests, the NAT lab and chatr-bench (being built).
