@@ -1,0 +1,143 @@
+//! Server configuration as the library sees it.
+//!
+//! The binary builds a [`ServerConfig`] from CLI flags, `CHATR_*` variables and
+//! a TOML file (see `settings.rs`); tests build one directly, usually with port 0
+//! and short timings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Who may register identities through the REST API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistrationPolicy {
+    /// Anyone may register.
+    #[default]
+    Open,
+    /// A single-use token issued by an admin is required.
+    Token,
+    /// Only the admin CLI may add identities.
+    Closed,
+}
+
+/// Spec timings, configurable so tests can run fast.
+#[derive(Debug, Clone)]
+pub struct Timings {
+    /// Next ping goes out this long after the last pong (spec: at most 5 s).
+    pub ping_interval: Duration,
+    /// No matching pong this long after a ping: "Time out" (spec: 15 s).
+    pub ping_timeout: Duration,
+    /// TLS handshake plus PacketConnect must finish within this (default 10 s).
+    pub login_timeout: Duration,
+    /// A connection request nobody answers expires after this (default 30 s).
+    pub request_timeout: Duration,
+    /// How long an existing session has to answer the probe ping before a
+    /// newcomer with the same UUID takes over (default 2 s).
+    pub takeover_probe: Duration,
+    /// A write to a client (a flush of queued packets, the TLS close) that
+    /// takes longer than this ends the session: the client is not reading.
+    pub write_timeout: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(5),
+            ping_timeout: Duration::from_secs(15),
+            login_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            takeover_probe: Duration::from_secs(2),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Limits that protect the server and other clients from one client.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Maximum simultaneous TCP connections (logged in or not).
+    pub max_connections: usize,
+    /// Maximum simultaneous TCP connections from one source IP.
+    pub max_connections_per_ip: usize,
+    /// Outbound packets queued per session before it is considered too slow.
+    pub session_queue: usize,
+    /// Connection requests a session may send per second (sustained).
+    pub requests_per_second: u32,
+    /// Burst allowance for connection requests.
+    pub request_burst: u32,
+    /// Pending (unanswered) outgoing requests one session may have.
+    pub max_pending_requests: usize,
+    /// REST API requests per second per source IP (sustained).
+    pub api_requests_per_second: u32,
+    /// REST API burst per source IP.
+    pub api_burst: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 200_000,
+            max_connections_per_ip: 64,
+            session_queue: 64,
+            requests_per_second: 10,
+            request_burst: 20,
+            max_pending_requests: 32,
+            api_requests_per_second: 5,
+            api_burst: 20,
+        }
+    }
+}
+
+/// Everything `chatr_server::start` needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// TCP (TLS) and UDP (endpoint discovery, STUN) listen address. Port 0 in tests.
+    pub listen: SocketAddr,
+    /// HTTPS registry API listen address.
+    pub api_listen: SocketAddr,
+    /// Where the registry database, generated certificate and admin socket live.
+    pub data_dir: PathBuf,
+    /// PEM certificate chain; `None` = self-signed cert kept in `data_dir`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key; required when `cert` is set.
+    pub key: Option<PathBuf>,
+    /// Extra subject alternative names (DNS names or IP addresses) for the
+    /// self-signed certificate created on first start (`--san`). The defaults
+    /// localhost, 127.0.0.1, ::1 and the hostname are always included.
+    pub san: Vec<String>,
+    /// Refuse version-1 (unbound) login signatures.
+    pub require_channel_binding: bool,
+    /// Who may register.
+    pub registration: RegistrationPolicy,
+    /// Protocol timings.
+    pub timings: Timings,
+    /// Protection limits.
+    pub limits: Limits,
+}
+
+impl ServerConfig {
+    /// Defaults for a server keeping its state in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7777)),
+            api_listen: SocketAddr::from(([0, 0, 0, 0], 7778)),
+            data_dir: data_dir.into(),
+            cert: None,
+            key: None,
+            san: Vec::new(),
+            require_channel_binding: false,
+            registration: RegistrationPolicy::Open,
+            timings: Timings::default(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Loopback, port 0 everywhere: what in-process tests want.
+    pub fn for_tests(data_dir: impl Into<PathBuf>) -> Self {
+        let mut config = Self::new(data_dir);
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.api_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config
+    }
+}

@@ -1,0 +1,279 @@
+//! Starting and stopping the whole server.
+//!
+//! [`start`] binds everything (TLS on TCP and the discovery/STUN port on UDP
+//! at the same port number, the HTTPS registry API, the admin socket), spawns
+//! the tasks and returns a [`ServerHandle`] at once; [`run`] is start + wait.
+//! Cancelling the `shutdown` token stops accepting, sends every connection
+//! PacketDisconnect "Server shutting down", lets in-flight registry writes
+//! finish and then lets [`ServerHandle::join`] return.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{AdminContext, AdminListener, SessionControl, serve_admin};
+use crate::api::{ApiContext, serve_api};
+use crate::config::ServerConfig;
+use crate::conn_limit::ConnectionLimiter;
+use crate::error::ServerError;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::session::SessionConfig;
+use crate::session::driver::{ConnContext, serve_tcp};
+use crate::tls::TlsIdentity;
+use crate::udp;
+
+/// A running server. Dropping it does not stop the server: cancel the
+/// shutdown token, then [`ServerHandle::join`].
+#[derive(Debug)]
+pub struct ServerHandle {
+    connect_addr: SocketAddr,
+    api_addr: SocketAddr,
+    admin_socket: std::path::PathBuf,
+    tls: TlsIdentity,
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    hub: Hub,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl ServerHandle {
+    /// The Connect address: TLS on TCP, endpoint discovery and STUN on UDP.
+    pub fn connect_addr(&self) -> SocketAddr {
+        self.connect_addr
+    }
+
+    /// The HTTPS registry API address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// Path of the admin socket.
+    pub fn admin_socket(&self) -> &std::path::Path {
+        &self.admin_socket
+    }
+
+    /// Lowercase hex SHA-256 of the current leaf certificate (what clients pin).
+    pub fn cert_fingerprint(&self) -> String {
+        self.tls.fingerprint()
+    }
+
+    /// The current certificate chain in PEM.
+    pub fn cert_pem(&self) -> String {
+        self.tls.cert_pem()
+    }
+
+    /// The TLS identity (e.g. to [`TlsIdentity::reload`] on SIGHUP).
+    pub fn tls(&self) -> &TlsIdentity {
+        &self.tls
+    }
+
+    /// The identity registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The online sessions.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// The token that stops the server.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Waits until every task has stopped (after the shutdown token was
+    /// cancelled) and the registry has finished its writes.
+    pub async fn join(self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+        self.registry.close().await;
+        tracing::info!("server stopped");
+    }
+}
+
+/// Binds everything and starts serving; returns at once.
+pub async fn start(
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> Result<ServerHandle, ServerError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let tls = TlsIdentity::load_or_create(&config)?;
+    let registry = Registry::open_in(&config.data_dir)?;
+    let metrics = Arc::new(Metrics::default());
+    let hub = Hub::new(Arc::clone(&metrics));
+
+    let (listener, udp_socket) = bind_connect_port(config.listen).await?;
+    let connect_addr = local_addr(&listener, config.listen, "TCP")?;
+    let api_listener = TcpListener::bind(config.api_listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.api_listen,
+            protocol: "TCP",
+            source,
+        })?;
+    let api_addr = local_addr(&api_listener, config.api_listen, "TCP")?;
+    let admin_listener = AdminListener::bind(&config.data_dir)?;
+    let admin_socket = admin_listener.path().to_path_buf();
+
+    tracing::info!(
+        connect = %connect_addr,
+        api = %api_addr,
+        fingerprint = %tls.fingerprint(),
+        registered = registry.len(),
+        "chatr-server listening (TLS and UDP on the connect port)"
+    );
+
+    let tracker = TaskTracker::new();
+    let ctx = Arc::new(ConnContext {
+        hub: hub.clone(),
+        tls: tls.clone(),
+        keys: Arc::new(registry.clone()),
+        metrics: Arc::clone(&metrics),
+        session: SessionConfig::from_server(&config),
+        queue: config.limits.session_queue,
+    });
+    let limiter = ConnectionLimiter::new(
+        config.limits.max_connections,
+        config.limits.max_connections_per_ip,
+    );
+    tracker.spawn(accept_loop(
+        listener,
+        ctx,
+        limiter,
+        tracker.clone(),
+        shutdown.clone(),
+    ));
+    tracker.spawn(udp::serve(
+        udp_socket,
+        hub.clone(),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
+    let api = ApiContext::new(&config, registry.clone(), Arc::clone(&metrics), tls.clone());
+    tracker.spawn(serve_api(api, api_listener, shutdown.clone()));
+    let sessions: Arc<dyn SessionControl> = Arc::new(hub.clone());
+    let admin = AdminContext::new(registry.clone(), Some(sessions));
+    tracker.spawn(serve_admin(admin, admin_listener, shutdown.clone()));
+
+    Ok(ServerHandle {
+        connect_addr,
+        api_addr,
+        admin_socket,
+        tls,
+        registry,
+        metrics,
+        hub,
+        shutdown,
+        tracker,
+    })
+}
+
+/// Starts the server and runs it until `shutdown` is cancelled and every
+/// task has stopped.
+pub async fn run(config: ServerConfig, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let handle = start(config, shutdown).await?;
+    handle.join().await;
+    Ok(())
+}
+
+fn local_addr(
+    listener: &TcpListener,
+    requested: SocketAddr,
+    protocol: &'static str,
+) -> Result<SocketAddr, ServerError> {
+    listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: requested,
+        protocol,
+        source,
+    })
+}
+
+/// Binds TCP and UDP on the same port. With port 0 the kernel picks the TCP
+/// port and the UDP bind may find it taken; then both are retried.
+async fn bind_connect_port(addr: SocketAddr) -> Result<(TcpListener, UdpSocket), ServerError> {
+    const ATTEMPTS: usize = 16;
+    let mut last_error = None;
+    for _ in 0..ATTEMPTS {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr,
+                protocol: "TCP",
+                source,
+            })?;
+        let bound = local_addr(&listener, addr, "TCP")?;
+        match UdpSocket::bind(bound).await {
+            Ok(socket) => return Ok((listener, socket)),
+            Err(source) if addr.port() == 0 && source.kind() == std::io::ErrorKind::AddrInUse => {
+                last_error = Some((bound, source));
+            }
+            Err(source) => {
+                return Err(ServerError::Bind {
+                    addr: bound,
+                    protocol: "UDP",
+                    source,
+                });
+            }
+        }
+    }
+    let (addr, source) =
+        last_error.unwrap_or_else(|| (addr, std::io::Error::from(std::io::ErrorKind::AddrInUse)));
+    Err(ServerError::Bind {
+        addr,
+        protocol: "UDP",
+        source,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ConnContext>,
+    limiter: ConnectionLimiter,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let Some(permit) = limiter.try_admit(peer.ip()) else {
+            tracing::debug!(%peer, open = limiter.open(), "connection cap reached; closing");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let ctx = Arc::clone(&ctx);
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            serve_tcp(ctx, tcp, peer, shutdown).await;
+            drop(permit);
+        });
+    }
+    tracing::debug!("accept loop stopped");
+}

@@ -1,0 +1,63 @@
+//! One client connection, from TCP accept to close.
+//!
+//! The protocol logic is the sans-IO [`machine::Session`]: login (PacketConnect
+//! first, signature check, duplicate-UUID probe and takeover), ping/pong, and
+//! this client's half of brokering (rate limit, pending requests and their
+//! expiry, dropping answers nobody asked for). [`driver`] is the one tokio task
+//! per connection that owns the TLS stream and the session's bounded inbox
+//! from the [`crate::hub::Hub`], and executes the machine's actions.
+
+mod action;
+pub(crate) mod driver;
+mod event;
+mod login;
+pub(crate) mod machine;
+mod ping;
+mod rate_limit;
+#[cfg(test)]
+mod tests;
+
+use ed25519_dalek::VerifyingKey;
+use uuid::Uuid;
+
+pub(crate) use action::Action;
+pub use action::Layout;
+pub(crate) use event::{ClaimOutcome, HubEvent, PeerEndpoints, PeerEvent};
+pub use machine::{ALREADY_CONNECTED, FAILED_TO_VERIFY, INVALID_PACKET, SHUTTING_DOWN, TIME_OUT};
+
+use crate::config::{ServerConfig, Timings};
+use crate::registry::Registry;
+
+/// Where the login path finds registered keys (the registry, or a map in tests).
+pub(crate) trait KeyLookup: Send + Sync {
+    /// The registered key of `uuid`.
+    fn lookup(&self, uuid: &Uuid) -> Option<VerifyingKey>;
+}
+
+impl KeyLookup for Registry {
+    fn lookup(&self, uuid: &Uuid) -> Option<VerifyingKey> {
+        Registry::lookup(self, uuid)
+    }
+}
+
+/// The parts of [`ServerConfig`] a session needs.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionConfig {
+    pub(crate) timings: Timings,
+    pub(crate) require_channel_binding: bool,
+    pub(crate) requests_per_second: u32,
+    pub(crate) request_burst: u32,
+    pub(crate) max_pending_requests: usize,
+}
+
+impl SessionConfig {
+    pub(crate) fn from_server(config: &ServerConfig) -> Self {
+        Self {
+            timings: config.timings.clone(),
+            require_channel_binding: config.require_channel_binding,
+            requests_per_second: config.limits.requests_per_second,
+            request_burst: config.limits.request_burst,
+            max_pending_requests: config.limits.max_pending_requests,
+        }
+    }
+}
