@@ -1,5 +1,7 @@
-//! `chatr` binary (being built).
-fn main() {
-    eprintln!("chatr: not built yet");
-    std::process::exit(1);
+//! `chatr`: the command-line client (see `cli/` for the commands).
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

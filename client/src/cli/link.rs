@@ -1,0 +1,263 @@
+//! What every link command shares: starting the client, naming peers, asking
+//! for or accepting a link, and writing the `--report` JSON.
+
+use chatr_client::contacts::Contacts;
+use chatr_client::identity::public_key_base64;
+use chatr_client::link::PeerLink;
+use chatr_client::node::failure_json;
+use chatr_client::{Client, ClientError, ClientOptions, IncomingRequest, LinkReport};
+use ed25519_dalek::VerifyingKey;
+use uuid::Uuid;
+
+use super::{CliError, Globals, setup};
+
+/// A peer we are about to link with, and the key it must prove.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    pub(crate) uuid: Uuid,
+    pub(crate) key: VerifyingKey,
+    /// The contact's alias, or the UUID for strangers.
+    pub(crate) name: String,
+}
+
+/// Who `listen`/`pipe --listen`/`receive` accept links from.
+#[derive(Debug, Clone)]
+pub(crate) enum Policy {
+    /// Anyone in the address book.
+    Contacts,
+    /// Only this contact.
+    Only(Uuid),
+    /// Contacts, plus anyone else with the key the registry has for them.
+    Anyone,
+}
+
+impl Policy {
+    /// `--from NAME` (a contact) or every contact.
+    pub(crate) fn from_arg(g: &Globals, from: Option<&str>) -> Result<Self, CliError> {
+        match from {
+            None => Ok(Self::Contacts),
+            Some(name) => Ok(Self::Only(resolve_contact(g, name)?.uuid)),
+        }
+    }
+}
+
+/// Starts a client from the home directory and waits until it is online.
+pub(crate) async fn start_client(g: &Globals) -> Result<Client, CliError> {
+    let options = ClientOptions::from_home(&g.home)?;
+    let wait = options.online_timeout;
+    let client = Client::start(options).await?;
+    let online = interruptible(async { Ok(client.wait_online(wait).await?) }).await;
+    if let Err(e) = online {
+        client.shutdown().await;
+        return Err(e);
+    }
+    Ok(client)
+}
+
+/// A contact by alias or UUID.
+pub(crate) fn resolve_contact(g: &Globals, name: &str) -> Result<Peer, CliError> {
+    let book = g.home.contacts()?;
+    book.find(name)
+        .map(|c| Peer {
+            uuid: c.uuid,
+            key: c.key,
+            name: c.alias.clone(),
+        })
+        .ok_or_else(|| ClientError::UnknownPeer(name.to_string()).into())
+}
+
+/// A contact, or a UUID that is not one (its key then comes from the registry).
+pub(crate) async fn resolve_peer(g: &Globals, name: &str) -> Result<Peer, CliError> {
+    match resolve_contact(g, name) {
+        Ok(peer) => Ok(peer),
+        Err(not_found) => {
+            let Ok(uuid) = Uuid::parse_str(name.trim()) else {
+                return Err(not_found);
+            };
+            let key = setup::lookup_peer(g, uuid).await?;
+            eprintln!(
+                "note: {uuid} is not in your contacts; using the key the registry gives ({}). \
+                 Pin it with `chatr contacts add {uuid} <alias>`.",
+                public_key_base64(&key)
+            );
+            Ok(Peer {
+                uuid,
+                key,
+                name: uuid.to_string(),
+            })
+        }
+    }
+}
+
+/// Asks for a link to `peer`, writing the report either way.
+pub(crate) async fn request(
+    g: &Globals,
+    client: &Client,
+    peer: &Peer,
+) -> Result<PeerLink, CliError> {
+    eprintln!("asking {} for a link…", peer.name);
+    let attempt = tokio::select! {
+        r = client.request_link(peer.uuid, peer.key) => r,
+        _ = ctrl_c() => return Err(CliError::Interrupted),
+    };
+    match attempt {
+        Ok((link, report)) => {
+            announce(peer, &report);
+            write_report(g, &report.to_json());
+            Ok(link)
+        }
+        Err(e) => {
+            write_report(g, &failure_json(Some(peer.uuid), &e));
+            Err(e.into())
+        }
+    }
+}
+
+/// Decides on one request per `policy`: the peer to accept (with its key), or
+/// `None` after denying it.
+pub(crate) async fn decide(
+    g: &Globals,
+    req: &IncomingRequest,
+    policy: &Policy,
+) -> Result<Option<Peer>, CliError> {
+    let book: Contacts = g.home.contacts()?;
+    let uuid = req.peer();
+    let contact = book.by_uuid(&uuid).map(|c| Peer {
+        uuid,
+        key: c.key,
+        name: c.alias.clone(),
+    });
+    let peer = match (policy, contact) {
+        (Policy::Only(only), Some(c)) if *only == uuid => Some(c),
+        (Policy::Only(_), _) => None,
+        (Policy::Contacts | Policy::Anyone, Some(c)) => Some(c),
+        (Policy::Contacts, None) => None,
+        (Policy::Anyone, None) => match setup::lookup_peer(g, uuid).await {
+            Ok(key) => Some(Peer {
+                uuid,
+                key,
+                name: uuid.to_string(),
+            }),
+            Err(e) => {
+                eprintln!("cannot get the key of {uuid} from the registry: {e}");
+                None
+            }
+        },
+    };
+    if peer.is_none() {
+        eprintln!("denied a link request from {uuid} (not accepted by this command's policy)");
+    }
+    Ok(peer)
+}
+
+/// Waits for requests, denying those `policy` refuses, until one links.
+/// Failed attempts are reported and end the wait only if `stop_on_failure`.
+pub(crate) async fn accept_one(
+    g: &Globals,
+    client: &Client,
+    policy: &Policy,
+    stop_on_failure: bool,
+) -> Result<(PeerLink, Peer), CliError> {
+    loop {
+        let req = tokio::select! {
+            r = client.next_request() => r.ok_or(ClientError::ShuttingDown)?,
+            _ = ctrl_c() => return Err(CliError::Interrupted),
+        };
+        let Some(peer) = decide(g, &req, policy).await? else {
+            let _ = req.deny().await;
+            continue;
+        };
+        eprintln!("{} asks for a link; accepting…", peer.name);
+        let attempt = tokio::select! {
+            r = req.accept(peer.key) => r,
+            _ = ctrl_c() => return Err(CliError::Interrupted),
+        };
+        match attempt {
+            Ok((link, report)) => {
+                announce(&peer, &report);
+                write_report(g, &report.to_json());
+                return Ok((link, peer));
+            }
+            Err(e) => {
+                write_report(g, &failure_json(Some(peer.uuid), &e));
+                if stop_on_failure {
+                    return Err(e.into());
+                }
+                eprintln!("link with {} failed: {e}", peer.name);
+            }
+        }
+    }
+}
+
+fn announce(peer: &Peer, report: &LinkReport) {
+    eprintln!(
+        "linked with {} over a {} path to {} ({} candidate) in {} ms",
+        peer.name,
+        report.path,
+        report.remote,
+        report.candidate,
+        report.punch_time.as_millis()
+    );
+}
+
+/// Writes the `--report` file, if one was asked for.
+pub(crate) fn write_report(g: &Globals, value: &serde_json::Value) {
+    if let Some(path) = &g.report {
+        let text = format!("{value}\n");
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("chatr: cannot write the report to {}: {e}", path.display());
+        }
+    }
+}
+
+/// Runs `fut`, or gives up with [`CliError::Interrupted`] on Ctrl-C.
+pub(crate) async fn interruptible<T>(
+    fut: impl std::future::Future<Output = Result<T, CliError>>,
+) -> Result<T, CliError> {
+    tokio::select! {
+        r = fut => r,
+        _ = ctrl_c() => Err(CliError::Interrupted),
+    }
+}
+
+/// Resolves once the user pressed Ctrl-C or the process got SIGTERM.
+///
+/// One watcher is installed for the whole process (see [`watch_interrupts`]),
+/// so a signal arriving between two `select!` rounds is never lost.
+pub(crate) async fn ctrl_c() {
+    interrupted().cancelled().await;
+}
+
+fn interrupted() -> &'static tokio_util::sync::CancellationToken {
+    static TOKEN: std::sync::OnceLock<tokio_util::sync::CancellationToken> =
+        std::sync::OnceLock::new();
+    TOKEN.get_or_init(tokio_util::sync::CancellationToken::new)
+}
+
+/// Starts watching SIGINT and SIGTERM (call once, inside the runtime).
+pub(crate) fn watch_interrupts() {
+    let token = interrupted().clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            if tokio::signal::ctrl_c().await.is_err() {
+                return;
+            }
+        }
+        token.cancel();
+    });
+}

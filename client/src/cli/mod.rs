@@ -1,0 +1,234 @@
+//! The `chatr` command line: a thin layer over the `chatr_client` library.
+//!
+//! Every command loads what it needs from the home directory (`--home`, else
+//! the XDG config dir), does one job and exits with a status that says what
+//! went wrong (see [`ExitCode`]s below), printing an actionable message.
+
+mod chat;
+mod contacts;
+mod demo;
+mod files;
+mod link;
+mod pipe;
+mod setup;
+mod status;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chatr_client::ClientError;
+use chatr_client::home::Home;
+use chatr_client::rest::{ApiErrorKind, RestError};
+use chatr_client::session::SessionError;
+use clap::{Parser, Subcommand};
+
+/// Chatr: direct, encrypted peer links across NATs, brokered by a Connect server.
+#[derive(Debug, Parser)]
+#[command(name = "chatr", version, about, long_about = None, after_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    /// Home directory with the identity, contacts and config
+    /// [default: $XDG_CONFIG_HOME/chatr or ~/.config/chatr]
+    #[arg(long, global = true, env = "CHATR_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// After a link attempt, write a JSON report of it to FILE
+    #[arg(long, global = true, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG also works
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+const EXIT_CODES: &str = "\
+Exit status: 0 ok, 1 other error, 2 usage, 3 server unreachable, 4 peer denied/offline/no answer,
+5 hole punching failed, 6 peer key mismatch or link refused, 7 server certificate not trusted,
+8 login/registration refused, 9 data not (fully) delivered, 130 interrupted.";
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create an identity (ed25519 key + UUID) and record the server and how to trust it
+    Init(setup::InitArgs),
+    /// Print "<uuid> <public-key-base64>"
+    Whoami,
+    /// Register this identity with the server's registry
+    Register(setup::TokenArgs),
+    /// Replace this identity's key (the registry checks the old key's signature)
+    RotateKey(setup::TokenArgs),
+    /// Manage the address book
+    #[command(subcommand)]
+    Contacts(contacts::ContactsCommand),
+    /// Show server reachability, our public TCP/UDP endpoints and the NAT mapping
+    Status(status::StatusArgs),
+    /// Stay online; accept link requests from contacts and chat with each
+    Listen(chat::ListenArgs),
+    /// Open a link to a peer and chat line by line
+    Chat(chat::ChatArgs),
+    /// netcat over a peer link: stdin to the peer, the peer to stdout
+    Pipe(pipe::PipeArgs),
+    /// Send a file to a peer (size and SHA-256 checked)
+    Send(files::SendArgs),
+    /// Wait for one link and receive the files the peer sends
+    Receive(files::ReceiveArgs),
+    /// Start a local server and two clients, link them and show them chat
+    Demo,
+}
+
+/// What a command run needs besides its own arguments.
+#[derive(Debug, Clone)]
+pub(crate) struct Globals {
+    pub(crate) home: Home,
+    pub(crate) report: Option<PathBuf>,
+}
+
+/// Errors of the CLI: a library error, or a CLI-level problem.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CliError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Input the user can fix.
+    #[error("{0}")]
+    Usage(String),
+    /// Not every byte reached the peer.
+    #[error("{0}")]
+    Undelivered(String),
+    /// Ctrl-C (or SIGTERM) before the job was done.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// `?` works on every library layer's error.
+macro_rules! from_layer {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CliError {
+            fn from(e: $t) -> Self {
+                CliError::Client(ClientError::from(e))
+            }
+        }
+    )*};
+}
+from_layer!(
+    chatr_client::identity::IdentityError,
+    chatr_client::config::ConfigError,
+    chatr_client::contacts::ContactsError,
+    chatr_client::trust::TrustError,
+    RestError,
+    SessionError,
+    chatr_client::link::LinkError
+);
+
+impl CliError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Undelivered(_) => 9,
+            CliError::Interrupted => 130,
+            CliError::Io(_) => 1,
+            CliError::Client(e) => client_exit_code(e),
+        }
+    }
+}
+
+fn client_exit_code(e: &ClientError) -> u8 {
+    match e {
+        ClientError::Session(s) => match s {
+            SessionError::ServerCertMismatch(_) => 7,
+            SessionError::LoginRejected(_) | SessionError::AlreadyConnected => 8,
+            _ => 3,
+        },
+        ClientError::Rest(r) => match r {
+            RestError::ServerCertMismatch(_) => 7,
+            RestError::Connect { .. } | RestError::Timeout(_) => 3,
+            RestError::Api {
+                kind:
+                    ApiErrorKind::ClientAlreadyRegistered
+                    | ApiErrorKind::InvalidSignature
+                    | ApiErrorKind::RegistrationClosed
+                    | ApiErrorKind::InvalidToken,
+                ..
+            } => 8,
+            _ => 1,
+        },
+        ClientError::SessionLost(_) => 3,
+        ClientError::Denied { .. } | ClientError::RequestTimeout { .. } => 4,
+        ClientError::PunchFailed(_) => 5,
+        ClientError::KeyMismatch { .. } | ClientError::LinkRefused { .. } => 6,
+        _ => 1,
+    }
+}
+
+/// Runs the CLI: parses arguments, runs the command, maps errors to exit codes.
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let globals = Globals {
+        home: Home::new(cli.home.clone().unwrap_or_else(Home::default_dir)),
+        report: cli.report.clone(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chatr: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli.command, &globals));
+    // Background tasks are stopped by each command; don't wait for stragglers
+    // (e.g. a blocking stdin read) when leaving.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chatr: error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+async fn run(command: Command, g: &Globals) -> Result<(), CliError> {
+    // Short commands keep the default (die on Ctrl-C); long-running ones stop politely.
+    if matches!(
+        command,
+        Command::Listen(_)
+            | Command::Chat(_)
+            | Command::Pipe(_)
+            | Command::Send(_)
+            | Command::Receive(_)
+    ) {
+        link::watch_interrupts();
+    }
+    match command {
+        Command::Init(args) => setup::init(g, args).await,
+        Command::Whoami => setup::whoami(g),
+        Command::Register(args) => setup::register(g, args).await,
+        Command::RotateKey(args) => setup::rotate_key(g, args).await,
+        Command::Contacts(cmd) => contacts::run(g, cmd).await,
+        Command::Status(args) => status::run(g, args).await,
+        Command::Listen(args) => chat::listen(g, args).await,
+        Command::Chat(args) => chat::chat(g, args).await,
+        Command::Pipe(args) => pipe::run(g, args).await,
+        Command::Send(args) => files::send(g, args).await,
+        Command::Receive(args) => files::receive(g, args).await,
+        Command::Demo => demo::run().await,
+    }
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,chatr_client=info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

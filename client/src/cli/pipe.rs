@@ -1,0 +1,88 @@
+//! `chatr pipe`: netcat over a peer link.
+//!
+//! stdin goes to the peer and the peer's bytes go to stdout; end of stdin
+//! closes our sending half. The pipe protocol confirms delivery end to end
+//! (byte count and SHA-256), so the exit status is 0 only when the peer
+//! received and wrote out every byte we read.
+
+use std::time::Duration;
+
+use chatr_client::link::pipe::run_pipe;
+use chatr_client::link::{CloseCode, StreamKind};
+
+use super::link::{Policy, accept_one, ctrl_c, request, resolve_peer, start_client};
+use super::{CliError, Globals};
+
+/// Arguments of `chatr pipe`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["peer", "listen"])))]
+pub(crate) struct PipeArgs {
+    /// Ask this peer (alias or UUID) for a link
+    peer: Option<String>,
+    /// Wait for one link instead (like `nc -l`), then exit
+    #[arg(long)]
+    listen: bool,
+    /// With --listen: accept only this contact (alias or UUID) [default: any contact]
+    #[arg(long, requires = "listen", value_name = "PEER")]
+    from: Option<String>,
+    /// With --listen: also accept peers that are not contacts (key from the registry)
+    #[arg(long, requires = "listen", conflicts_with = "from")]
+    accept_any: bool,
+}
+
+/// How long the peer has to open the pipe stream once linked.
+const STREAM_WAIT: Duration = Duration::from_secs(30);
+
+pub(crate) async fn run(g: &Globals, args: PipeArgs) -> Result<(), CliError> {
+    let target = match &args.peer {
+        Some(name) => Some(resolve_peer(g, name).await?),
+        None => None,
+    };
+    let policy = if args.accept_any {
+        Policy::Anyone
+    } else {
+        Policy::from_arg(g, args.from.as_deref())?
+    };
+    let client = start_client(g).await?;
+    let result = async {
+        let (link, stream) = match &target {
+            Some(peer) => {
+                let link = request(g, &client, peer).await?;
+                let stream = link.open(StreamKind::Pipe).await?;
+                (link, stream)
+            }
+            None => {
+                eprintln!("waiting for a link (uuid {})…", client.uuid());
+                let (link, peer) = accept_one(g, &client, &policy, true).await?;
+                let stream = loop {
+                    let s = tokio::time::timeout(STREAM_WAIT, link.accept_stream())
+                        .await
+                        .map_err(|_| CliError::Usage(format!("{} linked but never opened a pipe", peer.name)))??;
+                    if s.kind() == StreamKind::Pipe {
+                        break s;
+                    }
+                    let mut s = s;
+                    s.abort(CloseCode::Refused);
+                };
+                (link, stream)
+            }
+        };
+        let report = tokio::select! {
+            r = run_pipe(stream, tokio::io::stdin(), tokio::io::stdout()) => r.map_err(|e| CliError::Undelivered(format!("the pipe failed: {e}")))?,
+            _ = ctrl_c() => return Err(CliError::Undelivered("interrupted".into())),
+        };
+        link.close(CloseCode::Normal, "pipe done");
+        tracing::info!(sent = report.sent, received = report.received, "pipe finished");
+        if report.delivered {
+            Ok(())
+        } else {
+            Err(CliError::Undelivered(format!(
+                "the peer did not confirm all {} bytes we sent",
+                report.sent
+            )))
+        }
+    }
+    .await;
+    client.shutdown().await;
+    result
+}

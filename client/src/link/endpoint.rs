@@ -1,0 +1,402 @@
+//! The QUIC endpoint on the shared socket: connect as initiator, accept as responder.
+//!
+//! # Link setup
+//!
+//! 1. The initiator connects with a TLS config that pins the responder's key
+//!    ([`rpk`](super::rpk)). A different key fails the handshake →
+//!    [`LinkError::KeyMismatch`].
+//! 2. The responder's handshake accepts any ed25519 client key; [`LinkEndpoint::accept`]
+//!    returns an [`IncomingLink`] exposing it.
+//! 3. The responder checks that key against the peer it agreed to talk to
+//!    ([`IncomingLink::accept`]). On a match it opens a unidirectional stream and sends one
+//!    byte `0x01` ("link confirmed"); on a mismatch it closes the connection with
+//!    [`CloseCode::KeyMismatch`] and reports [`LinkError::KeyMismatch`].
+//! 4. The initiator's [`LinkEndpoint::connect`] returns only after that confirmation, so both
+//!    sides agree the link exists (or the initiator gets [`LinkError::Refused`]).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+use rustls::crypto::CryptoProvider;
+use rustls::sign::CertifiedKey;
+use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::LinkError;
+use super::config::LinkConfig;
+use super::peer_link::{CloseCode, PeerLink};
+use super::rpk::{self, SeenKey};
+use super::socket::{ControlRx, DemuxSocket, RawSender};
+
+/// The byte the responder sends on its first unidirectional stream to confirm the link.
+const LINK_CONFIRMED: u8 = 0x01;
+
+/// The TLS server name the initiator sends. Peers are identified by their raw keys, never by
+/// name, so it is a constant that reveals nothing.
+const SERVER_NAME: &str = "chatr.peer";
+
+/// Unidirectional streams each side may open: the confirmation, plus room for later use.
+const MAX_UNI_STREAMS: u32 = 4;
+
+/// Incoming handshakes run concurrently (so one stalled peer cannot hold up the others), but
+/// no more than this many at once.
+const MAX_PENDING_HANDSHAKES: usize = 16;
+
+/// Finished incoming handshakes waiting for [`LinkEndpoint::accept`].
+const ACCEPT_QUEUE: usize = 16;
+
+type AcceptResult = Result<IncomingLink, LinkError>;
+
+/// A QUIC endpoint for peer links on the client's shared UDP socket.
+///
+/// It acts as both initiator (QUIC client) and responder (QUIC server). Every non-QUIC
+/// datagram arriving on the socket goes to the [`ControlRx`] returned by [`new`](Self::new);
+/// probes go out through [`send_raw`](Self::send_raw) or a [`RawSender`].
+#[derive(Debug)]
+pub struct LinkEndpoint {
+    endpoint: quinn::Endpoint,
+    socket: Arc<DemuxSocket>,
+    provider: Arc<CryptoProvider>,
+    identity: Arc<CertifiedKey>,
+    transport: Arc<TransportConfig>,
+    config: LinkConfig,
+    /// Results of incoming handshakes, produced by the acceptor task.
+    incoming: Mutex<mpsc::Receiver<AcceptResult>>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Drop for LinkEndpoint {
+    fn drop(&mut self) {
+        // The acceptor task holds an endpoint handle; let it go so the socket can close once
+        // the last link is gone.
+        self.shutdown.cancel();
+    }
+}
+
+impl LinkEndpoint {
+    /// Takes over the already-bound UDP `socket` (port P) and starts a QUIC endpoint on it,
+    /// authenticating as `identity`. Must be called inside a tokio runtime.
+    pub fn new(
+        socket: std::net::UdpSocket,
+        identity: &SigningKey,
+        config: LinkConfig,
+    ) -> Result<(Self, ControlRx), LinkError> {
+        let provider = rpk::provider();
+        let certified = rpk::certified_key(identity, &provider)?;
+        let transport = Arc::new(transport_config(&config));
+
+        let server_tls = rpk::server_config(&provider, &certified)?;
+        let server_quic = QuicServerConfig::try_from(server_tls).map_err(no_initial_suite)?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_quic));
+        server.transport_config(transport.clone());
+
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        // Every QUIC packet must keep bit 0x40 set: it is how the socket tells QUIC apart from
+        // control datagrams and STUN.
+        endpoint_config.grease_quic_bit(false);
+
+        let (socket, control) = DemuxSocket::new(socket, config.control_queue)?;
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config,
+            Some(server),
+            socket.clone(),
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        let (accepted_tx, accepted_rx) = mpsc::channel(ACCEPT_QUEUE);
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(run_acceptor(
+            endpoint.clone(),
+            accepted_tx,
+            config.handshake_timeout,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
+        let link_endpoint = Self {
+            endpoint,
+            socket,
+            provider,
+            identity: certified,
+            transport,
+            config,
+            incoming: Mutex::new(accepted_rx),
+            shutdown,
+            tasks,
+        };
+        Ok((link_endpoint, control))
+    }
+
+    /// Opens a link to `remote` as initiator, accepting only a peer that proves `expected`.
+    ///
+    /// Returns once the responder has confirmed the link. Fails with
+    /// [`LinkError::KeyMismatch`] if the peer has another key, [`LinkError::Refused`] if the
+    /// responder does not accept ours, and [`LinkError::HandshakeTimeout`] after
+    /// [`LinkConfig::handshake_timeout`].
+    pub async fn connect(
+        &self,
+        remote: SocketAddr,
+        expected: VerifyingKey,
+    ) -> Result<PeerLink, LinkError> {
+        let (tls, seen) = rpk::client_config(&self.provider, &self.identity, expected)?;
+        let quic = QuicClientConfig::try_from(tls).map_err(no_initial_suite)?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quic));
+        client.transport_config(self.transport.clone());
+        let connecting = self
+            .endpoint
+            .connect_with(client, remote, SERVER_NAME)
+            .map_err(|source| LinkError::Connect { remote, source })?;
+
+        let setup = async {
+            let connection = connecting
+                .await
+                .map_err(|e| handshake_error(e, &seen, expected))?;
+            // The verifier already refused other keys; this re-check is belt and braces.
+            let got = rpk::peer_key(&connection).ok_or(LinkError::NotAnEd25519Key)?;
+            if got != expected {
+                connection.close(CloseCode::KeyMismatch.to_varint(), b"unexpected key");
+                return Err(LinkError::key_mismatch(expected, got));
+            }
+            await_confirmation(&connection).await?;
+            tracing::debug!(%remote, "peer link confirmed (initiator)");
+            Ok(PeerLink::new(connection, got))
+        };
+        let after = self.config.handshake_timeout;
+        match tokio::time::timeout(after, setup).await {
+            Ok(result) => result,
+            Err(_) => Err(LinkError::HandshakeTimeout { remote, after }),
+        }
+    }
+
+    /// Waits for the next peer to complete a handshake with us (as responder).
+    ///
+    /// The returned [`IncomingLink`] has proved its key but is not confirmed yet: check it
+    /// with [`IncomingLink::accept`] or turn it away with [`IncomingLink::refuse`]. Handshakes
+    /// run in the background, several at once, each bounded by
+    /// [`LinkConfig::handshake_timeout`]; an error concerns one failed attempt only (the
+    /// endpoint stays usable), except [`LinkError::EndpointClosed`]. Cancel-safe.
+    pub async fn accept(&self) -> Result<IncomingLink, LinkError> {
+        let mut incoming = self.incoming.lock().await;
+        incoming
+            .recv()
+            .await
+            .unwrap_or(Err(LinkError::EndpointClosed))
+    }
+
+    /// Sends a raw (non-QUIC) datagram from the link socket, e.g. a hole-punch probe.
+    pub async fn send_raw(&self, to: SocketAddr, datagram: &[u8]) -> io::Result<()> {
+        self.socket.send_raw(to, datagram).await
+    }
+
+    /// A cloneable handle for sending raw datagrams from other tasks.
+    pub fn raw_sender(&self) -> RawSender {
+        RawSender::new(self.socket.clone())
+    }
+
+    /// The local address of the link socket.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// The settings this endpoint runs with.
+    pub fn config(&self) -> &LinkConfig {
+        &self.config
+    }
+
+    /// Control datagrams (delivered to the channel, dropped because it was full) so far.
+    pub fn control_stats(&self) -> (u64, u64) {
+        self.socket.stats()
+    }
+
+    /// Closes every link with [`CloseCode::Normal`], stops accepting, and waits (bounded by
+    /// the idle timeout) until the peers have been told.
+    pub async fn close(&self) {
+        self.shutdown.cancel();
+        self.endpoint
+            .close(CloseCode::Normal.to_varint(), b"endpoint closing");
+        self.tasks.close();
+        let _ = tokio::time::timeout(self.config.idle_timeout, async {
+            self.tasks.wait().await;
+            self.endpoint.wait_idle().await;
+        })
+        .await;
+    }
+}
+
+/// Takes incoming connections and runs their handshakes concurrently, queueing the results
+/// for [`LinkEndpoint::accept`].
+async fn run_acceptor(
+    endpoint: quinn::Endpoint,
+    accepted: mpsc::Sender<AcceptResult>,
+    timeout: Duration,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = pending.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let accepted = accepted.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                result = handshake(incoming, timeout) => result,
+            };
+            if let Err(e) = &result {
+                tracing::debug!(error = %e, "incoming peer link handshake failed");
+            }
+            // The permit is held until the result is queued, so an endpoint nobody accepts
+            // from holds at most MAX_PENDING_HANDSHAKES connections.
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = accepted.send(result) => {}
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Completes one incoming handshake (as responder) and reads the peer's key.
+async fn handshake(incoming: quinn::Incoming, after: Duration) -> AcceptResult {
+    let remote = incoming.remote_address();
+    let connecting = incoming.accept()?;
+    let connection = match tokio::time::timeout(after, connecting).await {
+        Ok(result) => result?,
+        Err(_) => return Err(LinkError::HandshakeTimeout { remote, after }),
+    };
+    match rpk::peer_key(&connection) {
+        Some(peer) => {
+            tracing::debug!(%remote, "incoming peer link authenticated");
+            Ok(IncomingLink { connection, peer })
+        }
+        None => {
+            connection.close(CloseCode::Protocol.to_varint(), b"no ed25519 raw key");
+            Err(LinkError::NotAnEd25519Key)
+        }
+    }
+}
+
+/// A peer that completed the handshake with us as responder, waiting for our decision.
+#[derive(Debug)]
+pub struct IncomingLink {
+    connection: quinn::Connection,
+    peer: VerifyingKey,
+}
+
+impl IncomingLink {
+    /// The key the peer proved during the handshake.
+    pub fn peer_key(&self) -> VerifyingKey {
+        self.peer
+    }
+
+    /// Where the peer connected from.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.connection.remote_address()
+    }
+
+    /// Confirms the link if the peer's key is `expected`. Otherwise closes it with
+    /// [`CloseCode::KeyMismatch`] and fails with [`LinkError::KeyMismatch`].
+    pub async fn accept(self, expected: &VerifyingKey) -> Result<PeerLink, LinkError> {
+        if self.peer != *expected {
+            self.connection.close(
+                CloseCode::KeyMismatch.to_varint(),
+                b"key mismatch: this is not the key the responder expected",
+            );
+            return Err(LinkError::key_mismatch(*expected, self.peer));
+        }
+        let mut confirm = self.connection.open_uni().await?;
+        confirm.write_all(&[LINK_CONFIRMED]).await?;
+        let _ = confirm.finish();
+        tracing::debug!(remote = %self.connection.remote_address(), "peer link confirmed (responder)");
+        Ok(PeerLink::new(self.connection, self.peer))
+    }
+
+    /// Turns the peer away with [`CloseCode::Refused`] and `reason`.
+    pub fn refuse(self, reason: &str) {
+        self.connection
+            .close(CloseCode::Refused.to_varint(), reason.as_bytes());
+    }
+}
+
+/// Waits for the responder's confirmation byte on its first unidirectional stream.
+async fn await_confirmation(connection: &quinn::Connection) -> Result<(), LinkError> {
+    let mut confirm = connection.accept_uni().await.map_err(refusal)?;
+    let mut byte = [0u8; 1];
+    match confirm.read_exact(&mut byte).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e))) => {
+            return Err(refusal(e));
+        }
+        Err(e) => return Err(LinkError::Read(e)),
+    }
+    if byte != [LINK_CONFIRMED] {
+        connection.close(CloseCode::Protocol.to_varint(), b"bad link confirmation");
+        return Err(LinkError::Protocol("bad link confirmation"));
+    }
+    Ok(())
+}
+
+/// Maps a connection closed by the peer during setup to [`LinkError::Refused`].
+fn refusal(error: quinn::ConnectionError) -> LinkError {
+    match error {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            let reason = String::from_utf8_lossy(&close.reason).into_owned();
+            let reason = match CloseCode::from_varint(close.error_code) {
+                Some(CloseCode::KeyMismatch) => "key mismatch: the peer expected a different key \
+                    from us (if we rotated our key, the peer must refresh its contact for us)"
+                    .to_owned(),
+                _ if reason.is_empty() => format!("closed with code {}", close.error_code),
+                _ => reason,
+            };
+            LinkError::Refused { reason }
+        }
+        other => LinkError::Connection(other),
+    }
+}
+
+/// Explains a failed initiator handshake, preferring the key mismatch our verifier saw.
+fn handshake_error(
+    error: quinn::ConnectionError,
+    seen: &SeenKey,
+    expected: VerifyingKey,
+) -> LinkError {
+    match seen.get() {
+        Some(&got) if got != expected => LinkError::key_mismatch(expected, got),
+        _ => refusal(error),
+    }
+}
+
+/// quinn refuses a rustls config without TLS_AES_128_GCM_SHA256; ring always has it.
+fn no_initial_suite(error: quinn::crypto::rustls::NoInitialCipherSuite) -> LinkError {
+    LinkError::Tls(rustls::Error::General(error.to_string()))
+}
+
+/// The QUIC transport settings shared by both roles.
+fn transport_config(config: &LinkConfig) -> TransportConfig {
+    let mut transport = TransportConfig::default();
+    transport.keep_alive_interval(Some(config.effective_keep_alive()));
+    let idle_ms = u32::try_from(config.idle_timeout.as_millis()).unwrap_or(u32::MAX);
+    transport.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(idle_ms.max(1)))));
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS));
+    transport
+}

@@ -1,0 +1,151 @@
+//! An authenticated, confirmed QUIC connection to one peer.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ed25519_dalek::VerifyingKey;
+use quinn::VarInt;
+
+use super::LinkError;
+use super::stream::{LinkStream, StreamKind};
+
+/// Application close codes of a peer link (QUIC `CONNECTION_CLOSE` / stream reset codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseCode {
+    /// `0`: the user is done; nothing went wrong.
+    Normal,
+    /// `1`: the responder expected another key from this initiator.
+    KeyMismatch,
+    /// `2`: the link (or stream) is refused by policy.
+    Refused,
+    /// `3`: the peer broke the link protocol.
+    Protocol,
+}
+
+impl CloseCode {
+    /// The code on the wire.
+    pub fn to_varint(self) -> VarInt {
+        VarInt::from_u32(match self {
+            Self::Normal => 0,
+            Self::KeyMismatch => 1,
+            Self::Refused => 2,
+            Self::Protocol => 3,
+        })
+    }
+
+    /// Parses a code from the wire; `None` for codes this version does not know.
+    pub fn from_varint(code: VarInt) -> Option<Self> {
+        match code.into_inner() {
+            0 => Some(Self::Normal),
+            1 => Some(Self::KeyMismatch),
+            2 => Some(Self::Refused),
+            3 => Some(Self::Protocol),
+            _ => None,
+        }
+    }
+}
+
+/// A direct, mutually authenticated link to a peer.
+///
+/// Made by [`LinkEndpoint::connect`](super::LinkEndpoint::connect) (initiator) or
+/// [`IncomingLink::accept`](super::IncomingLink::accept) (responder); by then both sides have
+/// proved their ed25519 keys and each has checked the other's against the key it expected.
+/// Cheap to clone; all clones are the same link.
+#[derive(Debug, Clone)]
+pub struct PeerLink {
+    connection: quinn::Connection,
+    peer: VerifyingKey,
+}
+
+impl PeerLink {
+    pub(crate) fn new(connection: quinn::Connection, peer: VerifyingKey) -> Self {
+        Self { connection, peer }
+    }
+
+    /// The peer's ed25519 identity, proved during the handshake.
+    pub fn peer_key(&self) -> VerifyingKey {
+        self.peer
+    }
+
+    /// The peer's current address (it can change if the peer's NAT rebinds).
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.connection.remote_address()
+    }
+
+    /// The current round-trip time estimate.
+    pub fn rtt(&self) -> Duration {
+        self.connection.rtt()
+    }
+
+    /// The underlying quinn connection, for statistics or advanced use.
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.connection
+    }
+
+    /// Opens a new bidirectional stream carrying `kind` (writes the kind byte at once, which
+    /// also makes the stream visible to the peer).
+    pub async fn open(&self, kind: StreamKind) -> Result<LinkStream, LinkError> {
+        let (mut send, recv) = self.connection.open_bi().await?;
+        send.write_all(&[kind.to_byte()]).await?;
+        Ok(LinkStream::new(kind, send, recv))
+    }
+
+    /// Waits for the next stream the peer opens and reads its kind. Streams of unknown kind
+    /// are refused (stopped and reset with [`CloseCode::Refused`]) and skipped. Fails when the
+    /// link closes.
+    pub async fn accept_stream(&self) -> Result<LinkStream, LinkError> {
+        loop {
+            let (mut send, mut recv) = self.connection.accept_bi().await?;
+            let mut kind = [0u8; 1];
+            match recv.read_exact(&mut kind).await {
+                Ok(()) => {}
+                Err(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(e))) => {
+                    return Err(LinkError::Connection(e));
+                }
+                // A stream that ends or is reset before its kind byte carries nothing.
+                Err(_) => continue,
+            }
+            let [byte] = kind;
+            match StreamKind::from_byte(byte) {
+                Some(kind) => return Ok(LinkStream::new(kind, send, recv)),
+                None => {
+                    tracing::debug!(kind = byte, "refusing a stream of unknown kind");
+                    let _ = recv.stop(CloseCode::Refused.to_varint());
+                    let _ = send.reset(CloseCode::Refused.to_varint());
+                }
+            }
+        }
+    }
+
+    /// Closes the link at once with `code` and a short human-readable `reason`. Data not yet
+    /// acknowledged by the peer is discarded: finish streams and wait for
+    /// [`LinkStream::wait_delivered`] first.
+    pub fn close(&self, code: CloseCode, reason: &str) {
+        self.connection.close(code.to_varint(), reason.as_bytes());
+    }
+
+    /// Waits until the link is closed (by either side, or by the idle timeout) and says why.
+    pub async fn closed(&self) -> LinkError {
+        LinkError::Connection(self.connection.closed().await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_round_trip() {
+        for code in [
+            CloseCode::Normal,
+            CloseCode::KeyMismatch,
+            CloseCode::Refused,
+            CloseCode::Protocol,
+        ] {
+            assert_eq!(CloseCode::from_varint(code.to_varint()), Some(code));
+        }
+        assert_eq!(CloseCode::KeyMismatch.to_varint().into_inner(), 1);
+        assert_eq!(CloseCode::from_varint(VarInt::from_u32(99)), None);
+    }
+}

@@ -1,0 +1,499 @@
+//! A netcat-like byte pipe over a peer link, with end-to-end delivery confirmation.
+//!
+//! A pipe stream ([`StreamKind::Pipe`](super::StreamKind::Pipe)) is symmetric: each side
+//! sends its input and writes what it receives to its output. Each direction carries frames:
+//!
+//! ```text
+//! DATA  0x00 ‖ length: u32 BE (1..=65536) ‖ bytes
+//! END   0x01 ‖ total: u64 BE ‖ sha256: 32 bytes     (sender's input ended)
+//! ACK   0x02 ‖ total: u64 BE ‖ sha256: 32 bytes     (receiver wrote everything out)
+//! ```
+//!
+//! 1. A side sends `DATA` frames until its input reaches EOF, then one `END` with the byte
+//!    count and SHA-256 of everything it sent.
+//! 2. When a side receives `END`, it checks the count and hash against what it received,
+//!    flushes its output, and answers with `ACK` (the count and hash it received), at once,
+//!    even while its own input is still open.
+//! 3. A side finishes its half of the stream after sending both `END` and `ACK`, and is done
+//!    when the peer's half has ended too.
+//!
+//! [`PipeReport::delivered`] is true only when the peer's `ACK` matches exactly what we sent,
+//! so a CLI can exit 0 only when every byte arrived and was written out.
+
+use std::io;
+
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use futures_util::{SinkExt as _, StreamExt as _};
+use ring::digest;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::oneshot;
+use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
+
+use super::LinkError;
+use super::stream::{LinkStream, wait_delivered};
+
+/// Largest `DATA` payload.
+pub const MAX_PIPE_CHUNK: usize = 64 * 1024;
+
+const TAG_DATA: u8 = 0x00;
+const TAG_END: u8 = 0x01;
+const TAG_ACK: u8 = 0x02;
+/// Tag + u32 length.
+const DATA_HEADER: usize = 5;
+/// Tag + u64 total + SHA-256.
+const SUMMARY_FRAME: usize = 1 + 8 + 32;
+
+/// Byte count and SHA-256 of one direction of a pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipeSummary {
+    /// Number of bytes.
+    pub total: u64,
+    /// SHA-256 of those bytes.
+    pub sha256: [u8; 32],
+}
+
+/// One frame of a pipe direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PipeFrame {
+    /// Payload bytes (1 to [`MAX_PIPE_CHUNK`]).
+    Data(Bytes),
+    /// The sender's input ended; what it sent in total.
+    End(PipeSummary),
+    /// What the receiver received and wrote out in total.
+    Ack(PipeSummary),
+}
+
+/// Why a pipe failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipeError {
+    /// A frame had an unknown tag.
+    #[error("invalid pipe frame tag {0:#04x}")]
+    UnknownFrame(u8),
+    /// A `DATA` frame was empty or larger than [`MAX_PIPE_CHUNK`].
+    #[error("invalid pipe data length {0}")]
+    BadLength(u64),
+    /// The stream ended in the middle of a frame.
+    #[error("the pipe stream ended in the middle of a frame")]
+    Truncated,
+    /// The peer sent a frame that makes no sense now (data after `END`, a second `ACK`, …).
+    #[error("the peer broke the pipe protocol: {0}")]
+    Protocol(&'static str),
+    /// The peer's stream ended before its `END` or `ACK`.
+    #[error("the peer closed the pipe before it finished")]
+    PeerClosedEarly,
+    /// What we received does not match the peer's `END` summary.
+    #[error(
+        "received data does not match what the peer sent: got {received} bytes, \
+         the peer sent {sent}{}",
+        if *.hash_ok { "" } else { " (SHA-256 differs)" }
+    )]
+    Corrupted {
+        /// Bytes we received.
+        received: u64,
+        /// Bytes the peer says it sent.
+        sent: u64,
+        /// Whether the hashes agree.
+        hash_ok: bool,
+    },
+    /// Reading our input or writing our output failed.
+    #[error("pipe I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// The link failed.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+/// The sans-IO framing of one pipe direction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PipeCodec;
+
+fn read_summary(frame: &[u8]) -> Option<PipeSummary> {
+    let total = u64::from_be_bytes(*frame.get(1..9)?.first_chunk::<8>()?);
+    let sha256 = *frame.get(9..SUMMARY_FRAME)?.first_chunk::<32>()?;
+    Some(PipeSummary { total, sha256 })
+}
+
+impl Decoder for PipeCodec {
+    type Item = PipeFrame;
+    type Error = PipeError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<PipeFrame>, PipeError> {
+        let Some(&tag) = src.first() else {
+            return Ok(None);
+        };
+        match tag {
+            TAG_DATA => {
+                let Some(len) = src.get(1..DATA_HEADER).and_then(|b| b.first_chunk::<4>()) else {
+                    return Ok(None);
+                };
+                let len = u32::from_be_bytes(*len);
+                let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
+                if len_usize == 0 || len_usize > MAX_PIPE_CHUNK {
+                    return Err(PipeError::BadLength(u64::from(len)));
+                }
+                let total = DATA_HEADER + len_usize;
+                if src.len() < total {
+                    src.reserve(total - src.len());
+                    return Ok(None);
+                }
+                src.advance(DATA_HEADER);
+                Ok(Some(PipeFrame::Data(src.split_to(len_usize).freeze())))
+            }
+            TAG_END | TAG_ACK => {
+                if src.len() < SUMMARY_FRAME {
+                    return Ok(None);
+                }
+                let frame = src.split_to(SUMMARY_FRAME);
+                let summary = read_summary(&frame).ok_or(PipeError::Truncated)?;
+                Ok(Some(if tag == TAG_END {
+                    PipeFrame::End(summary)
+                } else {
+                    PipeFrame::Ack(summary)
+                }))
+            }
+            other => Err(PipeError::UnknownFrame(other)),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<PipeFrame>, PipeError> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() => Ok(None),
+            None => {
+                src.advance(src.len());
+                Err(PipeError::Truncated)
+            }
+        }
+    }
+}
+
+impl Encoder<PipeFrame> for PipeCodec {
+    type Error = PipeError;
+
+    fn encode(&mut self, frame: PipeFrame, dst: &mut BytesMut) -> Result<(), PipeError> {
+        match frame {
+            PipeFrame::Data(bytes) => {
+                let len = u32::try_from(bytes.len())
+                    .ok()
+                    .filter(|&l| l > 0 && bytes.len() <= MAX_PIPE_CHUNK)
+                    .ok_or(PipeError::BadLength(bytes.len() as u64))?;
+                dst.reserve(DATA_HEADER + bytes.len());
+                dst.put_u8(TAG_DATA);
+                dst.put_u32(len);
+                dst.put_slice(&bytes);
+            }
+            PipeFrame::End(summary) | PipeFrame::Ack(summary) => {
+                let tag = if matches!(frame, PipeFrame::End(_)) {
+                    TAG_END
+                } else {
+                    TAG_ACK
+                };
+                dst.reserve(SUMMARY_FRAME);
+                dst.put_u8(tag);
+                dst.put_u64(summary.total);
+                dst.put_slice(&summary.sha256);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What happened on a finished pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipeReport {
+    /// Bytes we read from our input and sent.
+    pub sent: u64,
+    /// Bytes we received from the peer and wrote to our output.
+    pub received: u64,
+    /// Whether the peer confirmed receiving exactly what we sent (count and SHA-256).
+    pub delivered: bool,
+}
+
+/// Running count and hash of a byte stream.
+struct Tally {
+    total: u64,
+    hash: digest::Context,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            total: 0,
+            hash: digest::Context::new(&digest::SHA256),
+        }
+    }
+
+    fn add(&mut self, bytes: &[u8]) {
+        self.total += bytes.len() as u64;
+        self.hash.update(bytes);
+    }
+
+    fn finish(self) -> PipeSummary {
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(self.hash.finish().as_ref());
+        PipeSummary {
+            total: self.total,
+            sha256,
+        }
+    }
+}
+
+/// Runs a pipe on `stream`: `input` goes to the peer, the peer's bytes go to `output`.
+///
+/// Returns when both directions are done: our input reached EOF and the peer acknowledged it,
+/// and the peer's input ended and we acknowledged it. Both sides of a pipe call this.
+pub async fn run_pipe<R, W>(
+    stream: LinkStream,
+    input: R,
+    output: W,
+) -> Result<PipeReport, PipeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let (send, recv) = stream.into_split();
+    let (ack_tx, ack_rx) = oneshot::channel();
+    let sending = send_half(FramedWrite::new(send, PipeCodec), input, ack_rx);
+    let receiving = receive_half(FramedRead::new(recv, PipeCodec), output, ack_tx);
+    let (sent, (received, peer_ack)) = tokio::try_join!(sending, receiving)?;
+    Ok(PipeReport {
+        sent: sent.total,
+        received,
+        delivered: peer_ack == sent,
+    })
+}
+
+/// Sends our input, then `END`; sends `ACK` as soon as the receiving half asks for it;
+/// finishes the stream after both. Returns the summary of what we sent.
+async fn send_half<R: AsyncRead + Unpin>(
+    mut sink: FramedWrite<quinn::SendStream, PipeCodec>,
+    mut input: R,
+    mut ack_rx: oneshot::Receiver<PipeSummary>,
+) -> Result<PipeSummary, PipeError> {
+    let mut tally = Tally::new();
+    let mut sent = None;
+    let mut acked = false;
+    let mut buf = BytesMut::with_capacity(MAX_PIPE_CHUNK);
+    while sent.is_none() || !acked {
+        tokio::select! {
+            read = read_chunk(&mut input, &mut buf), if sent.is_none() => {
+                match read? {
+                    Some(chunk) => {
+                        tally.add(&chunk);
+                        sink.send(PipeFrame::Data(chunk)).await?;
+                    }
+                    None => {
+                        let summary = std::mem::replace(&mut tally, Tally::new()).finish();
+                        sink.send(PipeFrame::End(summary)).await?;
+                        sent = Some(summary);
+                    }
+                }
+            }
+            ack = &mut ack_rx, if !acked => {
+                acked = true;
+                // A dropped sender means the receiving half failed; its error wins in try_join.
+                if let Ok(summary) = ack {
+                    sink.send(PipeFrame::Ack(summary)).await?;
+                }
+            }
+            else => break,
+        }
+    }
+    let send = sink.get_mut();
+    let _ = send.finish();
+    wait_delivered(send).await?;
+    sent.ok_or(PipeError::Protocol("unreachable: sent without END"))
+}
+
+/// Reads up to one chunk from `input`; `None` at EOF. Cancel-safe: a cancelled read loses
+/// nothing because `read_buf` only appends to `buf`.
+async fn read_chunk<R: AsyncRead + Unpin>(
+    input: &mut R,
+    buf: &mut BytesMut,
+) -> io::Result<Option<Bytes>> {
+    // Leftover bytes from a read larger than one chunk go out before reading again, so
+    // interactive input is never held back.
+    if buf.is_empty() {
+        buf.reserve(MAX_PIPE_CHUNK);
+        if input.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+    let take = buf.len().min(MAX_PIPE_CHUNK);
+    Ok(Some(buf.split_to(take).freeze()))
+}
+
+/// Writes the peer's data to `output`; on `END` checks it, flushes and asks the sending half
+/// to `ACK`; records the peer's `ACK`. Returns bytes received and the peer's acknowledgement.
+async fn receive_half<W: AsyncWrite + Unpin>(
+    mut source: FramedRead<quinn::RecvStream, PipeCodec>,
+    mut output: W,
+    ack_tx: oneshot::Sender<PipeSummary>,
+) -> Result<(u64, PipeSummary), PipeError> {
+    let mut tally = Some(Tally::new());
+    let mut received = 0u64;
+    let mut ack_tx = Some(ack_tx);
+    let mut peer_ack = None;
+    while let Some(frame) = source.next().await {
+        match frame? {
+            PipeFrame::Data(bytes) => {
+                let Some(tally) = tally.as_mut() else {
+                    return Err(PipeError::Protocol("data after END"));
+                };
+                tally.add(&bytes);
+                received = tally.total;
+                output.write_all(&bytes).await?;
+            }
+            PipeFrame::End(claimed) => {
+                let Some(done) = tally.take() else {
+                    return Err(PipeError::Protocol("a second END"));
+                };
+                output.flush().await?;
+                let got = done.finish();
+                if got != claimed {
+                    return Err(PipeError::Corrupted {
+                        received: got.total,
+                        sent: claimed.total,
+                        hash_ok: got.sha256 == claimed.sha256,
+                    });
+                }
+                if let Some(tx) = ack_tx.take() {
+                    let _ = tx.send(got);
+                }
+            }
+            PipeFrame::Ack(summary) => {
+                if peer_ack.replace(summary).is_some() {
+                    return Err(PipeError::Protocol("a second ACK"));
+                }
+            }
+        }
+    }
+    match (tally, peer_ack) {
+        (None, Some(ack)) => Ok((received, ack)),
+        _ => Err(PipeError::PeerClosedEarly),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn encode(frame: PipeFrame) -> BytesMut {
+        let mut out = BytesMut::new();
+        PipeCodec.encode(frame, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn golden_frames() {
+        assert_eq!(
+            &encode(PipeFrame::Data(Bytes::from_static(b"hi")))[..],
+            &[0x00, 0, 0, 0, 2, b'h', b'i']
+        );
+        let summary = PipeSummary {
+            total: 258,
+            sha256: [0xab; 32],
+        };
+        let end = encode(PipeFrame::End(summary));
+        assert_eq!(end.len(), SUMMARY_FRAME);
+        assert_eq!(&end[..9], &[0x01, 0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(&end[9..], &[0xab; 32]);
+        assert_eq!(encode(PipeFrame::Ack(summary))[0], 0x02);
+    }
+
+    #[test]
+    fn protocol_md_example() {
+        // docs/PROTOCOL.md §11 "Pipe": DATA `hi`, then END for it.
+        let data = encode(PipeFrame::Data(Bytes::from_static(b"hi")));
+        assert_eq!(hex::encode(&data), "00000000026869");
+        let mut tally = Tally::new();
+        tally.add(b"hi");
+        let end = encode(PipeFrame::End(tally.finish()));
+        assert_eq!(
+            hex::encode(&end),
+            "010000000000000002\
+             8f434346648f6b96df89dda901c5176b10a6d83961dd3c1ac88b59b2dc327aa4"
+        );
+    }
+
+    #[test]
+    fn frames_round_trip_and_need_more_when_cut() {
+        let summary = PipeSummary {
+            total: 5,
+            sha256: [7; 32],
+        };
+        for frame in [
+            PipeFrame::Data(Bytes::from(vec![9u8; MAX_PIPE_CHUNK])),
+            PipeFrame::End(summary),
+            PipeFrame::Ack(summary),
+        ] {
+            let bytes = encode(frame.clone());
+            for cut in 0..bytes.len() {
+                let mut partial = BytesMut::from(&bytes[..cut]);
+                assert!(PipeCodec.decode(&mut partial).unwrap().is_none());
+            }
+            let mut whole = bytes.clone();
+            assert_eq!(PipeCodec.decode(&mut whole).unwrap(), Some(frame));
+            assert!(whole.is_empty());
+        }
+    }
+
+    #[test]
+    fn hostile_frames_are_rejected() {
+        let mut huge = BytesMut::from(&[0x00, 0xff, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(
+            PipeCodec.decode(&mut huge),
+            Err(PipeError::BadLength(_))
+        ));
+        assert!(huge.capacity() < 1024);
+        let mut empty = BytesMut::from(&[0x00, 0, 0, 0, 0][..]);
+        assert!(matches!(
+            PipeCodec.decode(&mut empty),
+            Err(PipeError::BadLength(0))
+        ));
+        let mut unknown = BytesMut::from(&[0x7f][..]);
+        assert!(matches!(
+            PipeCodec.decode(&mut unknown),
+            Err(PipeError::UnknownFrame(0x7f))
+        ));
+        let mut cut = BytesMut::from(&[0x01, 0, 0][..]);
+        assert!(matches!(
+            PipeCodec.decode_eof(&mut cut),
+            Err(PipeError::Truncated)
+        ));
+    }
+
+    #[test]
+    fn empty_or_oversized_data_is_not_encoded() {
+        let mut out = BytesMut::new();
+        assert!(
+            PipeCodec
+                .encode(PipeFrame::Data(Bytes::new()), &mut out)
+                .is_err()
+        );
+        assert!(
+            PipeCodec
+                .encode(
+                    PipeFrame::Data(Bytes::from(vec![0; MAX_PIPE_CHUNK + 1])),
+                    &mut out
+                )
+                .is_err()
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn tally_matches_a_one_shot_digest() {
+        let mut tally = Tally::new();
+        tally.add(b"hello ");
+        tally.add(b"world");
+        let summary = tally.finish();
+        assert_eq!(summary.total, 11);
+        assert_eq!(
+            &summary.sha256[..],
+            digest::digest(&digest::SHA256, b"hello world").as_ref()
+        );
+    }
+}

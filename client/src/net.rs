@@ -1,0 +1,178 @@
+//! Same-port sockets: the TCP session and the UDP socket share local port P.
+//!
+//! The spec says the peer-to-peer socket runs "on the same port the TLS client
+//! is running from". A NAT that preserves ports then maps both to the same
+//! public port, and the server's TCP-observed endpoint is one more candidate for
+//! the peer to try. So the UDP socket is bound first (it owns P for the life of
+//! the client: links run over it), then each TCP connection to the server binds
+//! P with `SO_REUSEADDR`. If P cannot be reused for TCP (the old 4-tuple is
+//! still in TIME_WAIT, or something else holds it) we fall back to any port and
+//! log it: the session matters more than the port match.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::config::HostPort;
+
+/// Binds a UDP socket on `addr` with `SO_REUSEADDR`, non-blocking.
+pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // Accept IPv4-mapped traffic too where the OS allows it.
+        let _ = socket.set_only_v6(false);
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// The wildcard address of `server`'s family with `port`.
+pub fn wildcard_for(server: SocketAddr, port: u16) -> SocketAddr {
+    let ip = match server {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    SocketAddr::new(ip, port)
+}
+
+/// Resolves `host:port` to one socket address (IPv4 preferred).
+pub async fn resolve(target: &HostPort) -> io::Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
+        .await?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{target} has no address")))
+}
+
+/// A TCP connection to the server and whether it uses the requested local port.
+#[derive(Debug)]
+pub struct SamePortTcp {
+    /// The connected stream.
+    pub stream: TcpStream,
+    /// `true` when the stream is bound to the requested port P.
+    pub same_port: bool,
+}
+
+/// Connects to `server` from local port `port` (SO_REUSEADDR); when that port
+/// cannot be used, connects from any port and logs why.
+pub async fn connect_same_port(
+    port: u16,
+    server: SocketAddr,
+    timeout: Duration,
+) -> io::Result<SamePortTcp> {
+    match connect_from(Some(port), server, timeout).await {
+        Ok(stream) => Ok(SamePortTcp {
+            stream,
+            same_port: true,
+        }),
+        Err(e) if is_port_busy(&e) => {
+            tracing::warn!(
+                port,
+                %server,
+                error = %e,
+                "local port busy for TCP (old connection still in TIME_WAIT?); using another port"
+            );
+            let stream = connect_from(None, server, timeout).await?;
+            Ok(SamePortTcp {
+                stream,
+                same_port: false,
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn is_port_busy(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::AddrInUse | io::ErrorKind::AddrNotAvailable
+    )
+}
+
+async fn connect_from(
+    port: Option<u16>,
+    server: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let socket = if server.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(port) = port {
+        socket.set_reuseaddr(true)?;
+        socket.bind(wildcard_for(server, port))?;
+    }
+    let stream = tokio::time::timeout(timeout, socket.connect(server))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {server} timed out"),
+            )
+        })??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tcp_uses_the_udp_port() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = listener.local_addr().unwrap();
+        let udp = bind_udp("0.0.0.0:0".parse().unwrap()).unwrap();
+        let port = udp.local_addr().unwrap().port();
+        let conn = connect_same_port(port, server, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(conn.same_port);
+        assert_eq!(conn.stream.local_addr().unwrap().port(), port);
+        let (accepted, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer.port(), port);
+        drop(accepted);
+    }
+
+    #[tokio::test]
+    async fn busy_port_falls_back() {
+        let server_l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = server_l.local_addr().unwrap();
+        // A listener on P makes binding P for a connecting socket fail.
+        let blocker = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let port = blocker.local_addr().unwrap().port();
+        let conn = connect_same_port(port, server, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(!conn.same_port);
+        assert_ne!(conn.stream.local_addr().unwrap().port(), port);
+    }
+
+    #[test]
+    fn wildcard_family_matches() {
+        assert_eq!(
+            wildcard_for("127.0.0.1:1".parse().unwrap(), 5).to_string(),
+            "0.0.0.0:5"
+        );
+        assert_eq!(
+            wildcard_for("[::1]:1".parse().unwrap(), 5).to_string(),
+            "[::]:5"
+        );
+    }
+
+    #[tokio::test]
+    async fn resolve_localhost() {
+        let hp = HostPort::parse("127.0.0.1:9", 1).unwrap();
+        assert_eq!(resolve(&hp).await.unwrap().to_string(), "127.0.0.1:9");
+    }
+}

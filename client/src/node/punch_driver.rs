@@ -1,0 +1,86 @@
+//! The tokio loop that drives one [`Punch`] on the shared UDP socket.
+//!
+//! It sends what the machine wants sent, feeds it the probes the router hands
+//! over (by exchange id) and its own timer, and reports the outcome once. After
+//! success it keeps running while the machine lingers (answering a peer whose
+//! acknowledgement was lost), then removes its route.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::shared::Shared;
+use crate::link::RawSender;
+use crate::punch::{Punch, PunchEvent, PunchFailure, PunchSuccess};
+
+/// The outcome of a punch, reported once.
+pub(crate) type PunchOutcome = Result<PunchSuccess, PunchFailure>;
+
+/// Runs `punch` until it is closed (or shutdown, or the caller lost interest
+/// before an outcome), sending its datagrams through `raw`.
+pub(crate) async fn drive_punch(
+    mut punch: Punch,
+    mut datagrams: mpsc::Receiver<(SocketAddr, Bytes)>,
+    raw: RawSender,
+    shared: Arc<Shared>,
+    outcome: oneshot::Sender<PunchOutcome>,
+    shutdown: CancellationToken,
+) {
+    let id = punch.exchange_id();
+    let span =
+        tracing::debug_span!("punch", peer = %punch.peer(), exchange = %id, role = ?punch.role());
+    let _enter = span.enter();
+    let mut outcome = Some(outcome);
+    loop {
+        while let Some(t) = punch.poll_transmit() {
+            if let Err(e) = raw.send_raw(t.destination, &t.contents).await {
+                tracing::debug!(to = %t.destination, error = %e, "probe not sent");
+            }
+        }
+        while let Some(event) = punch.poll_event() {
+            match event {
+                PunchEvent::Succeeded(success) => {
+                    tracing::debug!(remote = %success.remote, kind = %success.kind, path = %success.path, "punch succeeded");
+                    if let Some(tx) = outcome.take() {
+                        let _ = tx.send(Ok(success));
+                    }
+                }
+                PunchEvent::Failed(failure) => {
+                    tracing::debug!(%failure, "punch failed");
+                    if let Some(tx) = outcome.take() {
+                        let _ = tx.send(Err(failure));
+                    }
+                }
+                other => tracing::trace!(?other, "punch progress"),
+            }
+        }
+        if punch.is_closed() {
+            break;
+        }
+        // Nobody waits for the result any more (the request was cancelled).
+        if outcome.as_ref().is_some_and(|tx| tx.is_closed()) {
+            break;
+        }
+        let deadline = punch.poll_timeout().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            d = datagrams.recv() => match d {
+                Some((from, bytes)) => punch.handle_datagram(Instant::now(), from, &bytes),
+                None => break,
+            },
+            _ = sleep_until_opt(deadline) => punch.handle_timeout(Instant::now()),
+        }
+    }
+    shared.remove_punch(&id);
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

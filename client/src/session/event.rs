@@ -1,0 +1,103 @@
+//! What the session tells the rest of the client.
+
+use std::fmt;
+
+use chatr_proto::{Endpoint, LINK_SECRET_LEN, UDP_TOKEN_LEN};
+use uuid::Uuid;
+
+/// An event surfaced by the session machine (and forwarded by its driver).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionEvent {
+    /// Login succeeded (`PacketConnected`).
+    Connected {
+        /// Token for the UDP binding message (absent on servers without the extension).
+        udp_token: Option<[u8; UDP_TOKEN_LEN]>,
+    },
+    /// The server answered our UDP binding: this is our public UDP endpoint.
+    UdpBound {
+        /// Source address and port the server saw on our UDP socket.
+        observed: Endpoint,
+    },
+    /// The server stopped waiting for a binding response (old server, or UDP blocked).
+    UdpBindingFailed,
+    /// A peer asks for a link (`PacketConnectionRequest` received).
+    IncomingRequest {
+        /// The requester.
+        peer: Uuid,
+        /// The requester's private endpoint.
+        private_endpoint: Endpoint,
+    },
+    /// A peer accepted our request (`PacketConnectionRequestAccept` received).
+    Accepted {
+        /// The accepter.
+        peer: Uuid,
+        /// The accepter's private endpoint.
+        private_endpoint: Endpoint,
+    },
+    /// Our request was denied, or the peer is not online.
+    Denied {
+        /// The peer that was asked.
+        peer: Uuid,
+    },
+    /// The server's `PacketClientInfo` after an accept.
+    ClientInfo {
+        /// The other party.
+        peer: Uuid,
+        /// Its public endpoint (UDP-observed, else TCP-observed).
+        public_endpoint: Endpoint,
+        /// Its TCP-observed endpoint (extension).
+        tcp_endpoint: Option<Endpoint>,
+        /// Secret shared by both parties of this exchange (extension).
+        link_secret: Option<[u8; LINK_SECRET_LEN]>,
+    },
+    /// The session ended; the driver reconnects unless told to stop.
+    Disconnected {
+        /// Why.
+        reason: DisconnectReason,
+    },
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The server sent `PacketDisconnect` with this message.
+    Server(String),
+    /// `PacketConnected` did not arrive in time.
+    LoginTimeout,
+    /// The server sent nothing (not even a ping) for too long.
+    IdleTimeout,
+    /// The server broke the protocol (we sent "Invalid Packet").
+    ProtocolViolation(String),
+    /// The connection failed or was closed.
+    Transport(String),
+    /// We closed it.
+    Local,
+}
+
+impl DisconnectReason {
+    /// The server refused our login signature ("Failed to verify!"): not
+    /// registered, or registered with another key.
+    pub fn is_login_rejected(&self) -> bool {
+        matches!(self, Self::Server(m) if m == "Failed to verify!")
+    }
+
+    /// Another session with our UUID is online ("Already connected!").
+    pub fn is_already_connected(&self) -> bool {
+        matches!(self, Self::Server(m) if m == "Already connected!")
+    }
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Server(m) => write!(f, "server closed the session: {m}"),
+            Self::LoginTimeout => f.write_str("login timed out"),
+            Self::IdleTimeout => f.write_str("server stopped answering"),
+            Self::ProtocolViolation(m) => write!(f, "server broke the protocol: {m}"),
+            Self::Transport(m) => write!(f, "connection lost: {m}"),
+            Self::Local => f.write_str("closed by us"),
+        }
+    }
+}

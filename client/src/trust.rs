@@ -1,0 +1,289 @@
+//! Deciding whether the server's TLS certificate is the right one.
+//!
+//! Both the Connect session and the registry API use the same certificate, so
+//! both build their rustls config here, from the config's [`Trust`]:
+//!
+//! * **pinned certificate**: the presented leaf must equal a pinned certificate
+//!   byte for byte, or chain to one of them used as a root (so pinning a dev CA
+//!   works too);
+//! * **fingerprint**: the SHA-256 of the presented leaf must match;
+//! * **system roots**: ordinary web PKI validation against Mozilla's root list
+//!   (`webpki-roots`, so no OS store and no extra crypto backend is needed).
+//!
+//! Everything uses rustls' ring provider only.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::config::{Fingerprint, Trust};
+use crate::home::Home;
+
+/// What can go wrong building the TLS trust.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrustError {
+    /// The pinned certificate file could not be read or holds no certificate.
+    #[error("cannot use the pinned server certificate {path}: {reason}")]
+    PinnedCert {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The server host is not a valid TLS server name.
+    #[error("{0:?} is not a valid server name for TLS")]
+    BadServerName(String),
+    /// rustls refused the configuration.
+    #[error("TLS configuration error: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Why the verifier refused the server (carried inside `rustls::Error`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct PinMismatch(String);
+
+/// The ring crypto provider used everywhere in the client.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads every certificate in a PEM file.
+pub fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TrustError> {
+    let err = |reason: String| TrustError::PinnedCert {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let iter = CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))?;
+    let certs = iter
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no CERTIFICATE block found".into()));
+    }
+    Ok(certs)
+}
+
+/// The SHA-256 fingerprint of a DER certificate.
+pub fn fingerprint_of(cert: &[u8]) -> Fingerprint {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    Fingerprint(out)
+}
+
+/// The TLS server name for a host (DNS name or IP literal).
+pub fn server_name(host: &str) -> Result<ServerName<'static>, TrustError> {
+    ServerName::try_from(host.to_string()).map_err(|_| TrustError::BadServerName(host.into()))
+}
+
+/// A rustls client config that trusts the server as `trust` says.
+///
+/// Relative pinned-certificate paths are resolved against the home directory.
+pub fn client_config(trust: &Trust, home: &Home) -> Result<Arc<ClientConfig>, TrustError> {
+    let provider = crypto_provider();
+    let verifier: Arc<dyn ServerCertVerifier> = match trust {
+        Trust::PinnedCert(path) => {
+            let path = if path.is_absolute() {
+                path.clone()
+            } else {
+                home.dir().join(path)
+            };
+            let certs = read_pem_certs(&path)?;
+            Arc::new(PinnedVerifier::new(Pin::Certs(certs), provider.clone())?)
+        }
+        Trust::Fingerprint(fp) => Arc::new(PinnedVerifier::new(
+            Pin::Fingerprint(*fp),
+            provider.clone(),
+        )?),
+        Trust::SystemRoots => {
+            let mut roots = RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?
+        }
+    };
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Whether an I/O error from a TLS handshake means "the server's certificate
+/// is not the one we trust" (as opposed to a network failure).
+pub fn is_cert_rejection(err: &std::io::Error) -> Option<String> {
+    let inner = err.get_ref()?;
+    match inner.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(e) => Some(match e {
+            CertificateError::Other(other) => other.to_string(),
+            e => format!("{e:?}"),
+        }),
+        _ => None,
+    }
+}
+
+enum Pin {
+    Certs(Vec<CertificateDer<'static>>),
+    Fingerprint(Fingerprint),
+}
+
+/// Accepts exactly the pinned certificate(s) or fingerprint.
+struct PinnedVerifier {
+    pin: Pin,
+    /// For a pinned CA: normal validation with the pinned certs as roots.
+    ca: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl std::fmt::Debug for PinnedVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PinnedVerifier")
+    }
+}
+
+impl PinnedVerifier {
+    fn new(pin: Pin, provider: Arc<CryptoProvider>) -> Result<Self, TrustError> {
+        let ca = match &pin {
+            Pin::Certs(certs) => {
+                let mut roots = RootCertStore::empty();
+                // A self-signed leaf is not a usable trust anchor for webpki
+                // (it is not a CA); those are matched byte for byte instead.
+                let (_added, _ignored) = roots.add_parsable_certificates(certs.iter().cloned());
+                if roots.is_empty() {
+                    None
+                } else {
+                    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .build()
+                        .ok()
+                }
+            }
+            Pin::Fingerprint(_) => None,
+        };
+        Ok(Self { pin, ca, provider })
+    }
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let presented = fingerprint_of(end_entity.as_ref());
+        match &self.pin {
+            Pin::Fingerprint(fp) if *fp == presented => Ok(ServerCertVerified::assertion()),
+            Pin::Fingerprint(fp) => Err(mismatch(format!(
+                "the server presented a certificate with SHA-256 {presented}, but {fp} is pinned"
+            ))),
+            Pin::Certs(certs) => {
+                if certs.iter().any(|c| c.as_ref() == end_entity.as_ref()) {
+                    return Ok(ServerCertVerified::assertion());
+                }
+                if let Some(ca) = &self.ca
+                    && ca
+                        .verify_server_cert(
+                            end_entity,
+                            intermediates,
+                            server_name,
+                            ocsp_response,
+                            now,
+                        )
+                        .is_ok()
+                {
+                    return Ok(ServerCertVerified::assertion());
+                }
+                Err(mismatch(format!(
+                    "the server presented a certificate (SHA-256 {presented}) that is not the pinned one"
+                )))
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn mismatch(msg: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        PinMismatch(msg),
+    ))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_is_sha256() {
+        // SHA-256("abc")
+        assert_eq!(
+            fingerprint_of(b"abc").to_string(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn server_names() {
+        assert!(server_name("localhost").is_ok());
+        assert!(server_name("127.0.0.1").is_ok());
+        assert!(server_name("::1").is_ok());
+        assert!(server_name("bad name").is_err());
+    }
+
+    #[test]
+    fn system_roots_and_fingerprint_configs_build() {
+        let home = Home::new("/nonexistent");
+        client_config(&Trust::SystemRoots, &home).unwrap();
+        client_config(&Trust::Fingerprint(Fingerprint([1; 32])), &home).unwrap();
+        assert!(matches!(
+            client_config(&Trust::PinnedCert("missing.pem".into()), &home),
+            Err(TrustError::PinnedCert { .. })
+        ));
+    }
+}
