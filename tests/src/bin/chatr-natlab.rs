@@ -1,0 +1,157 @@
+//! `chatr-natlab`: runs the NAT matrix with the real binaries and rewrites `docs/NAT-MATRIX.md`.
+//!
+//! ```text
+//! cargo build -p chatr-server -p chatr-client
+//! sudo cargo run -p chatr-tests --bin chatr-natlab -- [--delay-ms 20] [--loss 0] [--out docs/NAT-MATRIX.md]
+//! ```
+//! Exits 1 when a pair that must be direct was not (after writing the table).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chatr_tests::lab::matrix::{self, Binaries, MatrixConfig, Pair};
+use chatr_tests::lab::{Lab, LinkCondition, NatProfile};
+use clap::Parser;
+
+/// Runs every pair of NAT profiles through the lab with the real `chatr` and
+/// `chatr-server` binaries and writes the result table.
+#[derive(Debug, Parser)]
+#[command(name = "chatr-natlab", version)]
+struct Args {
+    /// One-way delay between the two peers' routers, in ms (each uplink gets half).
+    #[arg(long, default_value_t = 20)]
+    delay_ms: u64,
+    /// Loss per uplink and direction, in percent.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    loss: u8,
+    /// Where to write the Markdown table [default: docs/NAT-MATRIX.md of the workspace].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the table instead of writing a file.
+    #[arg(long)]
+    stdout: bool,
+    /// Directory holding `chatr` and `chatr-server` [default: $CHATR_BIN_DIR, else target/debug].
+    #[arg(long, env = "CHATR_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Only these pairs (comma-separated `PROFILE:PROFILE` or `same-lan`).
+    #[arg(long, value_delimiter = ',')]
+    pairs: Vec<String>,
+    /// Pairs run at the same time.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Bytes piped in each direction.
+    #[arg(long, default_value_t = 256 * 1024)]
+    bytes: usize,
+    /// Time limit for one pair's `pipe` exchange, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pipe_timeout: u64,
+    /// Keep homes, data and logs in this directory.
+    #[arg(long)]
+    keep: Option<PathBuf>,
+    /// Only remove namespaces left behind by killed lab runs, then exit.
+    #[arg(long)]
+    sweep: bool,
+    /// (For the lab's own tests) build a small lab, print `HOLDING <prefix>`, and wait to be killed.
+    #[arg(long, hide = true)]
+    hold: bool,
+}
+
+fn hold() -> anyhow::Result<()> {
+    let mut lab = Lab::new()?;
+    lab.add_public_host("srv")?;
+    let mut site = lab.add_site(
+        "held",
+        NatProfile::Cgnat,
+        LinkCondition::delay_ms(5).with_loss(1),
+    )?;
+    let host = lab.add_host(&mut site, "h")?;
+    // A process inside, as a real run would have.
+    let _child = host.netns().command("sleep").arg("3600").spawn()?;
+    println!("HOLDING {}", lab.prefix());
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.hold {
+        return hold();
+    }
+    if args.sweep {
+        chatr_tests::lab::ensure_prerequisites()?;
+        let removed = chatr_tests::lab::sweep_leftovers();
+        eprintln!("natlab: removed {} leftover namespace(s)", removed.len());
+        return Ok(());
+    }
+    let binaries = Binaries::locate(args.bin_dir.as_deref())?;
+    if args.bin_dir.is_none() {
+        // Found in target/: make sure they are not older than their sources.
+        binaries.check_fresh()?;
+    }
+    let mut config = MatrixConfig::new(binaries);
+    config.delay_ms = args.delay_ms;
+    config.loss_percent = args.loss;
+    config.concurrency = args.concurrency;
+    config.bytes = args.bytes;
+    config.pipe_timeout = Duration::from_secs(args.pipe_timeout);
+    config.keep_dir = args.keep.clone();
+    if !args.pairs.is_empty() {
+        config.pairs = args
+            .pairs
+            .iter()
+            .map(|p| Pair::parse(p))
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
+    }
+    eprintln!(
+        "natlab: {} pairs, {} ms between routers, {} % loss per uplink",
+        config.pairs.len(),
+        config.delay_ms,
+        config.loss_percent
+    );
+    let run = matrix::run(&config)?;
+    let mut command = format!(
+        "chatr-natlab --delay-ms {} --loss {}",
+        args.delay_ms, args.loss
+    );
+    if !args.pairs.is_empty() {
+        command.push_str(&format!(" --pairs {}", args.pairs.join(",")));
+    }
+    let markdown = run.to_markdown(&command);
+    if args.stdout {
+        print!("{markdown}");
+    } else {
+        let out = args.out.unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/NAT-MATRIX.md")
+        });
+        std::fs::write(&out, &markdown).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("natlab: wrote {}", out.display());
+    }
+    for r in &run.results {
+        eprintln!(
+            "natlab: {:<40} {}{}",
+            r.pair.label(),
+            if r.direct { "direct" } else { "failed" },
+            if r.why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", r.why)
+            }
+        );
+    }
+    let missed = run.unexpected();
+    if !missed.is_empty() {
+        bail!(
+            "{} pair(s) that must be direct were not: {}",
+            missed.len(),
+            missed
+                .iter()
+                .map(|r| r.pair.label())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(())
+}

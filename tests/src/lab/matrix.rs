@@ -1,0 +1,1124 @@
+//! The NAT matrix: every pair of profiles, linked with the real binaries.
+//!
+//! For each pair the lab builds two fresh sites (or one site with two hosts for
+//! `same-lan`) around one shared `chatr-server` on the public segment, then runs
+//! the `chatr` CLI inside the host namespaces exactly as a user would: `init`
+//! (pinning the server's self-signed certificate), `register`, `whoami`,
+//! `contacts add`, and finally `pipe --listen --from bob` against `pipe alice`
+//! with random data in both directions. A pair is *direct* when both clients
+//! report a direct link (`--report` JSON), both exit 0, and each side's output
+//! has the SHA-256 of what the other side read in. The result is a
+//! [`MatrixRun`], which renders itself as `docs/NAT-MATRIX.md`.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{self, Read};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Deserialize;
+
+use super::error::LabError;
+use super::nat::NatProfile;
+use super::topology::{Host, Lab, LinkCondition};
+
+/// Port of the server's TLS rendezvous (TCP) and UDP endpoint discovery.
+const CONNECT_PORT: u16 = 7777;
+/// Port of the server's HTTPS registry API.
+const API_PORT: u16 = 7778;
+/// Limit for each short CLI step (init, register, whoami, contacts add).
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// An initiator failing faster than this with "offline" asked before the listener logged in.
+const OFFLINE_RETRY_WINDOW: Duration = Duration::from_secs(5);
+/// Limit for the server to write its ready file.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the matrix could not run at all (a pair failing is a result, not an error).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MatrixError {
+    /// The lab could not be built.
+    #[error(transparent)]
+    Lab(#[from] LabError),
+    /// A binary is missing.
+    #[error(
+        "`{name}` not found (looked in: {searched}); build it with `cargo build -p chatr-server -p chatr-client` or point CHATR_BIN_DIR at the directory holding `chatr` and `chatr-server`"
+    )]
+    MissingBinary {
+        /// Which binary.
+        name: &'static str,
+        /// Directories searched.
+        searched: String,
+    },
+    /// A binary is older than the sources it is built from.
+    #[error(
+        "{} is older than its source {}; rebuild with `cargo build -p chatr-server -p chatr-client` (or run `cargo test --workspace`, which builds them)",
+        binary.display(),
+        changed.display()
+    )]
+    Stale {
+        /// The stale binary.
+        binary: PathBuf,
+        /// A source file changed after it was built.
+        changed: PathBuf,
+    },
+    /// The server did not come up.
+    #[error("chatr-server did not start: {0}")]
+    Server(String),
+    /// Local file trouble (work directory, data files).
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> MatrixError {
+    let what = what.into();
+    move |source| MatrixError::Io { what, source }
+}
+
+/// Paths of the two real binaries.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// The `chatr` client CLI.
+    pub chatr: PathBuf,
+    /// The `chatr-server` binary.
+    pub server: PathBuf,
+}
+
+impl Binaries {
+    /// Finds `chatr` and `chatr-server`: in `explicit` if given, else `$CHATR_BIN_DIR`,
+    /// else `$CARGO_TARGET_DIR/{debug,release}`, else the workspace's `target/{debug,release}`.
+    pub fn locate(explicit: Option<&Path>) -> Result<Binaries, MatrixError> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        if let Some(dir) = explicit {
+            dirs.push(dir.to_owned());
+        } else if let Some(dir) = std::env::var_os("CHATR_BIN_DIR") {
+            dirs.push(dir.into());
+        } else {
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .map(|t| {
+                    if t.is_relative() {
+                        workspace.join(t)
+                    } else {
+                        t
+                    }
+                })
+                .unwrap_or_else(|| workspace.join("target"));
+            dirs.push(target.join("debug"));
+            dirs.push(target.join("release"));
+        }
+        let find = |name: &'static str| {
+            dirs.iter()
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+                .ok_or_else(|| MatrixError::MissingBinary {
+                    name,
+                    searched: dirs
+                        .iter()
+                        .map(|d| d.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })
+        };
+        Ok(Binaries {
+            chatr: find("chatr")?,
+            server: find("chatr-server")?,
+        })
+    }
+}
+
+impl Binaries {
+    /// Fails when a binary is older than any source file it was built from, as listed in
+    /// cargo's dep-info file next to it (`target/debug/chatr.d`): `cargo test -p
+    /// chatr-tests` alone does not rebuild other packages' binaries, and a stale `chatr`
+    /// would make the matrix report on old code. Binaries without dep-info pass.
+    pub fn check_fresh(&self) -> Result<(), MatrixError> {
+        for binary in [&self.chatr, &self.server] {
+            let Ok(dep_info) = std::fs::read_to_string(binary.with_extension("d")) else {
+                continue;
+            };
+            let built = std::fs::metadata(binary)
+                .and_then(|m| m.modified())
+                .map_err(io_err(format!("reading {}", binary.display())))?;
+            let newer = dep_info
+                .split_once(": ")
+                .map(|(_, deps)| deps)
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(Path::new)
+                .find(|source| {
+                    std::fs::metadata(source)
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|modified| modified > built)
+                });
+            if let Some(source) = newer {
+                return Err(MatrixError::Stale {
+                    binary: binary.clone(),
+                    changed: source.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One cell of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pair {
+    /// Peer A (listener, "alice") behind the first profile, peer B (initiator, "bob")
+    /// behind the second, each at its own site.
+    Profiles(NatProfile, NatProfile),
+    /// Both peers on the LAN of one port-restricted NAT (which does not hairpin).
+    SameLan,
+}
+
+/// What the matrix asserts about a pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expectation {
+    /// Must come out direct, with data checked end to end.
+    Direct,
+    /// Recorded as it comes out; nothing asserted beyond finishing with a report.
+    Recorded,
+}
+
+impl Pair {
+    /// Every unordered pair of profiles (including a profile with itself), then `same-lan`.
+    pub fn all() -> Vec<Pair> {
+        let mut pairs = Vec::new();
+        for (i, a) in NatProfile::ALL.into_iter().enumerate() {
+            for b in NatProfile::ALL.into_iter().skip(i) {
+                pairs.push(Pair::Profiles(a, b));
+            }
+        }
+        pairs.push(Pair::SameLan);
+        pairs
+    }
+
+    /// `a↔b` or `same-lan`.
+    pub fn label(&self) -> String {
+        match self {
+            Pair::Profiles(a, b) => format!("{a} ↔ {b}"),
+            Pair::SameLan => "same-lan".into(),
+        }
+    }
+
+    /// Parses `a:b` or `same-lan`.
+    pub fn parse(s: &str) -> Result<Pair, String> {
+        if s == "same-lan" {
+            return Ok(Pair::SameLan);
+        }
+        let (a, b) = s
+            .split_once(':')
+            .ok_or_else(|| format!("pair `{s}` must be PROFILE:PROFILE or same-lan"))?;
+        Ok(Pair::Profiles(
+            a.parse().map_err(|e| format!("{e}"))?,
+            b.parse().map_err(|e| format!("{e}"))?,
+        ))
+    }
+
+    /// A direct link is required when at least one side maps endpoint-independently —
+    /// except where a symmetric NAT's fresh port meets port-dependent filtering
+    /// (symmetric, port-restricted, and CGNAT, whose carrier filters like
+    /// port-restricted): those are recorded as they come out.
+    pub fn expectation(&self) -> Expectation {
+        let port_filtered = |p: NatProfile| {
+            matches!(
+                p,
+                NatProfile::Symmetric | NatProfile::PortRestricted | NatProfile::Cgnat
+            )
+        };
+        match *self {
+            Pair::SameLan => Expectation::Direct,
+            Pair::Profiles(a, b)
+                if (a == NatProfile::Symmetric && port_filtered(b))
+                    || (b == NatProfile::Symmetric && port_filtered(a)) =>
+            {
+                Expectation::Recorded
+            }
+            Pair::Profiles(..) => Expectation::Direct,
+        }
+    }
+}
+
+/// How the matrix runs.
+#[derive(Debug, Clone)]
+pub struct MatrixConfig {
+    /// The binaries under test.
+    pub binaries: Binaries,
+    /// One-way delay between the two peers' routers, in ms; each uplink gets half.
+    pub delay_ms: u64,
+    /// Loss on each uplink, per direction, in percent.
+    pub loss_percent: u8,
+    /// The pairs to run, in table order.
+    pub pairs: Vec<Pair>,
+    /// Bytes piped in each direction.
+    pub bytes: usize,
+    /// Pairs run at the same time.
+    pub concurrency: usize,
+    /// Limit for the whole `pipe` exchange of one pair.
+    pub pipe_timeout: Duration,
+    /// Keep homes, data and logs here instead of a temporary directory.
+    pub keep_dir: Option<PathBuf>,
+}
+
+impl MatrixConfig {
+    /// The whole matrix with default settings (20 ms between routers, no loss, 256 KiB each way).
+    pub fn new(binaries: Binaries) -> MatrixConfig {
+        MatrixConfig {
+            binaries,
+            delay_ms: 20,
+            loss_percent: 0,
+            pairs: Pair::all(),
+            bytes: 256 * 1024,
+            concurrency: 4,
+            pipe_timeout: Duration::from_secs(60),
+            keep_dir: None,
+        }
+    }
+
+    fn uplink(&self) -> LinkCondition {
+        LinkCondition {
+            delay: Duration::from_millis(self.delay_ms) / 2,
+            loss_percent: self.loss_percent,
+        }
+    }
+}
+
+/// The JSON object `chatr --report FILE` writes after a link attempt.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LinkReport {
+    /// The peer's UUID.
+    pub peer: Option<String>,
+    /// `direct` or `failed`.
+    pub result: Option<String>,
+    /// `lan` or `public`.
+    pub path: Option<String>,
+    /// Which candidate won: `private`, `public-udp`, `public-tcp`, `peer-reflexive`.
+    pub candidate: Option<String>,
+    /// The peer's address on the winning path.
+    pub remote: Option<String>,
+    /// ClientInfo received → authenticated QUIC link, in milliseconds.
+    pub punch_ms: Option<f64>,
+    /// Probes this side sent.
+    pub probes_sent: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl LinkReport {
+    fn is_direct(&self) -> bool {
+        self.result.as_deref() == Some("direct")
+    }
+}
+
+/// What one side of the pipe did.
+#[derive(Debug, Clone, Default)]
+pub struct PeerOutcome {
+    /// Its `--report`, if it wrote one.
+    pub report: Option<LinkReport>,
+    /// How the process ended (`None`: killed at the time limit or never started).
+    pub exit: Option<String>,
+    /// Its output matched the SHA-256 of what the other side read in.
+    pub data_ok: bool,
+    /// The last lines of its stderr.
+    pub stderr_tail: String,
+}
+
+/// The result of one pair.
+#[derive(Debug, Clone)]
+pub struct PairResult {
+    /// Which pair.
+    pub pair: Pair,
+    /// What was expected.
+    pub expectation: Expectation,
+    /// Direct link, both exits 0, data verified both ways.
+    pub direct: bool,
+    /// The listener ("alice", peer A).
+    pub listener: PeerOutcome,
+    /// The initiator ("bob", peer B).
+    pub initiator: PeerOutcome,
+    /// Why it is not direct (empty when direct).
+    pub why: String,
+    /// Wall time of the `pipe` exchange.
+    pub wall: Duration,
+}
+
+impl PairResult {
+    /// True when the pair had to be direct and was not.
+    pub fn is_unexpected(&self) -> bool {
+        self.expectation == Expectation::Direct && !self.direct
+    }
+
+    /// True when both sides wrote a report (the minimum asserted of every pair).
+    pub fn reported(&self) -> bool {
+        self.listener.report.is_some() && self.initiator.report.is_some()
+    }
+}
+
+/// A whole run.
+#[derive(Debug, Clone)]
+pub struct MatrixRun {
+    /// One-way delay between routers (ms).
+    pub delay_ms: u64,
+    /// Loss per uplink per direction (%).
+    pub loss_percent: u8,
+    /// Bytes piped each way.
+    pub bytes: usize,
+    /// Results in table order.
+    pub results: Vec<PairResult>,
+    /// When the run started.
+    pub started: SystemTime,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// Runs the matrix. Pair failures are results; only a lab or server failure is an error.
+pub fn run(config: &MatrixConfig) -> Result<MatrixRun, MatrixError> {
+    let started = SystemTime::now();
+    let clock = Instant::now();
+    let temp;
+    let work: PathBuf = match &config.keep_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+            dir.clone()
+        }
+        None => {
+            temp = tempfile::tempdir().map_err(io_err("creating a work directory"))?;
+            temp.path().to_owned()
+        }
+    };
+
+    let mut lab = Lab::new()?;
+    let server_host = lab.add_public_host("srv")?;
+    let link = config.uplink();
+    let mut peers: Vec<(Host, Host)> = Vec::new();
+    for (k, pair) in config.pairs.iter().enumerate() {
+        match *pair {
+            Pair::Profiles(a, b) => {
+                let mut site_a = lab.add_site(&format!("p{k}a"), a, link)?;
+                let mut site_b = lab.add_site(&format!("p{k}b"), b, link)?;
+                peers.push((
+                    lab.add_host(&mut site_a, "alice")?,
+                    lab.add_host(&mut site_b, "bob")?,
+                ));
+            }
+            Pair::SameLan => {
+                let mut site = lab.add_site(&format!("p{k}"), NatProfile::PortRestricted, link)?;
+                peers.push((
+                    lab.add_host(&mut site, "alice")?,
+                    lab.add_host(&mut site, "bob")?,
+                ));
+            }
+        }
+    }
+
+    let server = Server::start(&config.binaries, &server_host, &work.join("server"))?;
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<PairResult>>> = Mutex::new(vec![None; config.pairs.len()]);
+    std::thread::scope(|scope| {
+        for _ in 0..config.concurrency.max(1) {
+            scope.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, Ordering::SeqCst);
+                    let (Some(pair), Some((alice, bob))) = (config.pairs.get(k), peers.get(k))
+                    else {
+                        break;
+                    };
+                    let ctx = PairContext {
+                        config,
+                        server: &server,
+                        dir: work.join(format!("pair{k:02}")),
+                        seed: k as u64,
+                    };
+                    let result = ctx.run(*pair, alice, bob);
+                    if let Ok(mut slots) = results.lock()
+                        && let Some(slot) = slots.get_mut(k)
+                    {
+                        *slot = Some(result);
+                    }
+                }
+            });
+        }
+    });
+    drop(server);
+    drop(lab);
+    let results = results
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .into_iter()
+        .zip(&config.pairs)
+        .map(|(slot, pair)| {
+            slot.unwrap_or_else(|| PairResult {
+                pair: *pair,
+                expectation: pair.expectation(),
+                direct: false,
+                listener: PeerOutcome::default(),
+                initiator: PeerOutcome::default(),
+                why: "pair did not run (worker thread died)".into(),
+                wall: Duration::ZERO,
+            })
+        })
+        .collect();
+    Ok(MatrixRun {
+        delay_ms: config.delay_ms,
+        loss_percent: config.loss_percent,
+        bytes: config.bytes,
+        results,
+        started,
+        elapsed: clock.elapsed(),
+    })
+}
+
+/// The running `chatr-server`; killed on drop.
+struct Server {
+    ip: Ipv4Addr,
+    cert: PathBuf,
+    child: std::process::Child,
+}
+
+impl Server {
+    fn start(binaries: &Binaries, host: &Host, data_dir: &Path) -> Result<Server, MatrixError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(io_err(format!("creating {}", data_dir.display())))?;
+        let ready = data_dir.join("ready.json");
+        let log_path = data_dir.join("server.log");
+        let log = File::create(&log_path).map_err(io_err("creating the server log"))?;
+        let log_err = log
+            .try_clone()
+            .map_err(io_err("duplicating the server log"))?;
+        let ip = host.ip();
+        let mut child = host
+            .netns()
+            .command(&binaries.server)
+            .arg("serve")
+            .args(["--listen", &format!("0.0.0.0:{CONNECT_PORT}")])
+            .args(["--api-listen", &format!("0.0.0.0:{API_PORT}")])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--san", &ip.to_string()])
+            .arg("--ready-file")
+            .arg(&ready)
+            // Every pair registers and looks up keys; same-lan peers share one public IP.
+            .args(["--api-rate", "1000", "--api-burst", "1000"])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|e| {
+                MatrixError::Server(format!("spawning {}: {e}", binaries.server.display()))
+            })?;
+        let deadline = Instant::now() + SERVER_START_TIMEOUT;
+        loop {
+            if ready.is_file() && data_dir.join("cert.pem").is_file() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(MatrixError::Server(format!(
+                    "exited with {status}; log:\n{}",
+                    tail(&log_path, 20)
+                )));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(MatrixError::Server(format!(
+                    "no ready file after {SERVER_START_TIMEOUT:?}; log:\n{}",
+                    tail(&log_path, 20)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Server {
+            ip,
+            cert: data_dir.join("cert.pem"),
+            child,
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Everything one pair's run needs.
+struct PairContext<'a> {
+    config: &'a MatrixConfig,
+    server: &'a Server,
+    dir: PathBuf,
+    seed: u64,
+}
+
+/// A finished process: its exit (None = killed at the deadline) and files.
+struct Finished {
+    status: Option<ExitStatus>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl PairContext<'_> {
+    fn run(&self, pair: Pair, alice: &Host, bob: &Host) -> PairResult {
+        let mut result = PairResult {
+            pair,
+            expectation: pair.expectation(),
+            direct: false,
+            listener: PeerOutcome::default(),
+            initiator: PeerOutcome::default(),
+            why: String::new(),
+            wall: Duration::ZERO,
+        };
+        if let Err(why) = self.exchange(&mut result, alice, bob) {
+            result.why = why;
+        }
+        result
+    }
+
+    /// Runs `chatr ARGS…` as `who` inside `host`, with a deadline; stdin from `stdin` if given.
+    fn chatr(
+        &self,
+        host: &Host,
+        who: &str,
+        step: &str,
+        args: &[&str],
+        stdin: Option<&Path>,
+        timeout: Duration,
+    ) -> Result<Finished, String> {
+        let home = self.dir.join(who);
+        let stdout = self.dir.join(format!("{who}.{step}.out"));
+        let stderr = self.dir.join(format!("{who}.{step}.err"));
+        let open = |p: &Path| File::create(p).map_err(|e| format!("creating {}: {e}", p.display()));
+        let input = match stdin {
+            Some(path) => Stdio::from(
+                File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?,
+            ),
+            None => Stdio::null(),
+        };
+        let mut cmd: Command = host.netns().command(&self.config.binaries.chatr);
+        cmd.arg("--home").arg(&home);
+        if step == "pipe" {
+            cmd.arg("--report")
+                .arg(self.dir.join(format!("{who}.report.json")));
+        }
+        cmd.args(args)
+            .env("NO_COLOR", "1")
+            .stdin(input)
+            .stdout(Stdio::from(open(&stdout)?))
+            .stderr(Stdio::from(open(&stderr)?));
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("spawning chatr {step}: {e}"))?;
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(format!("waiting for chatr {step}: {e}")),
+            }
+        };
+        Ok(Finished {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// A setup step that must succeed; returns its stdout.
+    fn step(&self, host: &Host, who: &str, step: &str, args: &[&str]) -> Result<String, String> {
+        let done = self.chatr(host, who, step, args, None, STEP_TIMEOUT)?;
+        match done.status {
+            Some(status) if status.success() => std::fs::read_to_string(&done.stdout)
+                .map_err(|e| format!("reading output of {step}: {e}")),
+            Some(status) => Err(format!(
+                "`chatr {}` as {who} failed ({status}): {}",
+                args.join(" "),
+                tail(&done.stderr, 3)
+            )),
+            None => Err(format!(
+                "`chatr {}` as {who} timed out after {STEP_TIMEOUT:?}",
+                args.join(" ")
+            )),
+        }
+    }
+
+    /// init + register + whoami; returns the UUID.
+    fn enrol(&self, host: &Host, who: &str) -> Result<String, String> {
+        let server = format!("{}:{CONNECT_PORT}", self.server.ip);
+        let api = format!("https://{}:{API_PORT}", self.server.ip);
+        let cert = self.server.cert.to_string_lossy().into_owned();
+        self.step(
+            host,
+            who,
+            "init",
+            &[
+                "init",
+                "--server",
+                &server,
+                "--api",
+                &api,
+                "--server-cert",
+                &cert,
+            ],
+        )?;
+        self.step(host, who, "register", &["register"])?;
+        let whoami = self.step(host, who, "whoami", &["whoami"])?;
+        let uuid = whoami
+            .split_whitespace()
+            .next()
+            .filter(|u| u.len() == 36)
+            .ok_or_else(|| {
+                format!(
+                    "`chatr whoami` as {who} printed `{}`, expected `<uuid> <key>`",
+                    whoami.trim()
+                )
+            })?;
+        Ok(uuid.to_owned())
+    }
+
+    fn exchange(&self, result: &mut PairResult, alice: &Host, bob: &Host) -> Result<(), String> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
+        let alice_id = self.enrol(alice, "alice")?;
+        let bob_id = self.enrol(bob, "bob")?;
+        self.step(
+            alice,
+            "alice",
+            "contacts",
+            &["contacts", "add", &bob_id, "bob"],
+        )?;
+        self.step(
+            bob,
+            "bob",
+            "contacts",
+            &["contacts", "add", &alice_id, "alice"],
+        )?;
+
+        let alice_in = self.dir.join("alice.in");
+        let bob_in = self.dir.join("bob.in");
+        let alice_sum = write_random(&alice_in, self.config.bytes, self.seed * 2 + 1)?;
+        let bob_sum = write_random(&bob_in, self.config.bytes, self.seed * 2 + 2)?;
+
+        let clock = Instant::now();
+        let (alice_done, bob_done) = std::thread::scope(|scope| {
+            let listener = scope.spawn(|| {
+                self.chatr(
+                    alice,
+                    "alice",
+                    "pipe",
+                    &["pipe", "--listen", "--from", "bob"],
+                    Some(&alice_in),
+                    self.config.pipe_timeout,
+                )
+            });
+            // Give the listener time to log in (a few round trips across the wires) before
+            // asking for it. On a busy machine that may not be enough: a quick "offline"
+            // failure is retried, since nothing happened on the wire yet.
+            let mut initiator;
+            let mut attempt = 0;
+            loop {
+                std::thread::sleep(Duration::from_millis(1000 + 4 * self.config.delay_ms));
+                attempt += 1;
+                let _ = std::fs::remove_file(self.dir.join("bob.report.json"));
+                let began = Instant::now();
+                initiator = self.chatr(
+                    bob,
+                    "bob",
+                    "pipe",
+                    &["pipe", "alice"],
+                    Some(&bob_in),
+                    self.config.pipe_timeout,
+                );
+                let quick = began.elapsed() < OFFLINE_RETRY_WINDOW;
+                let offline = initiator.as_ref().is_ok_and(|done| {
+                    done.status.is_some_and(|s| !s.success()) && self.mentions_offline("bob", done)
+                });
+                if !(quick && offline && attempt < 4) {
+                    break;
+                }
+            }
+            (
+                listener
+                    .join()
+                    .unwrap_or_else(|_| Err("listener thread panicked".into())),
+                initiator,
+            )
+        });
+        result.wall = clock.elapsed();
+        let alice_done = alice_done?;
+        let bob_done = bob_done?;
+        result.listener = self.outcome("alice", &alice_done, &bob_sum);
+        result.initiator = self.outcome("bob", &bob_done, &alice_sum);
+        result.direct = [&result.listener, &result.initiator].iter().all(|side| {
+            side.report.as_ref().is_some_and(LinkReport::is_direct)
+                && side.exit.as_deref() == Some("0")
+                && side.data_ok
+        });
+        if !result.direct {
+            result.why = why_not_direct(&result.listener, &result.initiator);
+        }
+        Ok(())
+    }
+
+    /// Did this failed attempt fail because the peer was not online (yet)?
+    fn mentions_offline(&self, who: &str, done: &Finished) -> bool {
+        let report = std::fs::read_to_string(self.dir.join(format!("{who}.report.json")))
+            .unwrap_or_default();
+        let stderr = std::fs::read_to_string(&done.stderr).unwrap_or_default();
+        [report, stderr].iter().any(|text| {
+            text.to_ascii_lowercase().contains("offline")
+                || text.to_ascii_lowercase().contains("not online")
+        })
+    }
+
+    fn outcome(&self, who: &str, done: &Finished, expected_sum: &str) -> PeerOutcome {
+        let report = std::fs::read_to_string(self.dir.join(format!("{who}.report.json")))
+            .ok()
+            .and_then(|text| serde_json::from_str::<LinkReport>(&text).ok());
+        let data_ok = sha256_file(&done.stdout).is_ok_and(|sum| sum == expected_sum);
+        PeerOutcome {
+            report,
+            exit: done.status.map(|s| match s.code() {
+                Some(code) => code.to_string(),
+                None => s.to_string(),
+            }),
+            data_ok,
+            stderr_tail: tail(&done.stderr, 3),
+        }
+    }
+}
+
+/// A one-line reason, from the most specific evidence available.
+fn why_not_direct(listener: &PeerOutcome, initiator: &PeerOutcome) -> String {
+    let mut reasons = Vec::new();
+    for (who, side) in [("initiator", initiator), ("listener", listener)] {
+        match (&side.report, &side.exit) {
+            (_, None) => reasons.push(format!("{who} killed at the time limit")),
+            (Some(report), _) if !report.is_direct() => reasons.push(format!(
+                "{who}: {}",
+                report
+                    .error
+                    .as_deref()
+                    .map(first_sentence)
+                    .unwrap_or_else(|| format!("result {:?}", report.result))
+            )),
+            (None, Some(code)) => reasons.push(format!(
+                "{who} wrote no report (exit {code}): {}",
+                side.stderr_tail
+            )),
+            (Some(_), Some(code)) if code != "0" => {
+                reasons.push(format!("{who} exited {code}: {}", side.stderr_tail));
+            }
+            (Some(_), Some(_)) if !side.data_ok => {
+                reasons.push(format!("{who}: received data does not match"))
+            }
+            _ => {}
+        }
+    }
+    if reasons.is_empty() {
+        "unknown".into()
+    } else {
+        reasons.join("; ")
+    }
+}
+
+/// The diagnosis without the advice that follows it (`"… failed: why. Try …"` → `"… failed: why"`).
+fn first_sentence(text: &str) -> String {
+    match text.find(". ") {
+        Some(end) => text[..end].to_owned(),
+        None => text.trim_end_matches('.').to_owned(),
+    }
+}
+
+/// Writes `len` pseudo-random bytes (xorshift64*, seeded) and returns their SHA-256 (hex).
+fn write_random(path: &Path, len: usize, seed: u64) -> Result<String, String> {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    let mut state = (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ nanos) | 1;
+    let mut data = Vec::with_capacity(len + 8);
+    while data.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        data.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    data.truncate(len);
+    std::fs::write(path, &data).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(hex(
+        ring::digest::digest(&ring::digest::SHA256, &data).as_ref()
+    ))
+}
+
+fn sha256_file(path: &Path) -> io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(hex(ctx.finish().as_ref()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The last `lines` non-empty lines of a file, joined with " / " (for tables and errors).
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let kept: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    kept[kept.len().saturating_sub(lines)..].join(" / ")
+}
+
+/// Makes text safe inside a Markdown table cell.
+fn cell(text: &str) -> String {
+    let flat: String = text.replace('|', "\\|").replace(['\n', '\r'], " ");
+    if flat.chars().count() > 400 {
+        let cut: String = flat.chars().take(397).collect();
+        format!("{cut}…")
+    } else {
+        flat
+    }
+}
+
+/// `YYYY-MM-DD HH:MM UTC` for a time after the epoch (civil-from-days, proleptic Gregorian).
+fn utc_timestamp(at: SystemTime) -> String {
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60
+    )
+}
+
+fn fmt_ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".into(), |ms| format!("{ms:.0}"))
+}
+
+fn fmt_count(v: Option<u64>) -> String {
+    v.map_or_else(|| "–".into(), |n| n.to_string())
+}
+
+impl MatrixRun {
+    /// Pairs that had to be direct and were not.
+    pub fn unexpected(&self) -> Vec<&PairResult> {
+        self.results.iter().filter(|r| r.is_unexpected()).collect()
+    }
+
+    /// The report as Markdown (the content of `docs/NAT-MATRIX.md`).
+    pub fn to_markdown(&self, command: &str) -> String {
+        let direct = self.results.iter().filter(|r| r.direct).count();
+        let expected = self
+            .results
+            .iter()
+            .filter(|r| r.expectation == Expectation::Direct)
+            .count();
+        let missed = self.unexpected().len();
+        let rtt = 2 * self.delay_ms;
+        let mut md = String::new();
+        let _ = writeln!(md, "# NAT matrix\n");
+        let _ = writeln!(
+            md,
+            "Generated by `{command}` on {} in {:.0} s. Real `chatr-server` and `chatr` binaries run inside Linux network \
+             namespaces built by the NAT lab (`tests/src/lab/`); each pair gets its own NAT sites around one server.\n",
+            utc_timestamp(self.started),
+            self.elapsed.as_secs_f64()
+        );
+        let _ = writeln!(
+            md,
+            "Link conditions: {} ms one-way between the two peers' routers (RTT {rtt} ms; each uplink's delay wire adds {} ms, \
+             so a peer is {} ms from the server), {} % loss per uplink and direction. Data: {} KiB piped each way, SHA-256 \
+             checked on the other side.\n",
+            self.delay_ms,
+            self.delay_ms / 2,
+            self.delay_ms / 2,
+            self.loss_percent,
+            self.bytes / 1024
+        );
+        let _ = writeln!(
+            md,
+            "**{direct}/{} pairs direct; {}/{expected} pairs that must be direct were direct{}.**\n",
+            self.results.len(),
+            expected - missed,
+            if missed == 0 {
+                ""
+            } else {
+                " — see the failures below"
+            }
+        );
+        md.push_str(
+            "Peer A is the listener (`pipe --listen --from bob`, QUIC server), peer B the initiator (`pipe alice`, QUIC \
+             client). *Link ms* is the time from ClientInfo to the authenticated QUIC link as each client reports it; \
+             *probes* counts the hole-punching probes each side sent.\n\n",
+        );
+        md.push_str("| Peer A | Peer B | Must be direct | Result | Path | Winning candidate (B) | Link ms A / B | Probes A / B | Data | Why not direct |\n");
+        md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+        for r in &self.results {
+            let (a, b) = match r.pair {
+                Pair::Profiles(a, b) => (a.name().to_owned(), b.name().to_owned()),
+                Pair::SameLan => (
+                    "same-lan (port-restricted)".to_owned(),
+                    "same LAN".to_owned(),
+                ),
+            };
+            let la = r.listener.report.clone().unwrap_or_default();
+            let lb = r.initiator.report.clone().unwrap_or_default();
+            let result = match (r.direct, r.expectation) {
+                (true, _) => "✅ direct",
+                (false, Expectation::Direct) => "❌ failed",
+                (false, Expectation::Recorded) => "➖ failed",
+            };
+            let data = if r.listener.data_ok && r.initiator.data_ok {
+                "✔"
+            } else {
+                "✘"
+            };
+            let _ = writeln!(
+                md,
+                "| {a} | {b} | {} | {result} | {} | {} | {} / {} | {} / {} | {data} | {} |",
+                if r.expectation == Expectation::Direct {
+                    "yes"
+                } else {
+                    "no (recorded)"
+                },
+                cell(lb.path.as_deref().or(la.path.as_deref()).unwrap_or("–")),
+                cell(lb.candidate.as_deref().unwrap_or("–")),
+                fmt_ms(la.punch_ms.filter(|_| la.is_direct())),
+                fmt_ms(lb.punch_ms.filter(|_| lb.is_direct())),
+                fmt_count(la.probes_sent),
+                fmt_count(lb.probes_sent),
+                cell(&r.why),
+            );
+        }
+        md.push_str(PROFILE_LEGEND);
+        md
+    }
+}
+
+const PROFILE_LEGEND: &str = "
+## Profiles
+
+RFC 4787 terms: EIM = endpoint-independent mapping, APDM = address-and-port-dependent mapping; EIF / ADF / APDF =
+endpoint-independent / address-dependent / address-and-port-dependent filtering. Every NAT router drops unsolicited
+inbound packets in its `input`/`forward` hooks, so they reach no socket and leave no conntrack entry.
+
+| Profile | Mapping | Filtering | How the lab builds it |
+|---|---|---|---|
+| none | – | – | host directly on the public segment, no firewall |
+| full-cone | EIM | EIF (UDP) | masquerade + a dynamic nftables map (public port → LAN ip:port) learned from outgoing UDP, DNATing inbound UDP from anyone |
+| address-restricted | EIM | ADF (UDP) | as full-cone, but DNAT only from addresses the mapping has sent to (dynamic set) |
+| port-restricted | EIM | APDF | plain Linux masquerade + conntrack |
+| symmetric | APDM | APDF | masquerade `fully-random` (a fresh random port per destination) |
+| cgnat | EIM | APDF | a port-restricted home router (WAN in 100.64.0.0/10) behind a port-restricted carrier NAT |
+| same-lan | EIM | APDF | two peers on one port-restricted NAT, which does not hairpin: only private endpoints work |
+
+Symmetric meeting port-dependent filtering (symmetric, port-restricted, cgnat) needs port prediction, which the
+client does not attempt; those pairs are recorded as they come out and nothing is asserted about them.
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pair_once_plus_same_lan() {
+        let pairs = Pair::all();
+        assert_eq!(pairs.len(), 21 + 1);
+        assert_eq!(pairs.last(), Some(&Pair::SameLan));
+        let recorded: Vec<String> = pairs
+            .iter()
+            .filter(|p| p.expectation() == Expectation::Recorded)
+            .map(Pair::label)
+            .collect();
+        assert_eq!(
+            recorded,
+            [
+                "port-restricted ↔ symmetric",
+                "symmetric ↔ symmetric",
+                "symmetric ↔ cgnat"
+            ]
+        );
+    }
+
+    #[test]
+    fn pair_parse() {
+        assert_eq!(Pair::parse("same-lan"), Ok(Pair::SameLan));
+        assert_eq!(
+            Pair::parse("none:symmetric"),
+            Ok(Pair::Profiles(NatProfile::None, NatProfile::Symmetric))
+        );
+        assert!(Pair::parse("none").is_err());
+        assert!(Pair::parse("none:bogus").is_err());
+    }
+
+    #[test]
+    fn report_json_contract() {
+        let r: LinkReport = serde_json::from_str(
+            r#"{"peer":"u","result":"direct","path":"lan","candidate":"private","remote":"192.168.1.3:5000","punch_ms":12,"probes_sent":4}"#,
+        )
+        .unwrap();
+        assert!(r.is_direct());
+        assert_eq!(r.punch_ms, Some(12.0));
+        assert_eq!(r.probes_sent, Some(4));
+        let failed: LinkReport =
+            serde_json::from_str(r#"{"result":"failed","error":"punch timed out"}"#).unwrap();
+        assert!(!failed.is_direct());
+    }
+
+    #[test]
+    fn timestamp_is_civil_utc() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400 + 3_600 + 120); // 2000-02-29 01:02
+        assert_eq!(utc_timestamp(t), "2000-02-29 01:02 UTC");
+    }
+
+    #[test]
+    fn cells_are_escaped() {
+        assert_eq!(cell("a|b\nc"), "a\\|b c");
+    }
+
+    #[test]
+    fn reasons_drop_the_advice() {
+        assert_eq!(
+            first_sentence("punch failed: x (1.2.3.4:5). Try again. Or not"),
+            "punch failed: x (1.2.3.4:5)"
+        );
+        assert_eq!(first_sentence("peer offline."), "peer offline");
+    }
+}

@@ -1,0 +1,276 @@
+//! NAT profiles and the nftables rulesets that make a namespace behave like each one.
+//!
+//! Vocabulary from RFC 4787: *mapping* says whether the public port a NAT picks
+//! depends on the destination (endpoint-independent, EIM, or address-and-port
+//! dependent, APDM); *filtering* says which outside sources may send to a mapping
+//! (anyone: EIF; the addresses we sent to: ADF; the exact address:port pairs we
+//! sent to: APDF). Linux conntrack gives APDF for free; masquerade preserves the
+//! source port where it can (EIM) and with `fully-random` picks a fresh port per
+//! flow (APDM). The cone profiles add the missing filtering kinds with a dynamic
+//! nftables map, learned from outgoing UDP, that DNATs inbound datagrams back to
+//! the host that owns the mapping.
+//!
+//! Every router filters its WAN side the way a home router does: inbound packets
+//! that match no mapping are dropped in the `input`/`forward` hooks, before they
+//! reach a socket and before conntrack confirms an entry for them, so they leave
+//! no state behind (a stray entry would steal the port the next outgoing flow
+//! wants and break endpoint-independent mapping).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// How a site reaches the public segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum NatProfile {
+    /// A public host: no NAT, no firewall.
+    None,
+    /// EIM + endpoint-independent filtering (UDP): anyone may send to a live mapping.
+    FullCone,
+    /// EIM + address-dependent filtering (UDP): hosts we sent to may send from any port.
+    AddressRestricted,
+    /// EIM + address-and-port-dependent filtering: plain Linux masquerade.
+    PortRestricted,
+    /// APDM (a new random port per destination) + APDF: masquerade `fully-random`.
+    Symmetric,
+    /// Two NAT layers: a port-restricted home router behind a port-restricted carrier NAT.
+    Cgnat,
+}
+
+/// RFC 4787 mapping behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mapping {
+    /// No translation at all.
+    NoTranslation,
+    /// Same public ip:port for every destination.
+    EndpointIndependent,
+    /// A new public port per destination ip:port.
+    AddressAndPortDependent,
+}
+
+/// RFC 4787 filtering behaviour for inbound packets to a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filtering {
+    /// Nothing is filtered.
+    Open,
+    /// Anyone may send once a mapping exists.
+    EndpointIndependent,
+    /// Only addresses the host has sent to (from any port).
+    AddressDependent,
+    /// Only the exact ip:port pairs the host has sent to.
+    AddressAndPortDependent,
+}
+
+impl NatProfile {
+    /// Every profile, in table order.
+    pub const ALL: [NatProfile; 6] = [
+        NatProfile::None,
+        NatProfile::FullCone,
+        NatProfile::AddressRestricted,
+        NatProfile::PortRestricted,
+        NatProfile::Symmetric,
+        NatProfile::Cgnat,
+    ];
+
+    /// The profile's name as used on the command line and in `docs/NAT-MATRIX.md`.
+    pub fn name(self) -> &'static str {
+        match self {
+            NatProfile::None => "none",
+            NatProfile::FullCone => "full-cone",
+            NatProfile::AddressRestricted => "address-restricted",
+            NatProfile::PortRestricted => "port-restricted",
+            NatProfile::Symmetric => "symmetric",
+            NatProfile::Cgnat => "cgnat",
+        }
+    }
+
+    /// The mapping behaviour seen from the public segment.
+    pub fn mapping(self) -> Mapping {
+        match self {
+            NatProfile::None => Mapping::NoTranslation,
+            NatProfile::Symmetric => Mapping::AddressAndPortDependent,
+            NatProfile::FullCone
+            | NatProfile::AddressRestricted
+            | NatProfile::PortRestricted
+            | NatProfile::Cgnat => Mapping::EndpointIndependent,
+        }
+    }
+
+    /// The filtering behaviour seen from the public segment.
+    pub fn filtering(self) -> Filtering {
+        match self {
+            NatProfile::None => Filtering::Open,
+            NatProfile::FullCone => Filtering::EndpointIndependent,
+            NatProfile::AddressRestricted => Filtering::AddressDependent,
+            NatProfile::PortRestricted | NatProfile::Symmetric | NatProfile::Cgnat => {
+                Filtering::AddressAndPortDependent
+            }
+        }
+    }
+
+    /// The NAT layers from the host outwards (empty for a public host).
+    pub(crate) fn layers(self) -> &'static [Layer] {
+        match self {
+            NatProfile::None => &[],
+            NatProfile::FullCone => &[Layer::FullCone],
+            NatProfile::AddressRestricted => &[Layer::AddressRestricted],
+            NatProfile::PortRestricted => &[Layer::PortRestricted],
+            NatProfile::Symmetric => &[Layer::Symmetric],
+            NatProfile::Cgnat => &[Layer::PortRestricted, Layer::PortRestricted],
+        }
+    }
+}
+
+impl fmt::Display for NatProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Error for an unknown profile name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown NAT profile `{0}` (expected one of: none, full-cone, address-restricted, port-restricted, symmetric, cgnat)"
+)]
+pub struct UnknownProfile(pub String);
+
+impl FromStr for NatProfile {
+    type Err = UnknownProfile;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NatProfile::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| UnknownProfile(s.to_owned()))
+    }
+}
+
+/// One NAT box's behaviour (a profile is one or two of these stacked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layer {
+    FullCone,
+    AddressRestricted,
+    PortRestricted,
+    Symmetric,
+}
+
+/// Name of the WAN interface in every router namespace; rules key on it.
+pub(crate) const WAN: &str = "wan";
+
+/// The nftables ruleset of one NAT router whose outside interface is [`WAN`].
+pub(crate) fn router_ruleset(layer: Layer) -> String {
+    let cone = matches!(layer, Layer::FullCone | Layer::AddressRestricted);
+    let mut rules = String::new();
+    // Filtering that every home router has: the WAN side may only answer.
+    rules.push_str(&format!(
+        "table inet chatrlab_filter {{
+  chain input {{
+    type filter hook input priority filter; policy drop;
+    iifname != \"{WAN}\" accept
+    ct state established,related accept
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy drop;
+    iifname != \"{WAN}\" accept
+    ct state established,related accept
+{dnat_accept}  }}
+}}
+",
+        dnat_accept = if cone {
+            "    ct status dnat accept\n"
+        } else {
+            ""
+        }
+    ));
+    let masquerade = match layer {
+        Layer::Symmetric => "masquerade fully-random",
+        _ => "masquerade",
+    };
+    rules.push_str(&format!(
+        "table ip chatrlab_nat {{
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname \"{WAN}\" {masquerade}
+  }}
+"
+    ));
+    if cone {
+        // `mappings`: public UDP port -> the LAN ip:port that owns it, learned just
+        // after SNAT (priority srcnat + 10 sees the translated source port).
+        rules.push_str(&format!(
+            "  map mappings {{
+    type inet_service : ipv4_addr . inet_service
+    flags dynamic,timeout
+    timeout 120s
+  }}
+  set contacted {{
+    type ipv4_addr . inet_service
+    flags dynamic,timeout
+    timeout 120s
+  }}
+  chain learn {{
+    type filter hook postrouting priority srcnat + 10; policy accept;
+    oifname \"{WAN}\" meta l4proto udp update @mappings {{ udp sport : ct original ip saddr . ct original proto-src }}
+    oifname \"{WAN}\" meta l4proto udp update @contacted {{ ip daddr . udp sport }}
+  }}
+  chain prerouting {{
+    type nat hook prerouting priority dstnat; policy accept;
+    {condition}iifname \"{WAN}\" meta l4proto udp dnat ip to udp dport map @mappings
+  }}
+",
+            condition = if layer == Layer::AddressRestricted {
+                // Address-dependent filtering: only from addresses this mapping sent to.
+                "ip saddr . udp dport @contacted "
+            } else {
+                ""
+            }
+        ));
+    }
+    rules.push_str("}\n");
+    rules
+}
+
+/// A netdev-family ruleset dropping `percent` % of the frames received on `device`.
+pub(crate) fn loss_ruleset(device: &str, percent: u8) -> String {
+    format!(
+        "table netdev chatrlab_loss_{device} {{
+  chain ingress {{
+    type filter hook ingress device \"{device}\" priority -500; policy accept;
+    numgen random mod 100 < {percent} drop
+  }}
+}}
+"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for profile in NatProfile::ALL {
+            assert_eq!(profile.name().parse::<NatProfile>(), Ok(profile));
+        }
+        assert!("cone".parse::<NatProfile>().is_err());
+    }
+
+    #[test]
+    fn symmetric_is_fully_random_and_port_restricted_is_not() {
+        assert!(router_ruleset(Layer::Symmetric).contains("masquerade fully-random"));
+        let pr = router_ruleset(Layer::PortRestricted);
+        assert!(pr.contains("masquerade\n"));
+        assert!(!pr.contains("fully-random"));
+        assert!(!pr.contains("dnat"));
+    }
+
+    #[test]
+    fn only_address_restricted_checks_contacted_set() {
+        assert!(
+            router_ruleset(Layer::AddressRestricted).contains("ip saddr . udp dport @contacted")
+        );
+        let fc = router_ruleset(Layer::FullCone);
+        assert!(fc.contains("dnat ip to udp dport map @mappings"));
+        assert!(!fc.contains("@contacted dnat") && !fc.contains("ip saddr . udp dport @contacted"));
+    }
+}

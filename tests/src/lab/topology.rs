@@ -1,0 +1,501 @@
+//! The lab itself: a public segment, NAT sites, hosts, and the links between them.
+//!
+//! ```text
+//!   [srv 203.0.113.1]──┐            public segment: bridge `br0` in namespace `pub`
+//!   [obs 203.0.113.2]──┤
+//!                      br0──p3══(wire: delay)══wan[router 203.0.113.12]lan──eth0[host 192.168.3.2]
+//!                      br0──p4══(wire)══wan[carrier 203.0.113.13]lan──wan[home 100.64.4.2]lan──eth0[host]
+//!                      br0──p5══(wire)══eth0[public host 203.0.113.14]
+//! ```
+//!
+//! Every site's uplink to the bridge may pass through a [delay wire](super::wire)
+//! and drops a share of frames on ingress at both ends (`nft numgen`), which is
+//! how link conditions are made without `netem`. The public segment is a single
+//! /24 with no default routes anywhere, so nothing in the lab can address a packet
+//! to anything outside it. Every namespace is named `chl-<run id>-…`; dropping the
+//! [`Lab`] (also during a panic) stops the wires and deletes every namespace.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::error::LabError;
+use super::nat::{self, NatProfile, WAN};
+use super::netns::Netns;
+use super::run_id::{self, NAMESPACE_PREFIX, RunLock};
+use super::sys;
+use super::wire::{Wire, WireStats};
+
+/// The public segment's prefix length and base (TEST-NET-3, only inside the lab).
+const PUBLIC_NET: [u8; 3] = [203, 0, 113];
+/// Public hosts (server, observers) get .1 to .9; uplinks .10 and up.
+const FIRST_UPLINK_HOST: u8 = 10;
+const LAST_PUBLIC_HOST: u8 = 9;
+/// Sites are numbered 1..=250; the number is the third octet of their LAN.
+const MAX_SITES: u16 = 250;
+
+/// Conditions on a site's uplink, applied in both directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinkCondition {
+    /// One-way delay added by the wire between the site and the public segment.
+    pub delay: Duration,
+    /// Share of frames dropped at each end of the uplink, in percent (0–100).
+    pub loss_percent: u8,
+}
+
+impl LinkCondition {
+    /// No delay, no loss.
+    pub const IDEAL: LinkCondition = LinkCondition {
+        delay: Duration::ZERO,
+        loss_percent: 0,
+    };
+
+    /// A link with `ms` milliseconds of one-way delay and no loss.
+    pub fn delay_ms(ms: u64) -> LinkCondition {
+        LinkCondition {
+            delay: Duration::from_millis(ms),
+            loss_percent: 0,
+        }
+    }
+
+    /// The same link with `percent` % loss at each end.
+    pub fn with_loss(self, percent: u8) -> LinkCondition {
+        LinkCondition {
+            loss_percent: percent.min(100),
+            ..self
+        }
+    }
+}
+
+/// A host (its own namespace) somewhere in the lab. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Host {
+    name: String,
+    ns: Arc<Netns>,
+    ip: Ipv4Addr,
+}
+
+impl Host {
+    /// The host's name within the lab.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The host's own address (private behind a NAT, public otherwise).
+    pub fn ip(&self) -> Ipv4Addr {
+        self.ip
+    }
+
+    /// The namespace the host lives in: run processes with [`Netns::command`], code
+    /// with [`Netns::run_in`].
+    pub fn netns(&self) -> &Netns {
+        &self.ns
+    }
+}
+
+/// A NAT site: the routers of one profile and the LAN behind them.
+#[derive(Debug, Clone)]
+pub struct Site {
+    name: String,
+    profile: NatProfile,
+    index: u16,
+    link: LinkCondition,
+    /// Address on the public segment (the outermost router's WAN); `None` for public sites,
+    /// whose hosts each get their own.
+    public_ip: Option<Ipv4Addr>,
+    /// The router hosts plug into (the innermost NAT), `None` for public sites.
+    lan_router: Option<Arc<Netns>>,
+    /// Routers from the inside out (home, carrier).
+    routers: Vec<Arc<Netns>>,
+    hosts: u8,
+}
+
+impl Site {
+    /// The site's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The site's NAT profile.
+    pub fn profile(&self) -> NatProfile {
+        self.profile
+    }
+
+    /// The address the site's traffic appears from on the public segment
+    /// (`None` for a `none` site: its hosts are public themselves).
+    pub fn public_ip(&self) -> Option<Ipv4Addr> {
+        self.public_ip
+    }
+
+    /// The site's routers from the inside out (empty for `none`): e.g. to look inside
+    /// with `nft list ruleset`, or to bind a socket on a router for a test.
+    pub fn routers(&self) -> &[Arc<Netns>] {
+        &self.routers
+    }
+
+    /// The uplink's link condition.
+    pub fn link(&self) -> LinkCondition {
+        self.link
+    }
+}
+
+/// A whole lab; everything in it is torn down on drop.
+#[derive(Debug)]
+pub struct Lab {
+    // Field order is drop order: stop wires, then delete namespaces, then release the lock.
+    wires: Vec<Wire>,
+    namespaces: Vec<Arc<Netns>>,
+    wire_ns: Option<Arc<Netns>>,
+    public: Arc<Netns>,
+    run: RunLock,
+    next_uplink: u16,
+    next_public_host: u8,
+    next_site: u16,
+}
+
+impl Lab {
+    /// Builds an empty lab: checks prerequisites (root, `ip`, `nft`; installs the tools
+    /// if missing), sweeps namespaces left by killed runs, and creates the public segment.
+    pub fn new() -> Result<Lab, LabError> {
+        sys::ensure_prerequisites()?;
+        let run = RunLock::acquire()?;
+        run_id::sweep_leftovers();
+        let public = Arc::new(Netns::create(format!(
+            "{NAMESPACE_PREFIX}{}-pub",
+            run.id()
+        ))?);
+        public.ip(&["link", "add", "br0", "type", "bridge"])?;
+        public.ip(&["link", "set", "br0", "up"])?;
+        Ok(Lab {
+            wires: Vec::new(),
+            namespaces: Vec::new(),
+            wire_ns: None,
+            public,
+            run,
+            next_uplink: 0,
+            next_public_host: 1,
+            next_site: 1,
+        })
+    }
+
+    /// The per-run prefix every namespace of this lab starts with (`chl-<id>-`).
+    pub fn prefix(&self) -> String {
+        format!("{NAMESPACE_PREFIX}{}-", self.run.id())
+    }
+
+    /// Names of all namespaces of this lab.
+    pub fn namespace_names(&self) -> Vec<String> {
+        let mut names = vec![self.public.name().to_owned()];
+        names.extend(self.wire_ns.iter().map(|ns| ns.name().to_owned()));
+        names.extend(self.namespaces.iter().map(|ns| ns.name().to_owned()));
+        names
+    }
+
+    /// Counters of every delay wire (frames forwarded, dropped), in creation order.
+    pub fn wire_stats(&self) -> Vec<Arc<WireStats>> {
+        self.wires.iter().map(|w| w.stats().clone()).collect()
+    }
+
+    fn new_namespace(&mut self, suffix: &str) -> Result<Arc<Netns>, LabError> {
+        let ns = Arc::new(Netns::create(format!("{}{suffix}", self.prefix()))?);
+        self.namespaces.push(ns.clone());
+        Ok(ns)
+    }
+
+    fn wire_namespace(&mut self) -> Result<Arc<Netns>, LabError> {
+        if let Some(ns) = &self.wire_ns {
+            return Ok(ns.clone());
+        }
+        let ns = Arc::new(Netns::create(format!("{}wire", self.prefix()))?);
+        self.wire_ns = Some(ns.clone());
+        Ok(ns)
+    }
+
+    /// Adds a host directly on the public segment, with an ideal link (the server, observers).
+    pub fn add_public_host(&mut self, name: &str) -> Result<Host, LabError> {
+        if self.next_public_host > LAST_PUBLIC_HOST {
+            return Err(LabError::Topology(format!(
+                "at most {LAST_PUBLIC_HOST} public hosts"
+            )));
+        }
+        let octet = self.next_public_host;
+        self.next_public_host += 1;
+        let ns = self.new_namespace(&checked_name(name)?)?;
+        let ip = Ipv4Addr::new(PUBLIC_NET[0], PUBLIC_NET[1], PUBLIC_NET[2], octet);
+        self.attach_to_public(&ns, "eth0", LinkCondition::IDEAL)?;
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        Ok(Host {
+            name: name.to_owned(),
+            ns,
+            ip,
+        })
+    }
+
+    /// Adds a site of the given profile whose uplink has `link` conditions.
+    pub fn add_site(
+        &mut self,
+        name: &str,
+        profile: NatProfile,
+        link: LinkCondition,
+    ) -> Result<Site, LabError> {
+        let name = checked_name(name)?;
+        if self.next_site > MAX_SITES {
+            return Err(LabError::Topology(format!("at most {MAX_SITES} sites")));
+        }
+        let index = self.next_site;
+        self.next_site += 1;
+        let mut site = Site {
+            name: name.clone(),
+            profile,
+            index,
+            link,
+            public_ip: None,
+            lan_router: None,
+            routers: Vec::new(),
+            hosts: 0,
+        };
+        let layers = profile.layers();
+        if layers.is_empty() {
+            return Ok(site);
+        }
+        // Build from the outside in: the outermost router holds the public address.
+        let mut outer: Option<Arc<Netns>> = None;
+        for (depth, layer) in layers.iter().rev().enumerate() {
+            let router = self.new_namespace(&format!("{name}-r{depth}"))?;
+            for (key, value) in [
+                ("net/ipv4/ip_forward", "1"),
+                ("net/ipv4/conf/all/rp_filter", "0"),
+                ("net/ipv4/conf/default/rp_filter", "0"),
+            ] {
+                router.sysctl(key, value)?;
+            }
+            match &outer {
+                None => {
+                    let ip = self.attach_to_public(&router, WAN, link)?;
+                    router.ip(&["addr", "add", &format!("{ip}/24"), "dev", WAN])?;
+                    site.public_ip = Some(ip);
+                }
+                Some(carrier) => {
+                    // Carrier-side link 100.64.<site>.0/24: carrier .1, home router .2.
+                    carrier_link(carrier, &router, index)?;
+                }
+            }
+            router.nft(&nat::router_ruleset(*layer))?;
+            site.routers.insert(0, router.clone());
+            outer = Some(router);
+        }
+        if let Some(inner) = outer {
+            let gateway = lan_ip(index, 1);
+            inner.ip(&["link", "add", "lan", "type", "bridge"])?;
+            inner.ip(&["addr", "add", &format!("{gateway}/24"), "dev", "lan"])?;
+            inner.ip(&["link", "set", "lan", "up"])?;
+            site.lan_router = Some(inner);
+        }
+        Ok(site)
+    }
+
+    /// Adds a host to `site`: on its LAN behind the NAT, or, for a `none` site, directly on
+    /// the public segment through the site's link.
+    pub fn add_host(&mut self, site: &mut Site, name: &str) -> Result<Host, LabError> {
+        let name = checked_name(name)?;
+        if site.hosts >= 200 {
+            return Err(LabError::Topology("at most 200 hosts per site".into()));
+        }
+        site.hosts += 1;
+        let ns = self.new_namespace(&format!("{}-{name}", site.name))?;
+        let ip = match &site.lan_router {
+            None => {
+                let ip = self.attach_to_public(&ns, "eth0", site.link)?;
+                ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+                if site.public_ip.is_none() {
+                    site.public_ip = Some(ip);
+                }
+                ip
+            }
+            Some(router) => {
+                let port = format!("h{}", site.hosts);
+                let ip = lan_ip(site.index, site.hosts + 1);
+                sys::run(sys::ip_command().args([
+                    "link",
+                    "add",
+                    "eth0",
+                    "netns",
+                    ns.name(),
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &port,
+                    "netns",
+                    router.name(),
+                ]))?;
+                router.ip(&["link", "set", &port, "master", "lan", "up"])?;
+                ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+                ns.ip(&["link", "set", "eth0", "up"])?;
+                ns.ip(&[
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &lan_ip(site.index, 1).to_string(),
+                ])?;
+                ip
+            }
+        };
+        Ok(Host { name, ns, ip })
+    }
+
+    /// Connects interface `ifname` (created here, in `ns`) to the public bridge, through a
+    /// delay wire and loss rules as `link` asks. Returns the next free public address for
+    /// the caller to assign.
+    fn attach_to_public(
+        &mut self,
+        ns: &Netns,
+        ifname: &str,
+        link: LinkCondition,
+    ) -> Result<Ipv4Addr, LabError> {
+        let k = self.next_uplink;
+        let octet = u16::from(FIRST_UPLINK_HOST) + k;
+        if octet > 254 {
+            return Err(LabError::Topology(
+                "the public segment is full (245 uplinks)".into(),
+            ));
+        }
+        self.next_uplink += 1;
+        let port = format!("p{k}");
+        let public = self.public.clone();
+        if link.delay.is_zero() {
+            sys::run(sys::ip_command().args([
+                "link",
+                "add",
+                ifname,
+                "netns",
+                ns.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                public.name(),
+            ]))?;
+        } else {
+            let wire = self.wire_namespace()?;
+            let (a, b) = (format!("u{k}a"), format!("u{k}b"));
+            sys::run(sys::ip_command().args([
+                "link",
+                "add",
+                ifname,
+                "netns",
+                ns.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &a,
+                "netns",
+                wire.name(),
+            ]))?;
+            sys::run(sys::ip_command().args([
+                "link",
+                "add",
+                &b,
+                "netns",
+                wire.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &port,
+                "netns",
+                public.name(),
+            ]))?;
+            wire.ip(&["link", "set", &a, "up"])?;
+            wire.ip(&["link", "set", &b, "up"])?;
+            self.wires.push(Wire::start(&wire, &a, &b, link.delay)?);
+        }
+        public.ip(&["link", "set", &port, "master", "br0", "up"])?;
+        ns.ip(&["link", "set", ifname, "up"])?;
+        if link.loss_percent > 0 {
+            // Loss on ingress at both ends = loss in both directions. (Not inside the wire
+            // namespace: AF_PACKET taps see frames before the netdev ingress hook.)
+            ns.nft(&nat::loss_ruleset(ifname, link.loss_percent))?;
+            public.nft(&nat::loss_ruleset(&port, link.loss_percent))?;
+        }
+        Ok(Ipv4Addr::new(
+            PUBLIC_NET[0],
+            PUBLIC_NET[1],
+            PUBLIC_NET[2],
+            octet as u8,
+        ))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Wires first: their threads live in the wire namespace.
+        self.wires.clear();
+        // Delete in reverse creation order (processes inside are killed first), even if a
+        // caller still holds a `Host` or `Site` handle to some of them.
+        while let Some(ns) = self.namespaces.pop() {
+            ns.delete();
+        }
+        if let Some(ns) = self.wire_ns.take() {
+            ns.delete();
+        }
+        self.public.delete();
+    }
+}
+
+/// Link between a carrier NAT (`lan` side, 100.64.<site>.1) and the home router inside it
+/// (`wan` side, 100.64.<site>.2, default route via the carrier).
+fn carrier_link(carrier: &Netns, home: &Netns, site: u16) -> Result<(), LabError> {
+    let third = site.to_string();
+    sys::run(sys::ip_command().args([
+        "link",
+        "add",
+        WAN,
+        "netns",
+        home.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "lan",
+        "netns",
+        carrier.name(),
+    ]))?;
+    carrier.ip(&["addr", "add", &format!("100.64.{third}.1/24"), "dev", "lan"])?;
+    carrier.ip(&["link", "set", "lan", "up"])?;
+    home.ip(&["addr", "add", &format!("100.64.{third}.2/24"), "dev", WAN])?;
+    home.ip(&["link", "set", WAN, "up"])?;
+    home.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("100.64.{third}.1"),
+    ])?;
+    Ok(())
+}
+
+/// Address `host` on the LAN of site `site` (192.168.<site>.<host>).
+fn lan_ip(site: u16, host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, site as u8, host)
+}
+
+/// Names become part of namespace names: keep them short and shell-safe.
+fn checked_name(name: &str) -> Result<String, LabError> {
+    let ok = !name.is_empty()
+        && name.len() <= 24
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(name.to_owned())
+    } else {
+        Err(LabError::Topology(format!(
+            "name `{name}` must be 1-24 chars of a-z, 0-9 and -"
+        )))
+    }
+}
