@@ -29,5 +29,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "run-all: building binaries (the NAT lab runs the real ones)"
 cargo build --workspace --bins --locked
 echo "run-all: cargo test"
-cargo test --workspace --locked -- --test-threads=2
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked -- --test-threads=2 2>&1 | tee "$log"
+passed=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^passed/) s += $i } END { print s + 0 }' "$log")
+failed=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^failed/) s += $i } END { print s + 0 }' "$log")
+echo "run-all: chatr-bench smoke run"
+cargo run -q -p chatr-tests --bin chatr-bench --locked -- smoke
 echo "run-all: all checks passed"
+echo "tests: ${passed} passed, ${failed} failed"
