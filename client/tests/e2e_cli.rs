@@ -395,6 +395,19 @@ async fn status_reports_endpoints() {
         out.contains("the server's answer to our binding message"),
         "{out}"
     );
+    // Our TCP endpoint as the server sees it: on loopback, our own TCP port,
+    // which is the UDP port (same-port rule).
+    let local_port = out
+        .lines()
+        .find_map(|l| l.strip_prefix("local:       TCP "))
+        .and_then(|rest| rest.split(',').next())
+        .expect("a local TCP line");
+    assert!(
+        out.contains(&format!(
+            "public TCP:  {local_port} (the server's view of our TCP connection)"
+        )),
+        "{out}"
+    );
     // On loopback there is no NAT.
     assert!(out.contains("NAT:         none"), "{out}");
     server.stop().await;

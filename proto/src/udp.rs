@@ -54,6 +54,10 @@ pub enum UdpMessage {
     BindingResponse {
         /// Observed public endpoint (Address then `uint16` port).
         observed: Endpoint,
+        /// *Trailing extension*: the TCP source of the same session as the server
+        /// sees it (Address then `uint16` port), so a client can tell its public
+        /// TCP endpoint too. Absent in the short form.
+        tcp_observed: Option<Endpoint>,
     },
 }
 
@@ -89,7 +93,14 @@ impl UdpMessage {
         UDP_HEADER_LEN
             + match self {
                 Self::BindingRequest { .. } => UDP_TOKEN_LEN,
-                Self::BindingResponse { observed } => address_len(&observed.ip) + 2,
+                Self::BindingResponse {
+                    observed,
+                    tcp_observed,
+                } => {
+                    address_len(&observed.ip)
+                        + 2
+                        + tcp_observed.map_or(0, |tcp| address_len(&tcp.ip) + 2)
+                }
             }
     }
 
@@ -100,9 +111,16 @@ impl UdpMessage {
         let mut w = Writer::new(out);
         match self {
             Self::BindingRequest { token } => w.raw(token),
-            Self::BindingResponse { observed } => {
+            Self::BindingResponse {
+                observed,
+                tcp_observed,
+            } => {
                 w.address(&observed.ip);
                 w.u16(observed.port.unwrap_or(0));
+                if let Some(tcp) = tcp_observed {
+                    w.address(&tcp.ip);
+                    w.u16(tcp.port.unwrap_or(0));
+                }
             }
         }
     }
@@ -129,11 +147,23 @@ impl UdpMessage {
             TYPE_BINDING_RESPONSE => {
                 let ip = r.address("BindingResponse.observed")?;
                 let port = r.u16("BindingResponse.observed.port")?;
+                // The TCP endpoint is optional: the short form ends here.
+                let tcp_observed = if r.is_empty() {
+                    None
+                } else {
+                    let tcp_ip = r.address("BindingResponse.tcp_observed")?;
+                    let tcp_port = r.u16("BindingResponse.tcp_observed.port")?;
+                    Some(Endpoint {
+                        ip: tcp_ip,
+                        port: (tcp_port != 0).then_some(tcp_port),
+                    })
+                };
                 Ok(Self::BindingResponse {
                     observed: Endpoint {
                         ip,
                         port: (port != 0).then_some(port),
                     },
+                    tcp_observed,
                 })
             }
             kind => Err(UdpDecodeError::UnknownType { kind }),
@@ -203,6 +233,7 @@ mod tests {
                 ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
                 port: Some(40000),
             },
+            tcp_observed: None,
         };
         let bytes = msg.to_bytes();
         assert_eq!(
@@ -212,6 +243,35 @@ mod tests {
             ]
         );
         assert_eq!(UdpMessage::decode(&bytes), Ok(msg));
+    }
+
+    #[test]
+    fn binding_response_with_tcp_endpoint_bytes() {
+        // Written by hand: header, UDP 203.0.113.7:40000, TCP 203.0.113.7:40001.
+        let bytes = [
+            0x00, 0x43, 0x48, 0x52, 0x02, 0x04, 203, 0, 113, 7, 0x9c, 0x40, 0x04, 203, 0, 113, 7,
+            0x9c, 0x41,
+        ];
+        let msg = UdpMessage::BindingResponse {
+            observed: Endpoint {
+                ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+                port: Some(40000),
+            },
+            tcp_observed: Some(Endpoint {
+                ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+                port: Some(40001),
+            }),
+        };
+        assert_eq!(msg.to_bytes(), bytes);
+        assert_eq!(msg.encoded_len(), bytes.len());
+        assert_eq!(UdpMessage::decode(&bytes), Ok(msg));
+        // A TCP endpoint cut short is malformed, not silently dropped.
+        for cut in 13..bytes.len() {
+            assert!(matches!(
+                UdpMessage::decode(&bytes[..cut]),
+                Err(UdpDecodeError::Malformed(_))
+            ));
+        }
     }
 
     #[test]

@@ -241,6 +241,17 @@ fn examples_in_protocol_md_match_the_goldens() {
                 ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
                 port: Some(40000),
             },
+            tcp_observed: None,
+        },
+        UdpMessage::BindingResponse {
+            observed: Endpoint {
+                ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+                port: Some(40000),
+            },
+            tcp_observed: Some(Endpoint {
+                ip: IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7)),
+                port: Some(40001),
+            }),
         },
     ];
     for msg in udp {

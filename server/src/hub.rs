@@ -300,19 +300,20 @@ impl Hub {
     }
 
     /// Records `observed` as the UDP mapping of the session that holds
-    /// `token`. Returns that session's UUID, or `None` for an unknown token.
+    /// `token`. Returns that session's UUID and its TCP source, or `None` for
+    /// an unknown token.
     pub(crate) fn bind_udp(
         &self,
         token: &[u8; UDP_TOKEN_LEN],
         observed: SocketAddr,
-    ) -> Option<Uuid> {
+    ) -> Option<(Uuid, SocketAddr)> {
         let shared = self
             .inner
             .tokens
             .get(token)
             .map(|e| Arc::clone(e.value()))?;
         shared.set_udp(observed);
-        Some(shared.uuid)
+        Some((shared.uuid, shared.tcp))
     }
 
     fn forget_token(&self, shared: &SessionShared) {
@@ -400,7 +401,10 @@ mod tests {
         // The old token no longer binds; the new one does.
         let addr: SocketAddr = "198.51.100.1:9".parse().unwrap();
         assert_eq!(hub.bind_udp(&[1; 16], addr), None);
-        assert_eq!(hub.bind_udp(&[2; 16], addr), Some(uuid));
+        assert_eq!(
+            hub.bind_udp(&[2; 16], addr).map(|(bound, _tcp)| bound),
+            Some(uuid)
+        );
         // A second newcomer that probed the same old session loses.
         assert_eq!(hub.take_over(new2, Some(old_id)), ClaimOutcome::Occupied);
         // The replaced session ending does not unregister the new one.

@@ -8,6 +8,7 @@
 //! finish and then lets [`ServerHandle::join`] return.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,10 +110,16 @@ pub async fn start(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<ServerHandle, ServerError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
+    // 0700: the data dir holds the TLS key, the registry and the admin socket.
+    // An existing directory keeps the mode its operator gave it.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&config.data_dir)
+        .map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
     let tls = TlsIdentity::load_or_create(&config)?;
     let registry = Registry::open_in(&config.data_dir)?;
     let metrics = Arc::new(Metrics::default());

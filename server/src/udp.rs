@@ -38,12 +38,14 @@ pub(crate) fn handle_datagram(
     }
     match UdpMessage::decode(datagram) {
         Ok(UdpMessage::BindingRequest { token }) => {
-            let uuid = hub.bind_udp(&token, source)?;
+            let (uuid, tcp) = hub.bind_udp(&token, source)?;
             metrics.udp_binding();
             tracing::debug!(%uuid, observed = %source, "UDP binding recorded");
+            let tcp = SocketAddr::new(tcp.ip().to_canonical(), tcp.port());
             Some(
                 UdpMessage::BindingResponse {
                     observed: Endpoint::new(source),
+                    tcp_observed: Some(Endpoint::new(tcp)),
                 }
                 .to_bytes(),
             )

@@ -13,10 +13,12 @@ use tokio::net::UdpSocket;
 async fn binding_request_is_answered_with_the_observed_endpoint() {
     let server = start_server(|_| {}).await;
     let id = Identity::registered(&server);
-    let (_c, token) = Client::login_v2(&server, &id).await;
+    let (c, token) = Client::login_v2(&server, &id).await;
     let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let observed = udp_bind(&udp, &server, &token).await;
+    let (observed, tcp_observed) = udp_bind_both(&udp, &server, &token).await;
     assert_eq!(observed, udp.local_addr().unwrap());
+    // The extension after the UDP endpoint: this session's TCP source.
+    assert_eq!(tcp_observed, Some(c.local));
     assert_eq!(server.handle.hub().udp_endpoint(&id.uuid), Some(observed));
     server.stop().await;
 }

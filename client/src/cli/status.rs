@@ -80,6 +80,7 @@ async fn report(client: &Client, server: &str, timeout: Duration) -> Result<(), 
         }
     );
     let bound = client.session().wait_udp_bound(timeout).await.ok();
+    let tcp_observed = bound.as_ref().and_then(|b| b.tcp_observed);
     let binding = bound.and_then(|b| b.udp_observed);
     match binding {
         Some(ep) => println!(
@@ -95,9 +96,13 @@ async fn report(client: &Client, server: &str, timeout: Duration) -> Result<(), 
         Some(addr) => println!("public UDP:  {addr} (STUN)"),
         None => println!("public UDP:  no STUN answer from the server"),
     }
-    println!(
-        "public TCP:  not reported: the Connect protocol gives a client only its peers' TCP endpoints"
-    );
+    match tcp_observed {
+        Some(ep) => println!(
+            "public TCP:  {} (the server's view of our TCP connection)",
+            show(ep)
+        ),
+        None => println!("public TCP:  not reported by this server (older BindingResponse)"),
+    }
     let observed = binding.and_then(|e| e.socket_addr()).or(stun);
     println!(
         "NAT:         {}",

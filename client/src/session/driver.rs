@@ -159,6 +159,8 @@ pub struct OnlineInfo {
     pub same_port: bool,
     /// Our public UDP endpoint as the server saw it, once known.
     pub udp_observed: Option<Endpoint>,
+    /// Our public TCP endpoint as the server sees it (from the BindingResponse).
+    pub tcp_observed: Option<Endpoint>,
     /// The server never answered our binding requests.
     pub udp_binding_failed: bool,
     /// How many logins this driver has completed (1 for the first).
@@ -468,6 +470,7 @@ impl Driver {
             local,
             same_port,
             udp_observed: None,
+            tcp_observed: None,
             udp_binding_failed: false,
             logins: self.logins,
         };
@@ -561,8 +564,12 @@ impl Driver {
                         tracing::info!(local = %info.local, "logged in");
                         let _ = self.status.send(SessionStatus::Online(info.clone()));
                     }
-                    SessionEvent::UdpBound { observed } => {
+                    SessionEvent::UdpBound {
+                        observed,
+                        tcp_observed,
+                    } => {
                         info.udp_observed = Some(*observed);
+                        info.tcp_observed = *tcp_observed;
                         info.udp_binding_failed = false;
                         tracing::debug!(?observed, "UDP mapping learned");
                         let _ = self.status.send(SessionStatus::Online(info.clone()));

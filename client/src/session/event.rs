@@ -18,6 +18,9 @@ pub enum SessionEvent {
     UdpBound {
         /// Source address and port the server saw on our UDP socket.
         observed: Endpoint,
+        /// Source address and port the server sees on our TCP connection
+        /// (absent from servers that send the short BindingResponse).
+        tcp_observed: Option<Endpoint>,
     },
     /// The server stopped waiting for a binding response (old server, or UDP blocked).
     UdpBindingFailed,

@@ -268,7 +268,11 @@ impl Session {
         if self.server_udp.is_some_and(|s| s != from) {
             return;
         }
-        let UdpMessage::BindingResponse { observed } = message else {
+        let UdpMessage::BindingResponse {
+            observed,
+            tcp_observed,
+        } = message
+        else {
             return;
         };
         if let Phase::LoggedIn { binding } = &mut self.phase
@@ -289,7 +293,10 @@ impl Session {
                 refresh_at,
             };
             if changed {
-                self.events.push_back(SessionEvent::UdpBound { observed });
+                self.events.push_back(SessionEvent::UdpBound {
+                    observed,
+                    tcp_observed,
+                });
             }
         }
     }
@@ -608,17 +615,37 @@ mod tests {
         s.handle_udp(
             t1,
             "10.0.0.2:7777".parse().unwrap(),
-            UdpMessage::BindingResponse { observed },
+            UdpMessage::BindingResponse {
+                observed,
+                tcp_observed: None,
+            },
         );
         assert_eq!(s.udp_observed(), None);
-        s.handle_udp(t1, server, UdpMessage::BindingResponse { observed });
+        s.handle_udp(
+            t1,
+            server,
+            UdpMessage::BindingResponse {
+                observed,
+                tcp_observed: None,
+            },
+        );
         assert_eq!(s.udp_observed(), Some(observed));
         assert_eq!(
             drain_events(&mut s),
-            vec![SessionEvent::UdpBound { observed }]
+            vec![SessionEvent::UdpBound {
+                observed,
+                tcp_observed: None,
+            }]
         );
         // Duplicates are not reported twice; no more retries go out.
-        s.handle_udp(t1, server, UdpMessage::BindingResponse { observed });
+        s.handle_udp(
+            t1,
+            server,
+            UdpMessage::BindingResponse {
+                observed,
+                tcp_observed: None,
+            },
+        );
         assert!(drain_events(&mut s).is_empty());
         s.handle_timeout(t1 + Duration::from_secs(1));
         assert_eq!(s.poll_udp_transmit(), None);
@@ -640,12 +667,18 @@ mod tests {
         s.handle_udp(
             refresh,
             server,
-            UdpMessage::BindingResponse { observed: moved },
+            UdpMessage::BindingResponse {
+                observed: moved,
+                tcp_observed: None,
+            },
         );
         assert_eq!(s.udp_observed(), Some(moved));
         assert_eq!(
             drain_events(&mut s),
-            vec![SessionEvent::UdpBound { observed: moved }]
+            vec![SessionEvent::UdpBound {
+                observed: moved,
+                tcp_observed: None,
+            }]
         );
     }
 
@@ -670,7 +703,10 @@ mod tests {
         s.handle_udp(
             t,
             "10.9.9.9:7777".parse().unwrap(),
-            UdpMessage::BindingResponse { observed },
+            UdpMessage::BindingResponse {
+                observed,
+                tcp_observed: None,
+            },
         );
         assert_eq!(s.udp_observed(), Some(observed));
     }

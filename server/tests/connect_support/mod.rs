@@ -473,6 +473,16 @@ impl Client {
 /// Sends the UDP binding message with `token` from `socket` and returns the
 /// observed endpoint from the server's answer.
 pub async fn udp_bind(socket: &UdpSocket, server: &TestServer, token: &[u8; 16]) -> SocketAddr {
+    udp_bind_both(socket, server, token).await.0
+}
+
+/// Like [`udp_bind`], also returning the TCP endpoint the answer carries
+/// after the UDP one (`None` when the answer has the short form).
+pub async fn udp_bind_both(
+    socket: &UdpSocket,
+    server: &TestServer,
+    token: &[u8; 16],
+) -> (SocketAddr, Option<SocketAddr>) {
     let mut msg = vec![0x00, b'C', b'H', b'R', 0x01];
     msg.extend_from_slice(token);
     let mut buf = [0u8; 256];
@@ -488,7 +498,13 @@ pub async fn udp_bind(socket: &UdpSocket, server: &TestServer, token: &[u8; 16])
             let mut c = Cursor(&reply[5..]);
             let ip = c.address();
             let port = c.u16();
-            return SocketAddr::new(ip, port);
+            let tcp = if c.is_empty() {
+                None
+            } else {
+                let tcp_ip = c.address();
+                Some(SocketAddr::new(tcp_ip, c.u16()))
+            };
+            return (SocketAddr::new(ip, port), tcp);
         }
     }
     panic!("no BindingResponse");
