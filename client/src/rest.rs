@@ -211,19 +211,8 @@ impl RegistryClient {
         identity: &Identity,
         token: Option<&str>,
     ) -> Result<Registration, RestError> {
-        let body = key_body(&identity.verifying_key());
-        let sig = B64.encode(identity.sign(body.as_bytes()).to_bytes());
-        let mut headers = vec![(SIGNATURE_HEADER, sig)];
-        if let Some(t) = token {
-            headers.push((TOKEN_HEADER, t.to_string()));
-        }
         let resp = self
-            .request(
-                "PUT",
-                &self.client_path(identity.uuid()),
-                &headers,
-                body.as_bytes(),
-            )
+            .send_key("PUT", identity, &identity.verifying_key(), token)
             .await?;
         match resp.status {
             201 => Ok(Registration::Created),
@@ -240,20 +229,7 @@ impl RegistryClient {
         new_key: &VerifyingKey,
         token: Option<&str>,
     ) -> Result<(), RestError> {
-        let body = key_body(new_key);
-        let sig = B64.encode(identity.sign(body.as_bytes()).to_bytes());
-        let mut headers = vec![(SIGNATURE_HEADER, sig)];
-        if let Some(t) = token {
-            headers.push((TOKEN_HEADER, t.to_string()));
-        }
-        let resp = self
-            .request(
-                "POST",
-                &self.client_path(identity.uuid()),
-                &headers,
-                body.as_bytes(),
-            )
-            .await?;
+        let resp = self.send_key("POST", identity, new_key, token).await?;
         if (200..300).contains(&resp.status) {
             Ok(())
         } else {
@@ -285,6 +261,30 @@ impl RegistryClient {
         }
         parse_public_key(&parsed.public_key)
             .ok_or_else(|| RestError::BadResponse("publicKey is not an ed25519 key".into()))
+    }
+
+    /// Sends `key` as the body for `identity`'s UUID with `method`, the body
+    /// signed by `identity`'s current key (plus the registration token, if any).
+    async fn send_key(
+        &self,
+        method: &str,
+        identity: &Identity,
+        key: &VerifyingKey,
+        token: Option<&str>,
+    ) -> Result<Response, RestError> {
+        let body = key_body(key);
+        let sig = B64.encode(identity.sign(body.as_bytes()).to_bytes());
+        let mut headers = vec![(SIGNATURE_HEADER, sig)];
+        if let Some(t) = token {
+            headers.push((TOKEN_HEADER, t.to_string()));
+        }
+        self.request(
+            method,
+            &self.client_path(identity.uuid()),
+            &headers,
+            body.as_bytes(),
+        )
+        .await
     }
 
     fn client_path(&self, uuid: Uuid) -> String {

@@ -305,19 +305,23 @@ pub fn generate_self_signed(
 }
 
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
-    let write = || -> io::Result<()> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    };
-    write().map_err(|source| TlsError::Write {
+    create_file_with(path, bytes, mode).map_err(|source| TlsError::Write {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Creates `path` with permissions `mode`, writes `bytes` and syncs them to
+/// disk. Fails if the file already exists: key material is never silently
+/// overwritten.
+pub(crate) fn create_file_with(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 #[cfg(test)]

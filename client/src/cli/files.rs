@@ -71,11 +71,7 @@ pub(crate) async fn receive(g: &Globals, args: ReceiveArgs) -> Result<(), CliErr
             args.dir.display()
         )));
     }
-    let policy = if args.accept_any {
-        Policy::Anyone
-    } else {
-        Policy::from_arg(g, args.from.as_deref())?
-    };
+    let policy = Policy::from_args(g, args.accept_any, args.from.as_deref())?;
     let client = start_client(g).await?;
     let result = async {
         eprintln!("waiting for a link (uuid {})…", client.uuid());

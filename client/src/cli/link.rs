@@ -32,11 +32,17 @@ pub(crate) enum Policy {
 }
 
 impl Policy {
-    /// `--from NAME` (a contact) or every contact.
-    pub(crate) fn from_arg(g: &Globals, from: Option<&str>) -> Result<Self, CliError> {
-        match from {
-            None => Ok(Self::Contacts),
-            Some(name) => Ok(Self::Only(resolve_contact(g, name)?.uuid)),
+    /// `--accept-any` (anyone), else `--from NAME` (a contact), else every
+    /// contact.
+    pub(crate) fn from_args(
+        g: &Globals,
+        accept_any: bool,
+        from: Option<&str>,
+    ) -> Result<Self, CliError> {
+        match (accept_any, from) {
+            (true, _) => Ok(Self::Anyone),
+            (false, None) => Ok(Self::Contacts),
+            (false, Some(name)) => Ok(Self::Only(resolve_contact(g, name)?.uuid)),
         }
     }
 }

@@ -38,11 +38,7 @@ pub(crate) async fn run(g: &Globals, args: PipeArgs) -> Result<(), CliError> {
         Some(name) => Some(resolve_peer(g, name).await?),
         None => None,
     };
-    let policy = if args.accept_any {
-        Policy::Anyone
-    } else {
-        Policy::from_arg(g, args.from.as_deref())?
-    };
+    let policy = Policy::from_args(g, args.accept_any, args.from.as_deref())?;
     let client = start_client(g).await?;
     let result = async {
         let (link, stream) = match &target {

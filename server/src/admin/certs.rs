@@ -11,9 +11,7 @@
 //! `--ca-name` given to `cert ca`), and every issued chain is verified against
 //! `ca.pem` with webpki before it is written, so a mismatch cannot go unnoticed.
 
-use std::io::Write as _;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,7 +24,7 @@ use rustls::client::danger::ServerCertVerifier as _;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::tls::fingerprint;
+use crate::tls::{create_file_with, fingerprint};
 
 /// File names written by [`create_ca`].
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -246,16 +244,7 @@ fn read(path: &Path) -> Result<String, CertError> {
 }
 
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertError> {
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)?;
-        file.write_all(bytes)?;
-        file.sync_all()
-    };
-    write().map_err(|source| CertError::Io {
+    create_file_with(path, bytes, mode).map_err(|source| CertError::Io {
         path: path.to_path_buf(),
         source,
     })

@@ -13,7 +13,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -26,14 +25,17 @@ use ed25519_dalek::{Signer as _, SigningKey};
 use futures_util::{SinkExt as _, StreamExt as _};
 use hyper::header::HeaderMap;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+#[path = "../tls_support/mod.rs"]
+mod tls_support;
+pub use tls_support::client_config;
 
 /// An in-process server with its own data dir.
 pub struct TestServer {
@@ -83,22 +85,6 @@ impl TestServer {
                 .expect("server did not stop");
         }
     }
-}
-
-/// A TLS client configuration that trusts exactly the server's certificate.
-pub fn client_config(cert_pem: &str) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Arc::new(config)
 }
 
 pub async fn tls_connect(addr: SocketAddr, cert_pem: &str) -> TlsStream<TcpStream> {

@@ -10,18 +10,19 @@
 )]
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use chatr_server::{ServerConfig, ServerHandle};
 use ed25519_dalek::{Signer, SigningKey};
-use rustls_pki_types::pem::PemObject;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+#[path = "../tls_support/mod.rs"]
+mod tls_support;
 
 /// Longest a test waits for something that must happen (a liveness bound,
 /// not a speed assertion).
@@ -287,19 +288,7 @@ pub struct Client {
 }
 
 pub fn connector(server: &TestServer) -> TlsConnector {
-    let pem = server.handle.cert_pem();
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
+    TlsConnector::from(tls_support::client_config(&server.handle.cert_pem()))
 }
 
 impl Client {
