@@ -5,7 +5,9 @@
 //! except symmetric ↔ {port-restricted, symmetric, cgnat}, where our algorithm (no port
 //! prediction) honestly fails at the give-up limit with every candidate listed.
 //! Times are virtual: one-way internet latency 20 ms (RTT 40 ms), no loss; success must
-//! come within 3 RTT + `lan_grace` + two probe intervals of pacing slack.
+//! come within 3 RTT + two probe intervals of pacing slack. The peers sit on different
+//! home LANs, so no private candidate is plausibly on the initiator's LAN and it must not
+//! wait `lan_grace` for one.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod punch_sim;
@@ -15,10 +17,10 @@ use std::time::Duration;
 use chatr_client::punch::{CandidateKind, FailReason, PathKind, PunchEvent};
 use punch_sim::{Profile, Sim, SimConfig, describe, expect_direct};
 
-/// Success bound in virtual time.
+/// Success bound in virtual time (no LAN grace: see the module comment).
 fn bound(cfg: &SimConfig) -> Duration {
     let rtt = cfg.latency * 2;
-    rtt * 3 + cfg.punch.lan_grace + cfg.punch.initial_interval * 2
+    rtt * 3 + cfg.punch.initial_interval * 2
 }
 
 fn check_pair(a: Profile, b: Profile) {
@@ -292,4 +294,75 @@ fn public_path_taken_when_lan_answers_after_grace() {
     // Public validation after one 10 ms RTT, 20 ms grace, nomination after another RTT.
     assert_eq!(i.elapsed, Duration::from_millis(40));
     sim.check_link(0, 1);
+}
+
+/// When the initiator sent its first Nominate and when its first path validated.
+fn nominated_and_first_validated(sim: &Sim, h: usize) -> (Duration, Duration) {
+    let at = |want: fn(&PunchEvent) -> bool| {
+        sim.hosts[h]
+            .events
+            .iter()
+            .find(|(_, e)| want(e))
+            .map(|(t, _)| *t)
+            .unwrap()
+    };
+    (
+        at(|e| matches!(e, PunchEvent::Nominating { .. })),
+        at(|e| matches!(e, PunchEvent::PathValidated { .. })),
+    )
+}
+
+/// Two peers behind different home routers (192.168.1.0/24 and 192.168.2.0/24): the
+/// responder's private candidate cannot be on the initiator's LAN, so the initiator
+/// nominates the public path the moment it validates, without the LAN grace.
+#[test]
+fn foreign_private_candidate_costs_no_lan_grace() {
+    for (a, b) in [
+        (Profile::PortRestricted, Profile::PortRestricted),
+        (Profile::Cgnat, Profile::Cgnat),
+        (Profile::FullCone, Profile::Symmetric),
+    ] {
+        let cfg = SimConfig::default();
+        let mut sim = Sim::pair(a, b, cfg.clone());
+        assert!(
+            sim.given_candidates(0)
+                .iter()
+                .any(|c| c.kind == CandidateKind::Private),
+            "{a} -> {b}: the responder announced a private endpoint"
+        );
+        sim.run();
+        let (nominated, validated) = nominated_and_first_validated(&sim, 0);
+        assert_eq!(nominated, validated, "{a} -> {b}: no wait for a LAN path");
+        let i = sim.hosts[0].success();
+        assert_eq!(i.path, PathKind::Public, "{a} -> {b}");
+        // Validation, then one round trip for the nomination: well inside the grace.
+        assert!(
+            i.elapsed < cfg.punch.lan_grace,
+            "{a} -> {b}: took {:?}",
+            i.elapsed
+        );
+        sim.check_link(0, 1);
+    }
+}
+
+/// Two peers behind different routers whose LANs use the same prefix
+/// (192.168.1.0/24): the responder's private endpoint is plausibly on the initiator's
+/// LAN, so the initiator still waits `lan_grace` for it (it never answers: it is
+/// another network) and then nominates the public path.
+#[test]
+fn private_candidate_in_our_subnet_still_gets_the_lan_grace() {
+    let cfg = SimConfig::default();
+    let mut sim = Sim::new(cfg.clone());
+    let site_a = sim.add_site_segment(Profile::PortRestricted, 0);
+    let site_b = sim.add_site_segment(Profile::PortRestricted, 1);
+    let i = sim.add_host(site_a, "192.168.1.2:4000".parse().unwrap(), "initiator");
+    let r = sim.add_host(site_b, "192.168.1.3:4000".parse().unwrap(), "responder");
+    sim.broker(i, r);
+    sim.run();
+    let (nominated, validated) = nominated_and_first_validated(&sim, i);
+    assert_eq!(nominated, validated + cfg.punch.lan_grace);
+    let (si, sr) = (sim.hosts[i].success(), sim.hosts[r].success());
+    assert_eq!((si.path, sr.path), (PathKind::Public, PathKind::Public));
+    assert_eq!(si.kind, CandidateKind::PublicUdp);
+    sim.check_link(i, r);
 }

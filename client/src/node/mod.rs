@@ -15,7 +15,8 @@
 //! `PacketConnectionRequest` with our private endpoint (interface address and
 //! port P), wait for the accept and `PacketClientInfo`, build the peer's
 //! candidates (private, UDP-observed, TCP-observed), punch, then QUIC-connect
-//! to the nominated path pinning the peer's key. The responder side
+//! to the nominated path pinning the peer's key (at once, while the punch keeps
+//! nominating until the responder acknowledges). The responder side
 //! ([`IncomingRequest::accept`]) mirrors it and accepts the QUIC link only from
 //! the pinned key. Links do not depend on the session once made: they survive
 //! the server going away and coming back.
@@ -25,7 +26,7 @@ mod punch_driver;
 mod report;
 mod shared;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,7 +47,9 @@ use crate::error::ClientError;
 use crate::identity::Identity;
 use crate::link::{ControlRx, IncomingLink, LinkEndpoint, LinkError, PeerLink, RawSender};
 use crate::net::{bind_udp, resolve, wildcard_for};
-use crate::punch::{Candidate, CandidateKind, PathKind, Punch, Role, exchange_id_of, is_probe};
+use crate::punch::{
+    Candidate, CandidateKind, LocalNet, PathKind, Punch, Role, exchange_id_of, is_probe,
+};
 use crate::session::{
     DatagramOut, OnlineInfo, SessionError, SessionEvent, SessionHandle, SessionStatus,
     spawn_session,
@@ -335,7 +338,8 @@ impl Client {
         let candidates =
             Candidate::from_endpoints(peer_private, Some(info.public_endpoint), info.tcp_endpoint);
         let secret = info.link_secret.ok_or(ClientError::NoLinkSecret)?;
-        let outcome = self.start_punch(Role::Initiator, peer, secret, candidates.clone());
+        let local = self.private_endpoint(&online).ip;
+        let outcome = self.start_punch(Role::Initiator, peer, secret, candidates.clone(), local);
         let success = outcome
             .await
             .map_err(|_| ClientError::ShuttingDown)?
@@ -403,12 +407,15 @@ impl Client {
             .shared
             .set_remotes(&waiter, candidates.iter().map(|c| c.addr).collect());
         let secret = info.link_secret.ok_or(ClientError::NoLinkSecret)?;
-        let mut outcome = self.start_punch(Role::Responder, peer, secret, candidates.clone());
+        let local = self.private_endpoint(&online).ip;
+        let mut outcome =
+            self.start_punch(Role::Responder, peer, secret, candidates.clone(), local);
         let mut incoming = incoming;
         let handshake_wait = inner.options.link.handshake_timeout + Duration::from_secs(2);
 
-        // The initiator connects right after its nomination is acknowledged, so
-        // its QUIC link may arrive before or after our punch reports success.
+        // The initiator connects as soon as it nominates a path, so its QUIC
+        // link may arrive before or after our punch reports success (normally
+        // just after: the Nominate goes out first on the same path).
         let (link_in, success): (IncomingLink, Option<_>) = tokio::select! {
             r = &mut outcome => {
                 let success = r
@@ -482,8 +489,11 @@ impl Client {
         peer: Uuid,
         secret: [u8; chatr_proto::LINK_SECRET_LEN],
         candidates: Vec<Candidate>,
+        local_ip: IpAddr,
     ) -> oneshot::Receiver<PunchOutcome> {
         let inner = &self.inner;
+        // Our interface address (the one the session uses): only a private candidate
+        // in its network is worth the initiator's LAN grace wait.
         let punch = Punch::new(
             Instant::now(),
             inner.options.punch.clone(),
@@ -492,7 +502,8 @@ impl Client {
             peer,
             secret,
             candidates,
-        );
+        )
+        .with_local_networks([LocalNet::guess(local_ip)]);
         let (tx, rx) = mpsc::channel(64);
         inner.shared.add_punch(punch.exchange_id(), tx);
         let (done_tx, done_rx) = oneshot::channel();

@@ -4,10 +4,17 @@
 //! over (by exchange id) and its own timer, and reports the outcome once. After
 //! success it keeps running while the machine lingers (answering a peer whose
 //! acknowledgement was lost), then removes its route.
+//!
+//! The initiator's outcome is reported as soon as the machine *nominates* a
+//! path, not when the NominateAck returns: the path is validated (both
+//! directions work), and the QUIC handshake that starts on it at once proves it
+//! again, so waiting for the acknowledgement would only cost a round trip. The
+//! machine keeps nominating until acknowledged (the responder learns the path
+//! from the Nominate) and then lingers, as after any success.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -35,6 +42,8 @@ pub(crate) async fn drive_punch(
         tracing::debug_span!("punch", peer = %punch.peer(), exchange = %id, role = ?punch.role());
     let _enter = span.enter();
     let mut outcome = Some(outcome);
+    // Round-trip times of validated paths, to describe an early (nominated) outcome.
+    let mut validated: Vec<(SocketAddr, Duration)> = Vec::new();
     loop {
         while let Some(t) = punch.poll_transmit() {
             if let Err(e) = raw.send_raw(t.destination, &t.contents).await {
@@ -53,6 +62,28 @@ pub(crate) async fn drive_punch(
                     tracing::debug!(%failure, "punch failed");
                     if let Some(tx) = outcome.take() {
                         let _ = tx.send(Err(failure));
+                    }
+                }
+                PunchEvent::PathValidated { remote, rtt, .. } => {
+                    tracing::trace!(%remote, ?rtt, "path validated");
+                    validated.push((remote, rtt));
+                }
+                PunchEvent::Nominating { remote, kind, path } => {
+                    let now = Instant::now();
+                    let success = PunchSuccess {
+                        remote,
+                        kind,
+                        path,
+                        elapsed: now.saturating_duration_since(punch.started_at()),
+                        probes_sent: punch.stats().probes_sent,
+                        rtt: validated
+                            .iter()
+                            .find(|(addr, _)| *addr == remote)
+                            .map(|(_, rtt)| *rtt),
+                    };
+                    tracing::debug!(%remote, %kind, %path, "nominated; starting QUIC at once");
+                    if let Some(tx) = outcome.take() {
+                        let _ = tx.send(Ok(success));
                     }
                 }
                 other => tracing::trace!(?other, "punch progress"),

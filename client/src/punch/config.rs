@@ -22,7 +22,8 @@ pub struct PunchConfig {
     pub give_up_after: Duration,
     /// After the first public path is validated, the initiator waits this long for a LAN
     /// path before nominating (default 200 ms, two probe intervals). Skipped when no
-    /// private candidate is left unvalidated.
+    /// private candidate that is plausibly on our own LAN is left unvalidated (see
+    /// [`super::Punch::with_local_networks`]).
     pub lan_grace: Duration,
     /// After success the machine keeps answering the peer's probes and repeated
     /// Nominates this long, in case our acknowledgement was lost (default 10 s, as long

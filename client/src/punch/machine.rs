@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::candidate::{Candidate, CandidateKind, PathKind, canonical, dedup};
 use super::config::PunchConfig;
 use super::event::{FailReason, PunchEvent, PunchFailure, PunchSuccess, Transmit};
+use super::local_net::LocalNet;
 use super::wire::{ExchangeId, FLAG_LAN, Probe, ProbeKeys, ProbeType};
 
 /// At most this many peer-reflexive candidates are learned per attempt. Only the peer can
@@ -104,7 +105,8 @@ enum Phase {
 /// Probes to an address comes back from that same address: both directions work. An
 /// authenticated datagram from an unknown address makes it a peer-reflexive candidate,
 /// answered and probed at once. The initiator picks the best validated path (a LAN path
-/// first, waiting [`PunchConfig::lan_grace`] for one after the first public path) and
+/// first, waiting [`PunchConfig::lan_grace`] for one after the first public path when a
+/// private candidate is plausibly on our LAN, see [`Punch::with_local_networks`]) and
 /// sends Nominate over it until the responder answers NominateAck; the responder
 /// succeeds on the first Nominate, with the Nominate's source as its remote.
 ///
@@ -120,6 +122,9 @@ enum Phase {
 /// 5. After [`PunchEvent::Succeeded`], hand the socket to QUIC towards
 ///    [`PunchSuccess::remote`], but keep routing probe datagrams to this machine until
 ///    [`Punch::is_closed`] (it answers a Nominate whose acknowledgement was lost).
+///    The initiator may already start QUIC on [`PunchEvent::Nominating`] (the path is
+///    validated); it must still keep feeding the machine, which retransmits the
+///    Nominate until the responder acknowledges it.
 ///    After [`PunchEvent::Failed`] the machine is closed and may be dropped.
 #[derive(Debug)]
 pub struct Punch {
@@ -135,6 +140,9 @@ pub struct Punch {
     private_ips: Vec<IpAddr>,
     /// IPs of announced public candidates.
     public_ips: Vec<IpAddr>,
+    /// Our own networks: only a LAN candidate inside one of them is worth waiting
+    /// [`PunchConfig::lan_grace`] for. Empty = unknown, every LAN candidate is.
+    local_nets: Vec<LocalNet>,
     learned: usize,
     next_txid: u64,
     outstanding: VecDeque<Outstanding>,
@@ -194,6 +202,7 @@ impl Punch {
             paths,
             private_ips,
             public_ips,
+            local_nets: Vec::new(),
             learned: 0,
             next_txid: 1,
             outstanding: VecDeque::new(),
@@ -211,6 +220,16 @@ impl Punch {
         );
         punch.send_due_probes(now);
         punch
+    }
+
+    /// Tells the machine our own interface address(es) and network(s), so the initiator
+    /// waits [`PunchConfig::lan_grace`] for a LAN path only when a private candidate of the
+    /// peer is plausibly on our LAN (inside one of `nets`, see [`LocalNet`]). Without
+    /// this call every private candidate counts as plausible (the cautious default).
+    /// Call it right after [`Punch::new`], before feeding any input.
+    pub fn with_local_networks(mut self, nets: impl IntoIterator<Item = LocalNet>) -> Self {
+        self.local_nets = nets.into_iter().collect();
+        self
     }
 
     // ---- getters ----
@@ -692,12 +711,22 @@ impl Punch {
         })
     }
 
-    /// Whether a LAN path could still validate.
+    /// Whether a LAN path worth waiting for could still validate: an unvalidated LAN
+    /// candidate that is plausibly on our own LAN. A private address of another network
+    /// (the peer's home LAN behind its own router) cannot answer from here, so waiting
+    /// for it would only delay the link by the whole grace.
     fn lan_pending(&self) -> bool {
         (0..self.paths.len()).any(|i| {
             self.path_kind(i) == PathKind::Lan
-                && self.paths.get(i).is_some_and(|p| p.validated.is_none())
+                && self.paths.get(i).is_some_and(|p| {
+                    p.validated.is_none() && self.maybe_on_our_lan(p.candidate.addr.ip())
+                })
         })
+    }
+
+    /// Whether `ip` can be on our LAN (always, when our networks are unknown).
+    fn maybe_on_our_lan(&self, ip: IpAddr) -> bool {
+        self.local_nets.is_empty() || self.local_nets.iter().any(|net| net.contains(ip))
     }
 
     fn succeed(

@@ -462,6 +462,60 @@ fn no_grace_without_private_candidates() {
     assert_eq!(type_of(&tx[0].contents), 0x12, "nominates at once");
 }
 
+/// The initiator of [`lan_setup`] told its own network, then its public path answers:
+/// returns whether the Nominate went out at once (no LAN grace).
+fn nominates_at_once_with_local_net(net: LocalNet) -> bool {
+    let t0 = Instant::now();
+    let (i, public_tx, _) = lan_setup(t0);
+    let mut i = i.with_local_networks([net]);
+    let ack = sealed(&SECRET, ProbeType::ProbeAck, resp_id(), public_tx, 0);
+    i.handle_datagram(t0 + ms(50), addr("203.0.113.5:4000"), &ack);
+    let nominated = drain_tx(&mut i)
+        .iter()
+        .any(|t| type_of(&t.contents) == 0x12 && t.destination == addr("203.0.113.5:4000"));
+    let events = drain_ev(&mut i);
+    assert_eq!(
+        nominated,
+        events
+            .iter()
+            .any(|e| matches!(e, PunchEvent::Nominating { .. })),
+        "{events:?}"
+    );
+    nominated
+}
+
+#[test]
+fn no_grace_for_a_private_candidate_outside_our_network() {
+    // The peer's 192.168.1.20 is another home LAN when we are 192.168.2.2/24 or 10.0.0.0/8.
+    let ip = |s: &str| s.parse().unwrap();
+    assert!(nominates_at_once_with_local_net(LocalNet::guess(ip(
+        "192.168.2.2"
+    ))));
+    assert!(nominates_at_once_with_local_net(LocalNet::new(
+        ip("10.1.2.3"),
+        8
+    )));
+    assert!(nominates_at_once_with_local_net(LocalNet::guess(ip(
+        "2001:db8::2"
+    ))));
+}
+
+#[test]
+fn grace_kept_for_a_private_candidate_in_our_network() {
+    let ip = |s: &str| s.parse().unwrap();
+    assert!(!nominates_at_once_with_local_net(LocalNet::guess(ip(
+        "192.168.1.2"
+    ))));
+    assert!(!nominates_at_once_with_local_net(LocalNet::new(
+        ip("192.168.0.9"),
+        16
+    )));
+    assert!(!nominates_at_once_with_local_net(LocalNet::new(
+        ip("192.168.1.20"),
+        32
+    )));
+}
+
 #[test]
 fn nomination_ack_completes_initiator_and_must_match() {
     let t0 = Instant::now();

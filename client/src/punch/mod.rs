@@ -15,7 +15,11 @@
 //!    fresh port is learned from the peer's probes (peer-reflexive candidate).
 //! 5. The initiator nominates the best validated path (LAN preferred) with an
 //!    authenticated Nominate; the responder acknowledges. Both report the agreed path
-//!    and the QUIC link (initiator = client) starts on it.
+//!    and the QUIC link (initiator = client) starts on it. The initiator's driver may
+//!    start QUIC as soon as [`PunchEvent::Nominating`] appears (the path is validated,
+//!    and the handshake proves it again) instead of waiting a round trip for the
+//!    acknowledgement; it keeps feeding the machine, which keeps nominating until
+//!    acknowledged, until [`Punch::is_closed`].
 //!
 //! Datagram layout, key derivation, exchange id, schedule and the NAT pairs that work:
 //! `docs/PROTOCOL.md`, section 10 "Hole-punching probes (client ↔ client)".
@@ -28,6 +32,7 @@
 mod candidate;
 mod config;
 mod event;
+mod local_net;
 mod machine;
 #[cfg(test)]
 mod machine_tests;
@@ -36,5 +41,6 @@ mod wire;
 pub use candidate::{Candidate, CandidateKind, PathKind, dedup};
 pub use config::PunchConfig;
 pub use event::{FailReason, PunchEvent, PunchFailure, PunchSuccess, Transmit};
+pub use local_net::LocalNet;
 pub use machine::{Punch, PunchStats, Role};
 pub use wire::{EXCHANGE_ID_LEN, ExchangeId, PROBE_LEN, exchange_id_of, is_probe};

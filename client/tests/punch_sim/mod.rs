@@ -36,8 +36,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use chatr_client::punch::{
-    Candidate, CandidateKind, Punch, PunchConfig, PunchEvent, PunchFailure, PunchSuccess, Role,
-    exchange_id_of, is_probe,
+    Candidate, CandidateKind, LocalNet, Punch, PunchConfig, PunchEvent, PunchFailure, PunchSuccess,
+    Role, exchange_id_of, is_probe,
 };
 use chatr_proto::Endpoint;
 use uuid::Uuid;
@@ -347,6 +347,8 @@ struct PendingPunch {
     peer: Uuid,
     secret: [u8; 32],
     candidates: Vec<Candidate>,
+    /// The host's own network, as the orchestrator passes it.
+    local_nets: Vec<LocalNet>,
 }
 
 /// A simulated client host.
@@ -718,6 +720,7 @@ impl Sim {
             peer: responder_uuid(),
             secret,
             candidates: for_initiator,
+            local_nets: vec![LocalNet::guess(self.hosts[initiator].addr.ip())],
         });
         self.hosts[initiator].start_at = self.base + ini_start;
         self.hosts[responder].pending = Some(PendingPunch {
@@ -727,6 +730,7 @@ impl Sim {
             peer: initiator_uuid(),
             secret,
             candidates: for_responder,
+            local_nets: vec![LocalNet::guess(self.hosts[responder].addr.ip())],
         });
         self.hosts[responder].start_at = self.base + resp_start;
     }
@@ -916,15 +920,18 @@ impl Sim {
                 && self.hosts[h].start_at <= now
                 && let Some(p) = self.hosts[h].pending.take()
             {
-                self.hosts[h].punch = Some(Punch::new(
-                    now,
-                    p.config,
-                    p.role,
-                    p.local,
-                    p.peer,
-                    p.secret,
-                    p.candidates,
-                ));
+                self.hosts[h].punch = Some(
+                    Punch::new(
+                        now,
+                        p.config,
+                        p.role,
+                        p.local,
+                        p.peer,
+                        p.secret,
+                        p.candidates,
+                    )
+                    .with_local_networks(p.local_nets),
+                );
                 self.flush(h);
             }
         }
