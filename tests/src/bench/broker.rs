@@ -102,12 +102,17 @@ pub struct BrokerRun {
     pub completed: u64,
     /// Denied, timed out, overlapped or broken.
     pub errors: u64,
+    /// Of those, exchanges skipped because the pair's previous one was still
+    /// running (the load generator, not the server, may be what is slow).
+    pub overlaps: u64,
     /// Completed per second over the window.
     pub achieved: f64,
     /// Exchange latency.
     pub latency: Option<LatencySummary>,
     /// Generator lag.
     pub lag: Option<LatencySummary>,
+    /// Server CPU per completed exchange, µs.
+    pub server_cpu_us: f64,
 }
 
 /// Per server and rate, over runs.
@@ -125,6 +130,8 @@ pub struct BrokerSummary {
     pub max: Option<Duration>,
     /// Median generator lag p99.
     pub lag_p99: Option<Duration>,
+    /// Median server CPU per exchange, µs.
+    pub server_cpu_us: f64,
     /// Median achieved rate.
     pub achieved: f64,
     /// Errors over all runs.
@@ -161,6 +168,7 @@ impl BrokerReport {
             "p99 ms",
             "max ms",
             "generator lag p99 ms",
+            "server CPU µs/exchange",
             "errors",
             "held",
         ]);
@@ -177,6 +185,7 @@ impl BrokerReport {
                 opt(s.p99),
                 opt(s.max),
                 opt(s.lag_p99),
+                format!("{:.0}", s.server_cpu_us),
                 s.errors.to_string(),
                 if s.held { "yes".into() } else { "no".into() },
             ]);
@@ -395,6 +404,7 @@ async fn rig(
 /// Runs one phase: `rate` exchanges per second for `duration` on `rig`.
 async fn phase(rig: &Rig, rate: u32, duration: Duration) -> BrokerRun {
     let phase = Arc::new(Phase::default());
+    let before = rig.server.sample().ok();
     let total = (f64::from(rate) * duration.as_secs_f64()).round() as u64;
     let step = 1.0 / f64::from(rate.max(1));
     let start = Instant::now() + Duration::from_millis(20);
@@ -435,7 +445,13 @@ async fn phase(rig: &Rig, rate: u32, duration: Duration) -> BrokerRun {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let completed = phase.completed.load(Ordering::Relaxed);
+    let server_cpu_us = match (before, rig.server.sample().ok()) {
+        (Some(b), Some(a)) => a.cpu_secs_since(&b) * 1e6 / completed.max(1) as f64,
+        _ => 0.0,
+    };
     BrokerRun {
+        server_cpu_us,
+        overlaps: phase.overlaps.load(Ordering::Relaxed),
         kind: rig.server.kind(),
         rate,
         issued,
@@ -474,6 +490,8 @@ fn summarize(kind: ServerKind, rate: u32, runs: &[BrokerRun]) -> Option<BrokerSu
         p99: lat(&|l| l.p99),
         max: mine.iter().filter_map(|r| r.latency.map(|l| l.max)).max(),
         lag_p99: median_duration(mine.iter().filter_map(|r| r.lag.map(|l| l.p99))),
+        server_cpu_us: median(&mine.iter().map(|r| r.server_cpu_us).collect::<Vec<_>>())
+            .unwrap_or(0.0),
         achieved: median(&mine.iter().map(|r| r.achieved).collect::<Vec<_>>()).unwrap_or(0.0),
         errors,
         held: errors == 0 && mine.iter().all(|r| r.completed == r.issued),
@@ -520,7 +538,7 @@ pub async fn run(args: &BrokerArgs) -> Result<BrokerReport, BenchError> {
             for rig in order {
                 let r = phase(rig, rate, duration).await;
                 eprintln!(
-                    "broker run {}: {:>6}/s {:<18} completed {}/{} p50 {} p99 {} max {} lag p99 {} errors {}",
+                    "broker run {}: {:>6}/s {:<18} completed {}/{} p50 {} p99 {} max {} lag p99 {} server {:.0} µs/exchange, errors {}",
                     run + 1,
                     rate,
                     r.kind.label(),
@@ -530,6 +548,7 @@ pub async fn run(args: &BrokerArgs) -> Result<BrokerReport, BenchError> {
                     r.latency.map_or("-".into(), |l| ms(l.p99)),
                     r.latency.map_or("-".into(), |l| ms(l.max)),
                     r.lag.map_or("-".into(), |l| ms(l.p99)),
+                    r.server_cpu_us,
                     r.errors
                 );
                 runs.push(r);
