@@ -571,3 +571,46 @@ fn lab_cleans_up_on_drop_and_sweeps_a_killed_run() {
     );
     drop(next);
 }
+
+#[test]
+fn public_segment_neighbours_are_resolved_from_the_start() {
+    let _serial = lab::exclusive();
+    let mut lab = Lab::new().unwrap();
+    let server = lab.add_public_host("srv").unwrap();
+    let link = LinkCondition::delay_ms(5);
+    let (site_a, _) = site_with_host(&mut lab, "a", NatProfile::PortRestricted, link);
+    let (site_b, host_b) = site_with_host(&mut lab, "b", NatProfile::Cgnat, link);
+    let (site_c, host_c) = site_with_host(&mut lab, "c", NatProfile::None, link);
+    let outer = |site: &Site| site.routers().last().unwrap().clone();
+
+    // Like routers on a real internet segment: every next hop on the public segment is
+    // already resolved (no ARP across the delay wires before the first datagram), in
+    // both directions and for members added later too.
+    let public: Vec<(String, std::net::Ipv4Addr)> = vec![
+        ("srv".into(), server.ip()),
+        ("a".into(), site_a.public_ip().unwrap()),
+        ("b".into(), site_b.public_ip().unwrap()),
+        ("c".into(), public_ip(&site_c, &host_c)),
+    ];
+    let tables = [
+        ("srv", server.netns().ip(&["neigh", "show"]).unwrap()),
+        ("a", outer(&site_a).ip(&["neigh", "show"]).unwrap()),
+        ("b", outer(&site_b).ip(&["neigh", "show"]).unwrap()),
+        ("c", host_c.netns().ip(&["neigh", "show"]).unwrap()),
+    ];
+    for (name, table) in &tables {
+        for (other, ip) in public.iter().filter(|(n, _)| n != name) {
+            let entry = format!("{ip} ");
+            assert!(
+                table
+                    .lines()
+                    .any(|l| l.starts_with(&entry) && l.trim_end().ends_with("PERMANENT")),
+                "{name} has no permanent neighbour entry for {other} ({ip}):\n{table}"
+            );
+        }
+    }
+    // The entries point at the right interfaces: a probe crosses on the first try.
+    let sock = udp_socket(&host_b, 0).unwrap();
+    let observer = Observer::start(&server, 3478).unwrap();
+    probe::round_trip(&sock, observer.addr(), Duration::from_secs(2)).unwrap();
+}

@@ -33,7 +33,7 @@ mod stream;
 pub mod transfer;
 
 pub use config::LinkConfig;
-pub use endpoint::{IncomingLink, LinkEndpoint};
+pub use endpoint::{IncomingLink, LinkEndpoint, MAX_INITIAL_RTT, MIN_INITIAL_RTT};
 pub use error::LinkError;
 pub use peer_link::{CloseCode, PeerLink};
 pub use socket::{ControlRx, RawSender};

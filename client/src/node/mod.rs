@@ -346,7 +346,8 @@ impl Client {
             .map_err(|f| ClientError::PunchFailed(Box::new(f)))?;
         let link = inner
             .endpoint
-            .connect(success.remote, peer_key)
+            // Start QUIC's RTT estimate from what the punch just measured on this path.
+            .connect_with_rtt(success.remote, peer_key, success.rtt)
             .await
             .map_err(|e| link_error(peer, e))?;
         let report = LinkReport {

@@ -14,6 +14,18 @@
 //! /24 with no default routes anywhere, so nothing in the lab can address a packet
 //! to anything outside it. Every namespace is named `chl-<run id>-…`; dropping the
 //! [`Lab`] (also during a panic) stops the wires and deletes every namespace.
+//!
+//! Two set-up details keep the first packets of a test from paying costs a real
+//! network would not charge them:
+//! - Every member of the public segment has a fixed MAC address and a permanent
+//!   neighbour entry for every other member, like routers on a real internet segment
+//!   whose next hops were resolved long ago. Without them, the first datagram between
+//!   two sites waited for ARP across the delay wires (one extra one-way delay, or a
+//!   whole 1 s ARP retry when the request was lost).
+//! - Every veth end gets an explicit, lab-unique interface index. The kernel reports a
+//!   veth's carrier change at once only when its index differs from its peer's; ends
+//!   that happened to share an index (in different namespaces) stayed without carrier,
+//!   so a bridge port dropped every frame for up to a second after set-up.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -33,6 +45,9 @@ const FIRST_UPLINK_HOST: u8 = 10;
 const LAST_PUBLIC_HOST: u8 = 9;
 /// Sites are numbered 1..=250; the number is the third octet of their LAN.
 const MAX_SITES: u16 = 250;
+/// Interface indexes the lab assigns to its veth ends start here, well above the
+/// kernel's own (`lo`, bridges), which count up from 1 in each namespace.
+const FIRST_IFINDEX: u32 = 1000;
 
 /// Conditions on a site's uplink, applied in both directions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -151,6 +166,28 @@ pub struct Lab {
     next_uplink: u16,
     next_public_host: u8,
     next_site: u16,
+    next_ifindex: u32,
+    /// Interfaces on the public segment, for the permanent neighbour entries.
+    public_members: Vec<SegmentMember>,
+}
+
+/// One interface on the public segment.
+#[derive(Debug)]
+struct SegmentMember {
+    ns: Arc<Netns>,
+    ifname: String,
+    ip: Ipv4Addr,
+}
+
+impl SegmentMember {
+    /// The neighbour-table command that tells another member where this one is.
+    fn neigh_line(&self, dev: &str) -> String {
+        format!(
+            "neigh replace {} lladdr {} dev {dev} nud permanent",
+            self.ip,
+            public_mac(self.ip)
+        )
+    }
 }
 
 impl Lab {
@@ -175,6 +212,8 @@ impl Lab {
             next_uplink: 0,
             next_public_host: 1,
             next_site: 1,
+            next_ifindex: FIRST_IFINDEX,
+            public_members: Vec::new(),
         })
     }
 
@@ -222,8 +261,7 @@ impl Lab {
         self.next_public_host += 1;
         let ns = self.new_namespace(&checked_name(name)?)?;
         let ip = Ipv4Addr::new(PUBLIC_NET[0], PUBLIC_NET[1], PUBLIC_NET[2], octet);
-        self.attach_to_public(&ns, "eth0", LinkCondition::IDEAL)?;
-        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        self.attach_to_public(&ns, "eth0", LinkCondition::IDEAL, Some(ip))?;
         Ok(Host {
             name: name.to_owned(),
             ns,
@@ -271,13 +309,13 @@ impl Lab {
             }
             match &outer {
                 None => {
-                    let ip = self.attach_to_public(&router, WAN, link)?;
-                    router.ip(&["addr", "add", &format!("{ip}/24"), "dev", WAN])?;
+                    let ip = self.attach_to_public(&router, WAN, link, None)?;
                     site.public_ip = Some(ip);
                 }
                 Some(carrier) => {
                     // Carrier-side link 100.64.<site>.0/24: carrier .1, home router .2.
-                    carrier_link(carrier, &router, index)?;
+                    let ifindex = self.take_ifindex_pair();
+                    carrier_link(carrier, &router, index, ifindex)?;
                 }
             }
             router.nft(&nat::router_ruleset(*layer))?;
@@ -305,8 +343,7 @@ impl Lab {
         let ns = self.new_namespace(&format!("{}-{name}", site.name))?;
         let ip = match &site.lan_router {
             None => {
-                let ip = self.attach_to_public(&ns, "eth0", site.link)?;
-                ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+                let ip = self.attach_to_public(&ns, "eth0", site.link, None)?;
                 if site.public_ip.is_none() {
                     site.public_ip = Some(ip);
                 }
@@ -315,20 +352,8 @@ impl Lab {
             Some(router) => {
                 let port = format!("h{}", site.hosts);
                 let ip = lan_ip(site.index, site.hosts + 1);
-                sys::run(sys::ip_command().args([
-                    "link",
-                    "add",
-                    "eth0",
-                    "netns",
-                    ns.name(),
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &port,
-                    "netns",
-                    router.name(),
-                ]))?;
+                let ifindex = self.take_ifindex_pair();
+                add_veth(("eth0", &ns, None), (&port, router, None), ifindex)?;
                 router.ip(&["link", "set", &port, "master", "lan", "up"])?;
                 ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
                 ns.ip(&["link", "set", "eth0", "up"])?;
@@ -346,13 +371,14 @@ impl Lab {
     }
 
     /// Connects interface `ifname` (created here, in `ns`) to the public bridge, through a
-    /// delay wire and loss rules as `link` asks. Returns the next free public address for
-    /// the caller to assign.
+    /// delay wire and loss rules as `link` asks, and gives it address `ip` (default: the
+    /// next free uplink address), which it returns.
     fn attach_to_public(
         &mut self,
-        ns: &Netns,
+        ns: &Arc<Netns>,
         ifname: &str,
         link: LinkCondition,
+        ip: Option<Ipv4Addr>,
     ) -> Result<Ipv4Addr, LabError> {
         let k = self.next_uplink;
         let octet = u16::from(FIRST_UPLINK_HOST) + k;
@@ -364,52 +390,23 @@ impl Lab {
         self.next_uplink += 1;
         let port = format!("p{k}");
         let public = self.public.clone();
+        let ip = ip.unwrap_or(Ipv4Addr::new(
+            PUBLIC_NET[0],
+            PUBLIC_NET[1],
+            PUBLIC_NET[2],
+            octet as u8,
+        ));
+        let mac = public_mac(ip);
         if link.delay.is_zero() {
-            sys::run(sys::ip_command().args([
-                "link",
-                "add",
-                ifname,
-                "netns",
-                ns.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                public.name(),
-            ]))?;
+            let ifindex = self.take_ifindex_pair();
+            add_veth((ifname, ns, Some(&mac)), (&port, &public, None), ifindex)?;
         } else {
             let wire = self.wire_namespace()?;
             let (a, b) = (format!("u{k}a"), format!("u{k}b"));
-            sys::run(sys::ip_command().args([
-                "link",
-                "add",
-                ifname,
-                "netns",
-                ns.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &a,
-                "netns",
-                wire.name(),
-            ]))?;
-            sys::run(sys::ip_command().args([
-                "link",
-                "add",
-                &b,
-                "netns",
-                wire.name(),
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                public.name(),
-            ]))?;
+            let ifindex = self.take_ifindex_pair();
+            add_veth((ifname, ns, Some(&mac)), (&a, &wire, None), ifindex)?;
+            let ifindex = self.take_ifindex_pair();
+            add_veth((&b, &wire, None), (&port, &public, None), ifindex)?;
             wire.ip(&["link", "set", &a, "up"])?;
             wire.ip(&["link", "set", &b, "up"])?;
             self.wires.push(Wire::start(&wire, &a, &b, link.delay)?);
@@ -422,12 +419,50 @@ impl Lab {
             ns.nft(&nat::loss_ruleset(ifname, link.loss_percent))?;
             public.nft(&nat::loss_ruleset(&port, link.loss_percent))?;
         }
-        Ok(Ipv4Addr::new(
-            PUBLIC_NET[0],
-            PUBLIC_NET[1],
-            PUBLIC_NET[2],
-            octet as u8,
-        ))
+        ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", ifname])?;
+        self.join_public_segment(ns, ifname, ip)?;
+        Ok(ip)
+    }
+
+    /// Two fresh interface indexes for the ends of a new veth pair.
+    fn take_ifindex_pair(&mut self) -> u32 {
+        let first = self.next_ifindex;
+        self.next_ifindex += 2;
+        first
+    }
+
+    /// Makes `ifname` (address `ip`, in `ns`) a resolved neighbour of every interface
+    /// already on the public segment, and them of it: permanent entries, so no packet
+    /// ever waits for ARP across a delay wire (or is lost with an ARP frame).
+    fn join_public_segment(
+        &mut self,
+        ns: &Arc<Netns>,
+        ifname: &str,
+        ip: Ipv4Addr,
+    ) -> Result<(), LabError> {
+        let new = SegmentMember {
+            ns: ns.clone(),
+            ifname: ifname.to_owned(),
+            ip,
+        };
+        if !self.public_members.is_empty() {
+            // All existing members into the newcomer's table with one `ip` process.
+            let batch: String = self
+                .public_members
+                .iter()
+                .map(|m| m.neigh_line(ifname) + "\n")
+                .collect();
+            let mut cmd = sys::ip_command();
+            cmd.args(["-n", ns.name(), "-batch", "-"]);
+            sys::run_with_input(&mut cmd, Some(&batch))?;
+        }
+        for member in &self.public_members {
+            let line = new.neigh_line(&member.ifname);
+            let args: Vec<&str> = line.split(' ').collect();
+            member.ns.ip(&args)?;
+        }
+        self.public_members.push(new);
+        Ok(())
     }
 }
 
@@ -447,24 +482,49 @@ impl Drop for Lab {
     }
 }
 
-/// Link between a carrier NAT (`lan` side, 100.64.<site>.1) and the home router inside it
-/// (`wan` side, 100.64.<site>.2, default route via the carrier).
-fn carrier_link(carrier: &Netns, home: &Netns, site: u16) -> Result<(), LabError> {
-    let third = site.to_string();
-    sys::run(sys::ip_command().args([
-        "link",
-        "add",
-        WAN,
-        "netns",
-        home.name(),
+/// Creates a veth pair whose ends (name, namespace, optional MAC) start out in their
+/// namespaces, with interface indexes `ifindex` and `ifindex + 1`. Distinct indexes
+/// make the kernel treat the ends' carrier changes as urgent (a veth whose index equals
+/// its peer's waits for the next once-a-second link-watch run, dropping frames until
+/// then).
+fn add_veth(
+    (name, ns, mac): (&str, &Netns, Option<&str>),
+    (peer, peer_ns, peer_mac): (&str, &Netns, Option<&str>),
+    ifindex: u32,
+) -> Result<(), LabError> {
+    let (index, peer_index) = (ifindex.to_string(), (ifindex + 1).to_string());
+    let mut cmd = sys::ip_command();
+    cmd.args(["link", "add", name, "netns", ns.name(), "index", &index]);
+    if let Some(mac) = mac {
+        cmd.args(["address", mac]);
+    }
+    cmd.args([
         "type",
         "veth",
         "peer",
         "name",
-        "lan",
+        peer,
         "netns",
-        carrier.name(),
-    ]))?;
+        peer_ns.name(),
+    ]);
+    cmd.args(["index", &peer_index]);
+    if let Some(mac) = peer_mac {
+        cmd.args(["address", mac]);
+    }
+    sys::run(&mut cmd).map(drop)
+}
+
+/// The fixed MAC of the public-segment interface with address `ip`
+/// (locally administered, unicast: `02:cb:00:71:00:<last octet>`).
+fn public_mac(ip: Ipv4Addr) -> String {
+    format!("02:cb:00:71:00:{:02x}", ip.octets()[3])
+}
+
+/// Link between a carrier NAT (`lan` side, 100.64.<site>.1) and the home router inside it
+/// (`wan` side, 100.64.<site>.2, default route via the carrier).
+fn carrier_link(carrier: &Netns, home: &Netns, site: u16, ifindex: u32) -> Result<(), LabError> {
+    let third = site.to_string();
+    add_veth((WAN, home, None), ("lan", carrier, None), ifindex)?;
     carrier.ip(&["addr", "add", &format!("100.64.{third}.1/24"), "dev", "lan"])?;
     carrier.ip(&["link", "set", "lan", "up"])?;
     home.ip(&["addr", "add", &format!("100.64.{third}.2/24"), "dev", WAN])?;
