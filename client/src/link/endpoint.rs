@@ -44,6 +44,16 @@ const SERVER_NAME: &str = "chatr.peer";
 /// Unidirectional streams each side may open: the confirmation, plus room for later use.
 const MAX_UNI_STREAMS: u32 = 4;
 
+/// Per-stream receive window. quinn's default (1.25 MB) caps one stream at
+/// window / RTT, about 240 Mbit/s at a 40 ms RTT, below what a home uplink
+/// path can carry; a pipe or file transfer is one stream. Memory is only
+/// committed while the application leaves received data unread.
+const STREAM_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// Connection-wide receive and send windows: room for the one bulk stream
+/// plus chat beside it.
+const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+
 /// Incoming handshakes run concurrently (so one stalled peer cannot hold up the others), but
 /// no more than this many at once.
 const MAX_PENDING_HANDSHAKES: usize = 16;
@@ -435,6 +445,9 @@ fn transport_config(config: &LinkConfig) -> TransportConfig {
     transport.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(idle_ms.max(1)))));
     transport.max_concurrent_bidi_streams(VarInt::from_u32(config.max_streams));
     transport.max_concurrent_uni_streams(VarInt::from_u32(MAX_UNI_STREAMS));
+    transport.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    transport.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
+    transport.send_window(u64::from(CONNECTION_WINDOW));
     transport
 }
 
@@ -488,5 +501,16 @@ mod tests {
             shared.contains("max_concurrent_bidi_streams: 7"),
             "{shared}"
         );
+    }
+
+    #[test]
+    fn flow_control_windows_leave_room_for_long_fat_paths() {
+        let shared = format!("{:?}", transport_config(&LinkConfig::default()));
+        assert!(
+            shared.contains("stream_receive_window: 16777216"),
+            "{shared}"
+        );
+        assert!(shared.contains("receive_window: 33554432"), "{shared}");
+        assert!(shared.contains("send_window: 33554432"), "{shared}");
     }
 }
