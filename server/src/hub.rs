@@ -22,7 +22,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
@@ -92,9 +92,11 @@ impl Kick {
         self.token.cancel();
     }
 
-    /// Resolves once kicked.
-    pub(crate) async fn kicked(&self) {
-        self.token.cancelled().await;
+    /// Resolves once kicked. The future owns its token handle, so a driver
+    /// can keep one pinned for the session's life instead of registering a
+    /// new waiter on every loop turn.
+    pub(crate) fn kicked(&self) -> WaitForCancellationFutureOwned {
+        self.token.clone().cancelled_owned()
     }
 
     /// The message to send, if any.
@@ -107,10 +109,16 @@ impl Kick {
 }
 
 /// What lands in a session's inbox.
+///
+/// Kept pointer-sized: tokio's bounded channel allocates its first block of
+/// 32 slots when the channel is created, so every idle session pays 32 ×
+/// `size_of::<Mailbox>()`. An inline [`HubEvent`] (UUID, two socket addresses
+/// and an endpoint or link secret) made that ~4 KiB per session; boxed it is
+/// ~0.5 KiB, for one small allocation per brokered message.
 #[derive(Debug)]
 pub(crate) enum Mailbox {
     /// Feed to the machine.
-    Event(HubEvent),
+    Event(Box<HubEvent>),
     /// A newcomer with our UUID asks whether we are alive; answer (send `()`)
     /// once our client pongs. Dropping the sender means "dead".
     Probe(oneshot::Sender<()>),
@@ -274,11 +282,11 @@ impl Hub {
         let Some(target) = self.inner.sessions.get(&to).map(|e| e.value().clone()) else {
             return Err(event);
         };
-        let message = Mailbox::Event(HubEvent::Peer {
+        let message = Mailbox::Event(Box::new(HubEvent::Peer {
             from: from.uuid,
             endpoints: from.endpoints(),
             event: event.clone(),
-        });
+        }));
         match target.inbox.try_send(message) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
@@ -427,12 +435,15 @@ mod tests {
             private_endpoint: Endpoint::new("10.0.0.1:1".parse().unwrap()),
         };
         assert!(hub.forward(&a.shared, b.shared.uuid, event.clone()).is_ok());
-        match rb.try_recv().unwrap() {
-            Mailbox::Event(HubEvent::Peer {
+        let Mailbox::Event(delivered) = rb.try_recv().unwrap() else {
+            panic!("expected an event");
+        };
+        match *delivered {
+            HubEvent::Peer {
                 from,
                 endpoints,
                 event: got,
-            }) => {
+            } => {
                 assert_eq!(from, a.shared.uuid);
                 assert_eq!(endpoints.udp, Some(udp));
                 assert_eq!(endpoints.tcp, a.shared.tcp);
@@ -462,11 +473,25 @@ mod tests {
         let uuid = Uuid::from_bytes([1; 16]);
         let (a, _ra) = entry(&hub, uuid, None, 1);
         hub.claim(a.clone());
-        a.inbox.try_send(Mailbox::Event(HubEvent::Probe)).unwrap();
+        a.inbox
+            .try_send(Mailbox::Event(Box::new(HubEvent::Probe)))
+            .unwrap();
         let (id, answer) = hub.probe(&uuid).unwrap();
         assert_eq!(id, a.shared.id);
         assert!(answer.await.is_err());
         assert!(hub.probe(&Uuid::from_bytes([2; 16])).is_none());
+    }
+
+    #[test]
+    fn inbox_slots_stay_pointer_sized() {
+        // Layout check, not a speed check: every session's inbox allocates
+        // 32 slots up front, so this size is paid by every idle session.
+        println!(
+            "size_of: HubEvent {} B, Mailbox {} B",
+            std::mem::size_of::<HubEvent>(),
+            std::mem::size_of::<Mailbox>()
+        );
+        assert!(std::mem::size_of::<Mailbox>() <= 2 * std::mem::size_of::<usize>());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! kicks the session, which also interrupts the flush.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 
 use super::machine::{SHUTTING_DOWN, Session};
@@ -28,6 +29,15 @@ use super::{Action, ClaimOutcome, HubEvent, KeyLookup, SessionConfig};
 use crate::hub::{Hub, Kick, Mailbox, SessionEntry, SessionShared};
 use crate::metrics::{LoginResult, Metrics};
 use crate::tls::TlsIdentity;
+
+/// Initial capacity of each session's `Framed` read and write buffers (and
+/// the write backpressure boundary, which the driver does not use: it writes
+/// into the buffer and flushes itself). tokio-util's default is 8 KiB each,
+/// 16 KiB per session for frames that are ~100 bytes apart from the rare
+/// PacketConnect; both buffers grow on demand up to a whole `MAX_FRAME`
+/// (the codec reserves a frame's declared length), so this only trims idle
+/// sessions.
+const FRAME_BUFFER_CAPACITY: usize = 512;
 
 /// What every connection task shares.
 pub(crate) struct ConnContext {
@@ -108,13 +118,12 @@ pub(crate) async fn run_session<S>(
         rand::make_rng::<StdRng>(),
     );
     let mut driver = Driver {
-        framed: Framed::new(stream, ConnectCodec::new()),
+        framed: Framed::with_capacity(stream, ConnectCodec::new(), FRAME_BUFFER_CAPACITY),
         machine,
         peer,
         inbox,
         rx,
         kick: Kick::default(),
-        shutdown,
         shared: None,
         probe: None,
         probed_id: None,
@@ -124,7 +133,7 @@ pub(crate) async fn run_session<S>(
         scratch: Vec::new(),
         ctx,
     };
-    driver.run().await;
+    driver.run(shutdown).await;
     if let Some(shared) = driver.shared.take() {
         driver.ctx.hub.remove(&shared);
         tracing::info!("session ended");
@@ -156,7 +165,6 @@ struct Driver<S> {
     inbox: mpsc::Sender<Mailbox>,
     rx: mpsc::Receiver<Mailbox>,
     kick: Kick,
-    shutdown: CancellationToken,
     /// Set once the session is registered in the hub.
     shared: Option<Arc<SessionShared>>,
     /// The answer of the session we are probing (duplicate UUID).
@@ -177,10 +185,17 @@ impl<S> Driver<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    async fn run(&mut self) {
+    async fn run(&mut self, shutdown: CancellationToken) {
+        // One waiter per token for the whole session, polled by reference:
+        // re-creating `cancelled()` futures each turn would register and
+        // deregister a waiter on the token every wake-up, and the shutdown
+        // token's waiter list is shared by every connection.
+        let kicked = self.kick.kicked();
+        let shutdown = shutdown.cancelled_owned();
+        tokio::pin!(kicked, shutdown);
         loop {
             let close = self.execute_actions();
-            match self.flush().await {
+            match self.flush(kicked.as_mut()).await {
                 Flush::Done | Flush::Interrupted => {}
                 Flush::Failed => return,
             }
@@ -188,7 +203,7 @@ where
                 self.close_stream().await;
                 return;
             }
-            let wake = self.wait().await;
+            let wake = self.wait(kicked.as_mut(), shutdown.as_mut()).await;
             let now = now();
             match wake {
                 Wake::Kicked => {
@@ -215,7 +230,7 @@ where
                 }
                 Wake::Frame(None) => self.machine.handle_closed(now),
                 Wake::Mail(Some(Mailbox::Event(event))) => {
-                    self.machine.handle_hub_event(now, event);
+                    self.machine.handle_hub_event(now, *event);
                 }
                 Wake::Mail(Some(Mailbox::Probe(answer))) => {
                     self.probe_waiters.push(answer);
@@ -232,18 +247,17 @@ where
         }
     }
 
-    async fn wait(&mut self) -> Wake {
+    async fn wait(
+        &mut self,
+        kick: Pin<&mut WaitForCancellationFutureOwned>,
+        shutdown: Pin<&mut WaitForCancellationFutureOwned>,
+    ) -> Wake {
         let deadline = self.machine.poll_timeout();
         let reading = self.machine.wants_packets();
         let kicked = self.kicked;
         let shutting_down = self.shutting_down;
         let Self {
-            framed,
-            rx,
-            kick,
-            shutdown,
-            probe,
-            ..
+            framed, rx, probe, ..
         } = self;
         let timer = async {
             match deadline {
@@ -259,8 +273,8 @@ where
         };
         tokio::select! {
             biased;
-            () = kick.kicked(), if !kicked => Wake::Kicked,
-            () = shutdown.cancelled(), if !shutting_down => Wake::Shutdown,
+            () = kick, if !kicked => Wake::Kicked,
+            () = shutdown, if !shutting_down => Wake::Shutdown,
             alive = probe_answer => Wake::ProbeAnswer(alive),
             () = timer => Wake::Timer,
             mail = rx.recv() => Wake::Mail(mail),
@@ -340,16 +354,16 @@ where
         self.machine.handle_claim(now(), outcome);
     }
 
-    async fn flush(&mut self) -> Flush {
+    async fn flush(&mut self, kick: Pin<&mut WaitForCancellationFutureOwned>) -> Flush {
         if self.framed.write_buffer().is_empty() {
             return Flush::Done;
         }
         let write_timeout = self.ctx.session.timings.write_timeout;
         let kicked = self.kicked;
-        let Self { framed, kick, .. } = self;
+        let framed = &mut self.framed;
         tokio::select! {
             biased;
-            () = kick.kicked(), if !kicked => Flush::Interrupted,
+            () = kick, if !kicked => Flush::Interrupted,
             result = tokio::time::timeout(write_timeout, SinkExt::<Packet>::flush(framed)) => match result {
                 Ok(Ok(())) => Flush::Done,
                 Ok(Err(err)) => {
@@ -495,6 +509,91 @@ mod tests {
         })
         .await
         .expect("slow reader still registered");
+    }
+
+    /// A PacketConnect from a spec client, padded with trailing bytes (which
+    /// the decoder tolerates as future extensions) to a frame whose length
+    /// VarInt says `body_len`.
+    fn padded_connect(key: &SigningKey, uuid: Uuid, body_len: usize) -> Vec<u8> {
+        let packet = Packet::Connect(PacketConnect {
+            version: 1,
+            uuid,
+            signature: key.sign(uuid.as_bytes()).to_bytes().to_vec(),
+        });
+        let encoded = packet.to_bytes();
+        let (len, prefix) = chatr_proto::varint::decode_varint(&encoded).unwrap();
+        assert_eq!(len as usize, encoded.len() - prefix);
+        let mut body = encoded[prefix..].to_vec();
+        assert!(body.len() < body_len);
+        body.resize(body_len, 0xA5);
+        let mut frame = Vec::new();
+        let mut rest = u32::try_from(body_len).unwrap();
+        while rest >= 0x80 {
+            frame.push((rest & 0x7F) as u8 | 0x80);
+            rest >>= 7;
+        }
+        frame.push(rest as u8);
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    /// Sends `frame` in one write over a pipe much smaller than it (so the
+    /// session's small initial read buffer must grow) and returns the reply.
+    async fn reply_to_raw_frame(h: &Harness, seed: u8, frame: &[u8]) -> Option<Packet> {
+        use tokio::io::AsyncWriteExt;
+        let (client, server) = tokio::io::duplex(256);
+        tokio::spawn(run_session(
+            Arc::clone(&h.ctx),
+            server,
+            SocketAddr::from(([127, 0, 0, 1], 2000 + u16::from(seed))),
+            now(),
+            None,
+            h.shutdown.clone(),
+        ));
+        let (read, mut write) = tokio::io::split(client);
+        let mut replies = tokio_util::codec::FramedRead::new(read, ConnectCodec::new());
+        // The server may refuse the frame (and drop the pipe) before reading
+        // all of it, so the write is allowed to fail; the reply says which.
+        let (_, reply) = tokio::join!(write.write_all(frame), async {
+            tokio::time::timeout(Duration::from_secs(10), replies.next())
+                .await
+                .expect("no reply")
+        });
+        reply.map(|reply| reply.unwrap())
+    }
+
+    #[tokio::test]
+    async fn max_size_frame_is_read_and_one_byte_more_is_refused() {
+        let h = harness(|_| {});
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let uuid = Uuid::from_bytes([7; 16]);
+        h.registry.insert_unchecked(uuid, key.verifying_key());
+        // MAX_FRAME is well above the initial buffer capacity: the whole
+        // frame must still be read and the login it carries accepted.
+        const { assert!(chatr_proto::MAX_FRAME > 2 * FRAME_BUFFER_CAPACITY) };
+        let reply = reply_to_raw_frame(&h, 7, &padded_connect(&key, uuid, chatr_proto::MAX_FRAME))
+            .await
+            .unwrap();
+        assert!(matches!(reply, Packet::Connected(_)), "{reply:?}");
+        assert!(h.ctx.hub.is_connected(&uuid));
+
+        let key = SigningKey::from_bytes(&[8; 32]);
+        let uuid = Uuid::from_bytes([8; 16]);
+        h.registry.insert_unchecked(uuid, key.verifying_key());
+        let reply = reply_to_raw_frame(
+            &h,
+            8,
+            &padded_connect(&key, uuid, chatr_proto::MAX_FRAME + 1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            reply,
+            Packet::Disconnect(chatr_proto::PacketDisconnect {
+                message: "Invalid Packet".to_string()
+            })
+        );
+        assert!(!h.ctx.hub.is_connected(&uuid));
     }
 
     #[tokio::test(start_paused = true)]
