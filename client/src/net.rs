@@ -18,8 +18,46 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::HostPort;
 
+/// How many ports [`bind_udp`] tries when asked for "any port".
+const SAME_PORT_ATTEMPTS: usize = 16;
+
 /// Binds a UDP socket on `addr` with `SO_REUSEADDR`, non-blocking.
+///
+/// With port 0 the port is chosen so that it is free for TCP too: the kernel
+/// hands out UDP and TCP ports independently, and a UDP port whose TCP twin is
+/// taken would defeat the same-port rule from the start. A TCP socket bound to
+/// an ephemeral port reserves P while UDP binds it; it is closed again (never
+/// connected, so P is not left in TIME_WAIT).
 pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    if addr.port() != 0 {
+        return bind_udp_exact(addr);
+    }
+    for _ in 0..SAME_PORT_ATTEMPTS {
+        let reservation =
+            Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        if addr.is_ipv6() {
+            let _ = reservation.set_only_v6(false);
+        }
+        reservation.bind(&addr.into())?;
+        let port = reservation
+            .local_addr()?
+            .as_socket()
+            .map_or(0, |a| a.port());
+        if port == 0 {
+            break;
+        }
+        match bind_udp_exact(SocketAddr::new(addr.ip(), port)) {
+            Ok(udp) => return Ok(udp),
+            // UDP P is taken: try another TCP-free port.
+            Err(err) if err.kind() == io::ErrorKind::AddrInUse => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    bind_udp_exact(addr)
+}
+
+/// Binds exactly `addr` (port 0: any UDP port).
+fn bind_udp_exact(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
