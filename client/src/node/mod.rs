@@ -42,7 +42,7 @@ pub use options::ClientOptions;
 pub use report::{LinkReport, failure_json};
 
 use self::punch_driver::{PunchOutcome, drive_punch};
-use self::shared::{Brokered, ClientInfo, Shared};
+use self::shared::{Brokered, ClientInfo, ExchangeGuard, Shared};
 use crate::error::ClientError;
 use crate::identity::Identity;
 use crate::link::{ControlRx, IncomingLink, LinkEndpoint, LinkError, PeerLink, RawSender};
@@ -292,11 +292,7 @@ impl Client {
         peer_key: VerifyingKey,
     ) -> Result<(PeerLink, LinkReport), ClientError> {
         let inner = &self.inner;
-        let online = self.wait_online(inner.options.online_timeout).await?;
-        let (_guard, mut brokered) = inner
-            .shared
-            .register_exchange(peer)
-            .ok_or(ClientError::AlreadyLinking { peer })?;
+        let (online, _guard, mut brokered) = self.begin_exchange(peer).await?;
         inner
             .session
             .request(peer, self.private_endpoint(&online))
@@ -364,6 +360,22 @@ impl Client {
         Ok((link, report))
     }
 
+    /// The common start of both sides of a link attempt: wait until the
+    /// session is online, then claim `peer`'s exchange slot (one attempt per
+    /// peer at a time) and its channel of brokered packets.
+    async fn begin_exchange(
+        &self,
+        peer: Uuid,
+    ) -> Result<(OnlineInfo, ExchangeGuard, mpsc::Receiver<Brokered>), ClientError> {
+        let online = self.wait_online(self.inner.options.online_timeout).await?;
+        let (guard, brokered) = self
+            .inner
+            .shared
+            .register_exchange(peer)
+            .ok_or(ClientError::AlreadyLinking { peer })?;
+        Ok((online, guard, brokered))
+    }
+
     /// Responder side of a link attempt (see [`IncomingRequest::accept`]).
     async fn respond(
         &self,
@@ -372,11 +384,7 @@ impl Client {
         peer_key: VerifyingKey,
     ) -> Result<(PeerLink, LinkReport), ClientError> {
         let inner = &self.inner;
-        let online = self.wait_online(inner.options.online_timeout).await?;
-        let (_guard, mut brokered) = inner
-            .shared
-            .register_exchange(peer)
-            .ok_or(ClientError::AlreadyLinking { peer })?;
+        let (online, _guard, mut brokered) = self.begin_exchange(peer).await?;
         // Expect the QUIC link before the server can even tell the peer to start.
         let (waiter, incoming) = inner.shared.add_quic_waiter(peer_key);
         inner
