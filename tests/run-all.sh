@@ -31,9 +31,17 @@ cargo build --workspace --bins --locked
 echo "run-all: cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked -- --test-threads=2 2>&1 | tee "$log"
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+status=0
+cargo test --workspace --locked --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
 passed=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^passed/) s += $i } END { print s + 0 }' "$log")
 failed=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^failed/) s += $i } END { print s + 0 }' "$log")
+if [ "$status" -ne 0 ]; then
+  echo "run-all: cargo test failed (exit ${status}); failing tests:"
+  grep -E '^test .* FAILED$' "$log" || true
+  echo "tests: ${passed} passed, ${failed} failed"
+  exit "$status"
+fi
 echo "run-all: chatr-bench smoke run"
 cargo run -q -p chatr-tests --bin chatr-bench --locked -- smoke
 echo "run-all: all checks passed"

@@ -58,32 +58,52 @@ async fn control_datagrams_are_diverted_while_quic_streams_data() {
     stun.extend_from_slice(&[7u8; 12]);
     let mut expected_control = HashSet::new();
     for i in 0..20u8 {
-        stranger.send_to(&probe(i), responder_addr).await.unwrap();
         expected_control.insert((stranger_addr, probe(i)));
-        pair.initiator_endpoint
-            .send_raw(responder_addr, &probe(100 + i))
-            .await
-            .unwrap();
         expected_control.insert((initiator_addr, probe(100 + i)));
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    stranger.send_to(&stun, responder_addr).await.unwrap();
     expected_control.insert((stranger_addr, stun.clone()));
 
-    let got: HashSet<_> = take(&mut pair.responder_control, expected_control.len())
-        .await
-        .into_iter()
-        .collect();
-    assert_eq!(got, expected_control);
+    // The kernel drops UDP datagrams whenever the responder's receive buffer overflows, which
+    // QUIC's bursts do on a loaded machine (that is UDP, not the demux). So, like the real
+    // hole-punch, resend what has not arrived yet; a datagram the demux misroutes never arrives
+    // however often it is sent, and the test times out on it.
+    let mut got = HashSet::new();
+    let mut arrivals = 0u64;
+    for _round in 0..40 {
+        let missing: Vec<_> = expected_control.difference(&got).cloned().collect();
+        if missing.is_empty() {
+            break;
+        }
+        for (from, datagram) in &missing {
+            if *from == stranger_addr {
+                stranger.send_to(datagram, responder_addr).await.unwrap();
+            } else {
+                pair.initiator_endpoint
+                    .send_raw(responder_addr, datagram)
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        while let Ok(Some((from, bytes))) =
+            tokio::time::timeout(Duration::from_millis(250), pair.responder_control.recv()).await
+        {
+            let item = (from, bytes.to_vec());
+            assert!(
+                expected_control.contains(&item),
+                "unexpected datagram in the control channel: {item:?}"
+            );
+            arrivals += 1;
+            got.insert(item);
+        }
+    }
+    assert_eq!(got, expected_control, "control datagrams never arrived");
 
     writer.await.unwrap();
     let received = reader.await.unwrap();
     assert_eq!(sha256(&received), expected);
     assert_eq!(pair.responder_control.dropped(), 0);
-    assert_eq!(
-        pair.responder_control.delivered(),
-        expected_control.len() as u64
-    );
+    assert_eq!(pair.responder_control.delivered(), arrivals);
     // Nothing QUIC leaked into the control channel.
     assert!(pair.responder_control.try_recv().is_none());
     assert!(pair.initiator_control.try_recv().is_none());
