@@ -278,6 +278,43 @@ async fn setup_contacts_pipe_and_files() {
         b"meeting at noon\n"
     );
 
+    // A receiver's size limit refuses the file at its header; both sides say so.
+    let mut bad = chatr(&bob);
+    bad.args(["receive", "--max-size", "ten"]);
+    let (code, _, err) = run(bad).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("e.g. 500M"), "{err}");
+    let mut recv = chatr(&bob);
+    recv.args(["receive", "--from", "alice", "--max-size", "8", "--dir"])
+        .arg(&inbox);
+    let mut receiver = spawn(recv);
+    receiver.stderr.wait_for("waiting for a link").await;
+    let mut send = chatr(&alice);
+    send.args(["send", "bob"]).arg(&file);
+    let (code, out, err) = run(send).await;
+    assert_eq!(code, 9, "send: {out}{err}");
+    assert!(err.contains("--max-size"), "{err}");
+    assert_eq!(
+        wait_exit(&mut receiver.child).await,
+        9,
+        "{}",
+        receiver.stderr.text()
+    );
+    assert!(
+        receiver
+            .stderr
+            .text()
+            .contains("more than the receiver accepts"),
+        "{}",
+        receiver.stderr.text()
+    );
+    let mut stored: Vec<_> = std::fs::read_dir(&inbox)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    stored.sort();
+    assert_eq!(stored, vec![std::ffi::OsString::from("notes.txt")]);
+
     server.stop().await;
 }
 

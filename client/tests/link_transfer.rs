@@ -6,7 +6,8 @@ mod link_support;
 use std::path::Path;
 
 use chatr_client::link::transfer::{
-    FileHeader, Reply, ReplyStatus, TransferError, receive_file, send_file,
+    FileHeader, LimitExceeded, ReceiveLimits, Reply, ReplyStatus, TransferError, receive_file,
+    receive_file_with, send_file,
 };
 use chatr_client::link::{LinkStream, PeerLink, StreamKind};
 use link_support::{linked_pair, random_bytes, sha256};
@@ -210,4 +211,91 @@ async fn the_sender_learns_why_the_receiver_failed() {
         }
         other => panic!("expected Rejected, got {other:?}"),
     }
+}
+
+/// Sends a file of `len` random bytes to a receiver with `limits`; returns both results and
+/// what the receive directory holds afterwards.
+async fn send_against_limits(
+    len: usize,
+    limits: ReceiveLimits,
+) -> (
+    Result<chatr_client::link::transfer::ReceivedFile, TransferError>,
+    Result<chatr_client::link::transfer::SentFile, TransferError>,
+    Vec<String>,
+) {
+    let pair = linked_pair().await;
+    let src = tempfile::tempdir().unwrap();
+    let dst = tempfile::tempdir().unwrap();
+    let path = src.path().join("big.bin");
+    std::fs::write(&path, random_bytes(len)).unwrap();
+    let responder = pair.responder.clone();
+    let dst_path = dst.path().to_path_buf();
+    let receiver = tokio::spawn(async move {
+        let stream = responder.accept_stream().await.unwrap();
+        receive_file_with(stream, &dst_path, &limits).await
+    });
+    let sent = send_file(&pair.initiator, &path).await;
+    let received = receiver.await.unwrap();
+    (received, sent, dir_entries(dst.path()))
+}
+
+#[tokio::test]
+async fn a_file_over_the_receivers_size_limit_is_refused_before_it_is_written() {
+    let limits = ReceiveLimits {
+        max_size: Some(1024 * 1024),
+        ..ReceiveLimits::default()
+    };
+    let (received, sent, left) = send_against_limits(1024 * 1024 + 1, limits).await;
+    assert!(
+        matches!(
+            received,
+            Err(TransferError::Limit(LimitExceeded::TooLarge {
+                size: 1_048_577,
+                limit: 1_048_576
+            }))
+        ),
+        "{received:?}"
+    );
+    match sent {
+        Err(TransferError::Rejected { status, message }) => {
+            assert_eq!(status, ReplyStatus::Refused);
+            assert!(message.contains("--max-size"), "{message}");
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert!(left.is_empty(), "nothing may be stored: {left:?}");
+
+    // Exactly at the limit is fine.
+    let (received, sent, left) = send_against_limits(1024 * 1024, limits).await;
+    assert_eq!(received.unwrap().size, 1024 * 1024);
+    assert_eq!(sent.unwrap().size, 1024 * 1024);
+    assert_eq!(left, vec!["big.bin".to_owned()]);
+}
+
+#[tokio::test]
+async fn a_file_that_would_fill_the_receivers_disk_is_refused() {
+    // A reserve no file system has: every non-empty file would eat into it.
+    let limits = ReceiveLimits {
+        max_size: None,
+        disk_reserve: u64::MAX,
+    };
+    let (received, sent, left) = send_against_limits(4096, limits).await;
+    assert!(
+        matches!(
+            received,
+            Err(TransferError::Limit(LimitExceeded::NoSpace {
+                size: 4096,
+                ..
+            }))
+        ),
+        "{received:?}"
+    );
+    match sent {
+        Err(TransferError::Rejected { status, message }) => {
+            assert_eq!(status, ReplyStatus::StorageError);
+            assert!(message.contains("free some space"), "{message}");
+        }
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+    assert!(left.is_empty(), "nothing may be stored: {left:?}");
 }

@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-use chatr_client::link::transfer::{receive_file, send_file};
+use chatr_client::link::transfer::{ReceiveLimits, receive_file_with, send_file};
 use chatr_client::link::{CloseCode, StreamKind};
 
+use super::byte_size::parse_byte_size;
 use super::link::{Policy, accept_one, ctrl_c, request, resolve_peer, start_client};
 use super::{CliError, Globals};
 
@@ -30,6 +31,10 @@ pub(crate) struct ReceiveArgs {
     /// Also accept peers that are not contacts (key from the registry)
     #[arg(long, conflicts_with = "from")]
     accept_any: bool,
+    /// Refuse files larger than SIZE (bytes, or with K/M/G/T, e.g. 500M) [default: no limit;
+    /// files that would leave less than 64 MiB free on the disk are always refused]
+    #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
+    max_size: Option<u64>,
 }
 
 pub(crate) async fn send(g: &Globals, args: SendArgs) -> Result<(), CliError> {
@@ -72,6 +77,10 @@ pub(crate) async fn receive(g: &Globals, args: ReceiveArgs) -> Result<(), CliErr
         )));
     }
     let policy = Policy::from_args(g, args.accept_any, args.from.as_deref())?;
+    let limits = ReceiveLimits {
+        max_size: args.max_size,
+        ..ReceiveLimits::default()
+    };
     let client = start_client(g).await?;
     let result = async {
         eprintln!("waiting for a link (uuid {})…", client.uuid());
@@ -88,7 +97,7 @@ pub(crate) async fn receive(g: &Globals, args: ReceiveArgs) -> Result<(), CliErr
                 stream.abort(CloseCode::Refused);
                 continue;
             }
-            match receive_file(stream, &args.dir).await {
+            match receive_file_with(stream, &args.dir, &limits).await {
                 Ok(f) => {
                     count += 1;
                     println!(

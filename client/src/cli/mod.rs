@@ -4,6 +4,7 @@
 //! the XDG config dir), does one job and exits with a status that says what
 //! went wrong (see [`ExitCode`]s below), printing an actionable message.
 
+mod byte_size;
 mod chat;
 mod contacts;
 mod demo;

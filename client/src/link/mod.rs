@@ -27,6 +27,7 @@ mod endpoint;
 mod error;
 mod peer_link;
 pub mod pipe;
+mod receive_limits;
 pub mod rpk;
 pub mod socket;
 mod stream;

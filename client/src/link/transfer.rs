@@ -15,6 +15,10 @@
 //! characters), and the receiver never overwrites an existing file — it picks `name (1)`,
 //! `name (2)`, … instead. The received bytes go straight into the destination file, created
 //! exclusively, and the file is removed if anything fails.
+//!
+//! Before it creates the file the receiver checks the announced size against its
+//! [`ReceiveLimits`] (an optional maximum, and the free space of the destination file system
+//! minus a reserve), so a peer cannot fill the receiver's disk.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -25,6 +29,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::LinkError;
 use super::peer_link::{CloseCode, PeerLink};
+use super::receive_limits::available_space;
+pub use super::receive_limits::{DEFAULT_DISK_RESERVE, LimitExceeded, ReceiveLimits};
 use super::stream::{LinkStream, StreamKind, wait_delivered};
 
 /// Longest file name accepted, in bytes.
@@ -228,6 +234,9 @@ pub enum TransferError {
     /// The local file changed while we were sending it.
     #[error("{0} changed while it was being sent; try again")]
     SourceChanged(PathBuf),
+    /// The receiver refused the file at its header: too large, or no room on its disk.
+    #[error("refused: {0}")]
+    Limit(#[from] LimitExceeded),
     /// No free name in the receive directory.
     #[error("no free file name for {0:?} in the receive directory")]
     NoFreeName(String),
@@ -422,8 +431,18 @@ async fn read_reply(recv: &mut quinn::RecvStream) -> Result<Reply, TransferError
 /// Never overwrites: if the name is taken, `name (1)`, `name (2)`, … is used. On any failure
 /// the partial file is removed and the sender is told why.
 pub async fn receive_file(stream: LinkStream, dir: &Path) -> Result<ReceivedFile, TransferError> {
+    receive_file_with(stream, dir, &ReceiveLimits::default()).await
+}
+
+/// [`receive_file`] with explicit [`ReceiveLimits`]: a file over the limits is refused at its
+/// header ([`TransferError::Limit`]), before anything is written, and the sender is told why.
+pub async fn receive_file_with(
+    stream: LinkStream,
+    dir: &Path,
+    limits: &ReceiveLimits,
+) -> Result<ReceivedFile, TransferError> {
     let (mut send, mut recv) = stream.into_split();
-    let outcome = receive_into(&mut recv, dir).await;
+    let outcome = receive_into(&mut recv, dir, limits).await;
     if outcome.is_err() {
         // Stop the sender at once; the reply below still tells it why.
         let _ = recv.stop(CloseCode::Refused.to_varint());
@@ -453,6 +472,8 @@ fn reply_status(error: &TransferError) -> ReplyStatus {
         TransferError::SizeMismatch { .. } => ReplyStatus::SizeMismatch,
         TransferError::HashMismatch => ReplyStatus::HashMismatch,
         TransferError::NoFreeName(_) => ReplyStatus::Refused,
+        TransferError::Limit(LimitExceeded::TooLarge { .. }) => ReplyStatus::Refused,
+        TransferError::Limit(_) => ReplyStatus::StorageError,
         TransferError::Io(_) => ReplyStatus::StorageError,
         _ => ReplyStatus::Refused,
     }
@@ -462,8 +483,10 @@ fn reply_status(error: &TransferError) -> ReplyStatus {
 async fn receive_into(
     recv: &mut quinn::RecvStream,
     dir: &Path,
+    limits: &ReceiveLimits,
 ) -> Result<ReceivedFile, TransferError> {
     let header = read_header(recv).await?;
+    limits.check(header.size, available_space(dir)?)?;
     let (path, mut file) = create_unique(dir, &header.name).await?;
     match write_content(recv, &mut file, &header).await {
         Ok(()) => Ok(ReceivedFile {
