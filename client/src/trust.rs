@@ -286,4 +286,97 @@ mod tests {
             Err(TrustError::PinnedCert { .. })
         ));
     }
+
+    /// A self-signed CA whose certificate also names `name`.
+    fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
+    }
+
+    fn leaf_signed_by(
+        name: &str,
+        issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    ) -> CertificateDer<'static> {
+        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.signed_by(&key, issuer).unwrap().der().clone()
+    }
+
+    fn verify(
+        verifier: &PinnedVerifier,
+        leaf: &CertificateDer<'_>,
+        name: &str,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        verifier.verify_server_cert(leaf, &[], &server_name(name).unwrap(), &[], UnixTime::now())
+    }
+
+    fn pinned_from_pem(pem: &str) -> PinnedVerifier {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pinned.pem");
+        std::fs::write(&path, pem).unwrap();
+        PinnedVerifier::new(
+            Pin::Certs(read_pem_certs(&path).unwrap()),
+            crypto_provider(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_pinned_ca_accepts_the_leaves_it_signed_for_the_right_name_only() {
+        let dev_ca = ca("chatr.test");
+        let verifier = pinned_from_pem(&dev_ca.pem());
+        assert!(
+            verifier.ca.is_some(),
+            "a CA certificate must become a trust anchor"
+        );
+
+        let good = leaf_signed_by("chatr.test", &dev_ca);
+        verify(&verifier, &good, "chatr.test").unwrap();
+
+        // Signed by the pinned CA, but for another host.
+        let err = verify(&verifier, &good, "other.test").unwrap_err();
+        assert!(err.to_string().contains("not the pinned one"), "{err}");
+
+        // Right name, but signed by some other CA.
+        let stranger = ca("chatr.test");
+        let forged = leaf_signed_by("chatr.test", &stranger);
+        let err = verify(&verifier, &forged, "chatr.test").unwrap_err();
+        assert!(err.to_string().contains("not the pinned one"), "{err}");
+    }
+
+    #[test]
+    fn a_pinned_self_signed_leaf_matches_byte_for_byte() {
+        let params = rcgen::CertificateParams::new(vec!["chatr.test".to_owned()]).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = params.self_signed(&key).unwrap();
+        let verifier = pinned_from_pem(&leaf.pem());
+        verify(&verifier, leaf.der(), "chatr.test").unwrap();
+        // Pinned means pinned: the name is not what is checked for a pinned leaf.
+        verify(&verifier, leaf.der(), "any.name").unwrap();
+
+        let other = params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        assert!(verify(&verifier, other.der(), "chatr.test").is_err());
+    }
+
+    #[test]
+    fn a_fingerprint_pin_accepts_only_that_certificate() {
+        let params = rcgen::CertificateParams::new(vec!["chatr.test".to_owned()]).unwrap();
+        let leaf = params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let pin = Pin::Fingerprint(fingerprint_of(leaf.der()));
+        let verifier = PinnedVerifier::new(pin, crypto_provider()).unwrap();
+        verify(&verifier, leaf.der(), "chatr.test").unwrap();
+        let other = params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let err = verify(&verifier, other.der(), "chatr.test").unwrap_err();
+        assert!(err.to_string().contains("is pinned"), "{err}");
+    }
 }
