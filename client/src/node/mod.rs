@@ -21,6 +21,7 @@
 //! the pinned key. Links do not depend on the session once made: they survive
 //! the server going away and coming back.
 
+mod link_race;
 mod options;
 mod punch_driver;
 mod report;
@@ -41,6 +42,7 @@ use uuid::Uuid;
 pub use options::ClientOptions;
 pub use report::{LinkReport, failure_json};
 
+use self::link_race::{RaceOutcome, optimistic_target, race_link};
 use self::punch_driver::{PunchOutcome, drive_punch};
 use self::shared::{Brokered, ClientInfo, ExchangeGuard, Shared};
 use crate::error::ClientError;
@@ -336,24 +338,64 @@ impl Client {
         let secret = info.link_secret.ok_or(ClientError::NoLinkSecret)?;
         let local = self.private_endpoint(&online).ip;
         let outcome = self.start_punch(Role::Initiator, peer, secret, candidates.clone(), local);
-        let success = outcome
+        // Our public address as the server sees it now (the UDP binding may have completed
+        // after the request went out).
+        let ours = self
+            .wait_online(Duration::ZERO)
             .await
-            .map_err(|_| ClientError::ShuttingDown)?
-            .map_err(|f| ClientError::PunchFailed(Box::new(f)))?;
-        let link = inner
-            .endpoint
-            // Start QUIC's RTT estimate from what the punch just measured on this path.
-            .connect_with_rtt(success.remote, peer_key, success.rtt)
-            .await
-            .map_err(|e| link_error(peer, e))?;
+            .ok()
+            .and_then(|now| now.udp_observed.or(now.tcp_observed));
+        let optimistic = optimistic_target(ours, &candidates);
+        let (link, remote, agreed, punch_time) =
+            match race_link(&inner.endpoint, peer_key, optimistic, outcome).await {
+                RaceOutcome::Linked {
+                    link,
+                    remote,
+                    punch,
+                    pending_punch,
+                } => {
+                    let punch_time = info.at.elapsed();
+                    // The optimistic link beat the punch: its result (for the report)
+                    // follows within about a round trip.
+                    let punch = match (punch, pending_punch) {
+                        (Some(s), _) => Some(s),
+                        (None, Some(rx)) => tokio::time::timeout(Duration::from_millis(500), rx)
+                            .await
+                            .ok()
+                            .and_then(|r| r.ok())
+                            .and_then(|r| r.ok()),
+                        (None, None) => None,
+                    };
+                    (link, remote, punch, punch_time)
+                }
+                RaceOutcome::PunchFailed(f) => return Err(ClientError::PunchFailed(Box::new(f))),
+                RaceOutcome::Link(e) => return Err(link_error(peer, e)),
+                RaceOutcome::ShuttingDown => return Err(ClientError::ShuttingDown),
+            };
+        let path_kind_of = |kind: CandidateKind| {
+            if kind == CandidateKind::Private {
+                PathKind::Lan
+            } else {
+                PathKind::Public
+            }
+        };
+        let kind = agreed
+            .as_ref()
+            .filter(|s| s.remote == remote)
+            .map(|s| s.kind)
+            .or_else(|| candidates.iter().find(|c| c.addr == remote).map(|c| c.kind))
+            .unwrap_or(CandidateKind::PeerReflexive);
         let report = LinkReport {
             peer,
             role: Role::Initiator,
-            path: success.path,
-            candidate: success.kind,
-            remote: success.remote,
-            punch_time: info.at.elapsed(),
-            probes_sent: success.probes_sent,
+            path: agreed
+                .as_ref()
+                .filter(|s| s.remote == remote)
+                .map_or_else(|| path_kind_of(kind), |s| s.path),
+            candidate: kind,
+            remote,
+            punch_time,
+            probes_sent: agreed.as_ref().map_or(0, |s| s.probes_sent),
             candidates,
         };
         tracing::info!(%peer, remote = %report.remote, path = %report.path, ms = report.punch_time.as_millis(), "link up");
@@ -447,6 +489,7 @@ impl Client {
             .accept(&peer_key)
             .await
             .map_err(|e| link_error(peer, e))?;
+        let punch_time = info.at.elapsed();
         // Describe the path from the punch when it finished, else from the address.
         let success = match success {
             Some(s) => Some(s),
@@ -475,7 +518,7 @@ impl Client {
                 }),
             candidate: kind,
             remote,
-            punch_time: info.at.elapsed(),
+            punch_time,
             probes_sent: success.as_ref().map_or(0, |s| s.probes_sent),
             candidates,
         };

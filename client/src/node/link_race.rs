@@ -1,0 +1,198 @@
+//! The initiator's QUIC start: optimistically at once, and on the punched path as agreed.
+//!
+//! Waiting for the punch to validate a path before the QUIC handshake starts costs a whole
+//! round trip, and the handshake plus the responder's confirmation cost two more: about
+//! 3 RTT from `PacketClientInfo` to a confirmed link. But in the common case the path the
+//! punch will choose is known from the start: the peer's UDP endpoint as the server saw it.
+//! Both sides start probing when their `ClientInfo` arrives, so the peer's own probes have
+//! opened its NAT for us well before our first packet can cross the path. So the initiator
+//! also starts QUIC on that endpoint at once, which brings a confirmed link at about 2 RTT.
+//!
+//! That optimistic attempt is only a shortcut; the punch still decides:
+//!
+//! - when the punch agrees on a path, a second attempt starts there (even on the same
+//!   address: the optimistic Initial may have been dropped by a NAT that was not open yet,
+//!   and quinn would resend it only after a generic timeout);
+//! - the first attempt the responder confirms is the link; the responder accepts one link
+//!   per exchange and refuses the other, and the loser is dropped;
+//! - an attempt that fails (no answer, wrong key, refused) ends the race only once nothing
+//!   else is running: the responder refuses the second attempt because it took the first,
+//!   and an optimistic address may even reach someone else's client;
+//! - a failed punch fails the attempt, as without the shortcut.
+//!
+//! No optimism when the peer's public address is our own (it sits behind our NAT, which
+//! may not hairpin; its private endpoint is the way) or when we do not know ours.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use chatr_proto::Endpoint;
+use ed25519_dalek::VerifyingKey;
+use futures_util::future::BoxFuture;
+use tokio::sync::oneshot;
+
+use super::punch_driver::PunchOutcome;
+use crate::link::{LinkEndpoint, LinkError, PeerLink};
+use crate::punch::{Candidate, CandidateKind, PunchFailure, PunchSuccess};
+
+/// How the race ended.
+#[derive(Debug)]
+pub(crate) enum RaceOutcome {
+    /// A confirmed link on `remote`; `punch` is the punch's result if it came first, else
+    /// `pending_punch` still delivers it.
+    Linked {
+        link: PeerLink,
+        remote: SocketAddr,
+        punch: Option<PunchSuccess>,
+        pending_punch: Option<oneshot::Receiver<PunchOutcome>>,
+    },
+    /// The punch failed (and no attempt had succeeded).
+    PunchFailed(PunchFailure),
+    /// The link could not be set up (the first definitive error).
+    Link(LinkError),
+    /// The punch was abandoned (client shutting down).
+    ShuttingDown,
+}
+
+/// The address for the optimistic attempt: the peer's server-observed UDP endpoint, unless
+/// it shares our public IP address or ours is unknown.
+pub(crate) fn optimistic_target(
+    ours: Option<Endpoint>,
+    candidates: &[Candidate],
+) -> Option<SocketAddr> {
+    let our_ip = ours.and_then(|e| e.socket_addr()).map(|a| a.ip())?;
+    candidates
+        .iter()
+        .find(|c| c.kind == CandidateKind::PublicUdp)
+        .map(|c| c.addr)
+        .filter(|addr| addr.ip().to_canonical() != our_ip.to_canonical())
+}
+
+type Attempt = BoxFuture<'static, Result<PeerLink, LinkError>>;
+
+/// Starts one QUIC attempt on `remote`, pinning `key`.
+fn attempt(
+    endpoint: &std::sync::Arc<LinkEndpoint>,
+    remote: SocketAddr,
+    key: VerifyingKey,
+    rtt: Option<std::time::Duration>,
+) -> Attempt {
+    let endpoint = endpoint.clone();
+    Box::pin(async move { endpoint.connect_with_rtt(remote, key, rtt).await })
+}
+
+/// Polls an optional attempt; pending forever when there is none.
+async fn poll_attempt(slot: &mut Option<Attempt>) -> Result<PeerLink, LinkError> {
+    match slot {
+        Some(fut) => Pin::new(fut).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the optimistic attempt (if `optimistic` is set) against the punch and the attempt
+/// on the path it agrees on; see the module docs.
+pub(crate) async fn race_link(
+    endpoint: &std::sync::Arc<LinkEndpoint>,
+    key: VerifyingKey,
+    optimistic: Option<SocketAddr>,
+    mut punch: oneshot::Receiver<PunchOutcome>,
+) -> RaceOutcome {
+    let mut early: Option<Attempt> = optimistic.map(|to| attempt(endpoint, to, key, None));
+    let mut punched: Option<Attempt> = None;
+    let mut agreed: Option<PunchSuccess> = None;
+    let mut punch_pending = true;
+    // Errors are kept until nothing is left running: the responder refuses whichever
+    // attempt comes second because it took the other, and an optimistic address may even
+    // reach someone else. The punched path's error is the one reported.
+    let mut early_error: Option<LinkError> = None;
+    let mut punched_error: Option<LinkError> = None;
+    loop {
+        tokio::select! {
+            r = poll_attempt(&mut early) => {
+                early = None;
+                match r {
+                    Ok(link) => {
+                        let remote = optimistic.unwrap_or_else(|| link.remote_addr());
+                        let pending_punch = punch_pending.then_some(punch);
+                        return RaceOutcome::Linked { link, remote, punch: agreed, pending_punch };
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "optimistic QUIC attempt failed");
+                        early_error = Some(e);
+                    }
+                }
+            }
+            r = poll_attempt(&mut punched) => {
+                punched = None;
+                match r {
+                    Ok(link) => {
+                        let remote = agreed.as_ref().map_or_else(|| link.remote_addr(), |s| s.remote);
+                        return RaceOutcome::Linked { link, remote, punch: agreed, pending_punch: None };
+                    }
+                    Err(e) => punched_error = Some(e),
+                }
+            }
+            r = &mut punch, if punch_pending => {
+                punch_pending = false;
+                match r {
+                    Ok(Ok(success)) => {
+                        tracing::debug!(remote = %success.remote, optimistic = ?optimistic, "punch agreed; starting QUIC on its path");
+                        punched = Some(attempt(endpoint, success.remote, key, success.rtt));
+                        agreed = Some(success);
+                    }
+                    Ok(Err(failure)) => return RaceOutcome::PunchFailed(failure),
+                    Err(_) => return RaceOutcome::ShuttingDown,
+                }
+            }
+        }
+        if early.is_none() && punched.is_none() && !punch_pending {
+            return match punched_error.or(early_error) {
+                Some(e) => RaceOutcome::Link(e),
+                None => RaceOutcome::ShuttingDown,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(addr: &str) -> Option<Endpoint> {
+        let addr: SocketAddr = addr.parse().unwrap();
+        Some(Endpoint {
+            ip: addr.ip(),
+            port: Some(addr.port()),
+        })
+    }
+
+    fn candidates() -> Vec<Candidate> {
+        Candidate::from_endpoints(
+            endpoint("192.168.1.20:4000"),
+            endpoint("203.0.113.7:61000"),
+            endpoint("203.0.113.7:4000"),
+        )
+    }
+
+    #[test]
+    fn the_peers_udp_endpoint_is_the_optimistic_target() {
+        assert_eq!(
+            optimistic_target(endpoint("198.51.100.1:5000"), &candidates()),
+            Some("203.0.113.7:61000".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn no_optimism_behind_the_same_nat_or_without_our_public_endpoint() {
+        assert_eq!(
+            optimistic_target(endpoint("203.0.113.7:5000"), &candidates()),
+            None
+        );
+        assert_eq!(optimistic_target(None, &candidates()), None);
+        let no_public = Candidate::from_endpoints(endpoint("192.168.1.20:4000"), None, None);
+        assert_eq!(
+            optimistic_target(endpoint("198.51.100.1:5000"), &no_public),
+            None
+        );
+    }
+}
