@@ -47,7 +47,7 @@ pub(crate) enum RaceOutcome {
         pending_punch: Option<oneshot::Receiver<PunchOutcome>>,
     },
     /// The punch failed (and no attempt had succeeded).
-    PunchFailed(PunchFailure),
+    PunchFailed(Box<PunchFailure>),
     /// The link could not be set up (the first definitive error).
     Link(LinkError),
     /// The punch was abandoned (client shutting down).
@@ -140,7 +140,7 @@ pub(crate) async fn race_link(
                         punched = Some(attempt(endpoint, success.remote, key, success.rtt));
                         agreed = Some(success);
                     }
-                    Ok(Err(failure)) => return RaceOutcome::PunchFailed(failure),
+                    Ok(Err(failure)) => return RaceOutcome::PunchFailed(Box::new(failure)),
                     Err(_) => return RaceOutcome::ShuttingDown,
                 }
             }

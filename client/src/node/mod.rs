@@ -368,7 +368,7 @@ impl Client {
                     };
                     (link, remote, punch, punch_time)
                 }
-                RaceOutcome::PunchFailed(f) => return Err(ClientError::PunchFailed(Box::new(f))),
+                RaceOutcome::PunchFailed(f) => return Err(ClientError::PunchFailed(f)),
                 RaceOutcome::Link(e) => return Err(link_error(peer, e)),
                 RaceOutcome::ShuttingDown => return Err(ClientError::ShuttingDown),
             };
