@@ -35,20 +35,24 @@ use super::punch_driver::PunchOutcome;
 use crate::link::{LinkEndpoint, LinkError, PeerLink};
 use crate::punch::{Candidate, CandidateKind, PunchFailure, PunchSuccess};
 
-/// How the race ended.
+/// A confirmed link, the race's winner.
 #[derive(Debug)]
-pub(crate) enum RaceOutcome {
-    /// A confirmed link on `remote`; `punch` is the punch's result if it came first, else
-    /// `pending_punch` still delivers it.
-    Linked {
-        link: PeerLink,
-        remote: SocketAddr,
-        punch: Option<PunchSuccess>,
-        pending_punch: Option<oneshot::Receiver<PunchOutcome>>,
-    },
+pub(crate) struct Linked {
+    pub(crate) link: PeerLink,
+    /// The peer's address on the link.
+    pub(crate) remote: SocketAddr,
+    /// The punch's result, if it came before the link.
+    pub(crate) punch: Option<PunchSuccess>,
+    /// Otherwise, where the punch's result will arrive.
+    pub(crate) pending_punch: Option<oneshot::Receiver<PunchOutcome>>,
+}
+
+/// Why no link came of the race.
+#[derive(Debug)]
+pub(crate) enum RaceFailure {
     /// The punch failed (and no attempt had succeeded).
     PunchFailed(Box<PunchFailure>),
-    /// The link could not be set up (the first definitive error).
+    /// The link could not be set up (the punched path's error if it had one).
     Link(LinkError),
     /// The punch was abandoned (client shutting down).
     ShuttingDown,
@@ -96,7 +100,7 @@ pub(crate) async fn race_link(
     key: VerifyingKey,
     optimistic: Option<SocketAddr>,
     mut punch: oneshot::Receiver<PunchOutcome>,
-) -> RaceOutcome {
+) -> Result<Linked, RaceFailure> {
     let mut early: Option<Attempt> = optimistic.map(|to| attempt(endpoint, to, key, None));
     let mut punched: Option<Attempt> = None;
     let mut agreed: Option<PunchSuccess> = None;
@@ -114,7 +118,7 @@ pub(crate) async fn race_link(
                     Ok(link) => {
                         let remote = optimistic.unwrap_or_else(|| link.remote_addr());
                         let pending_punch = punch_pending.then_some(punch);
-                        return RaceOutcome::Linked { link, remote, punch: agreed, pending_punch };
+                        return Ok(Linked { link, remote, punch: agreed, pending_punch });
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "optimistic QUIC attempt failed");
@@ -127,7 +131,7 @@ pub(crate) async fn race_link(
                 match r {
                     Ok(link) => {
                         let remote = agreed.as_ref().map_or_else(|| link.remote_addr(), |s| s.remote);
-                        return RaceOutcome::Linked { link, remote, punch: agreed, pending_punch: None };
+                        return Ok(Linked { link, remote, punch: agreed, pending_punch: None });
                     }
                     Err(e) => punched_error = Some(e),
                 }
@@ -140,16 +144,16 @@ pub(crate) async fn race_link(
                         punched = Some(attempt(endpoint, success.remote, key, success.rtt));
                         agreed = Some(success);
                     }
-                    Ok(Err(failure)) => return RaceOutcome::PunchFailed(Box::new(failure)),
-                    Err(_) => return RaceOutcome::ShuttingDown,
+                    Ok(Err(failure)) => return Err(RaceFailure::PunchFailed(Box::new(failure))),
+                    Err(_) => return Err(RaceFailure::ShuttingDown),
                 }
             }
         }
         if early.is_none() && punched.is_none() && !punch_pending {
-            return match punched_error.or(early_error) {
-                Some(e) => RaceOutcome::Link(e),
-                None => RaceOutcome::ShuttingDown,
-            };
+            return Err(match punched_error.or(early_error) {
+                Some(e) => RaceFailure::Link(e),
+                None => RaceFailure::ShuttingDown,
+            });
         }
     }
 }

@@ -42,7 +42,7 @@ use uuid::Uuid;
 pub use options::ClientOptions;
 pub use report::{LinkReport, failure_json};
 
-use self::link_race::{RaceOutcome, optimistic_target, race_link};
+use self::link_race::{Linked, RaceFailure, optimistic_target, race_link};
 use self::punch_driver::{PunchOutcome, drive_punch};
 use self::shared::{Brokered, ClientInfo, ExchangeGuard, Shared};
 use crate::error::ClientError;
@@ -348,12 +348,12 @@ impl Client {
         let optimistic = optimistic_target(ours, &candidates);
         let (link, remote, agreed, punch_time) =
             match race_link(&inner.endpoint, peer_key, optimistic, outcome).await {
-                RaceOutcome::Linked {
+                Ok(Linked {
                     link,
                     remote,
                     punch,
                     pending_punch,
-                } => {
+                }) => {
                     let punch_time = info.at.elapsed();
                     // The optimistic link beat the punch: its result (for the report)
                     // follows within about a round trip.
@@ -368,9 +368,9 @@ impl Client {
                     };
                     (link, remote, punch, punch_time)
                 }
-                RaceOutcome::PunchFailed(f) => return Err(ClientError::PunchFailed(f)),
-                RaceOutcome::Link(e) => return Err(link_error(peer, e)),
-                RaceOutcome::ShuttingDown => return Err(ClientError::ShuttingDown),
+                Err(RaceFailure::PunchFailed(f)) => return Err(ClientError::PunchFailed(f)),
+                Err(RaceFailure::Link(e)) => return Err(link_error(peer, e)),
+                Err(RaceFailure::ShuttingDown) => return Err(ClientError::ShuttingDown),
             };
         let path_kind_of = |kind: CandidateKind| {
             if kind == CandidateKind::Private {
