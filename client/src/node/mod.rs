@@ -16,7 +16,9 @@
 //! port P), wait for the accept and `PacketClientInfo`, build the peer's
 //! candidates (private, UDP-observed, TCP-observed), punch, then QUIC-connect
 //! to the nominated path pinning the peer's key (at once, while the punch keeps
-//! nominating until the responder acknowledges). The responder side
+//! nominating until the responder acknowledges). A first QUIC attempt already
+//! starts on the peer's UDP-observed endpoint when ClientInfo arrives, raced
+//! against the punched one (`link_race`). The responder side
 //! ([`IncomingRequest::accept`]) mirrors it and accepts the QUIC link only from
 //! the pinned key. Links do not depend on the session once made: they survive
 //! the server going away and coming back.
