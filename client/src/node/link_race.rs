@@ -199,4 +199,207 @@ mod tests {
             None
         );
     }
+
+    // ---- the race itself, over real QUIC endpoints on loopback, with a scripted punch ----
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use ed25519_dalek::SigningKey;
+
+    use crate::link::{LinkConfig, LinkEndpoint};
+    use crate::punch::{FailReason, PathKind};
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&rand::random::<[u8; 32]>())
+    }
+
+    fn quick() -> LinkConfig {
+        let mut config = LinkConfig::default();
+        config.handshake_timeout = Duration::from_secs(3);
+        config
+    }
+
+    fn endpoint_for(identity: &SigningKey) -> Arc<LinkEndpoint> {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // The control channel is not used here.
+        let (endpoint, _control) = LinkEndpoint::new(socket, identity, quick()).unwrap();
+        Arc::new(endpoint)
+    }
+
+    /// A responder that, like a real one, accepts the first link with `expected` and refuses
+    /// every later one. Returns its address and how many links it accepted.
+    fn responder(
+        identity: &SigningKey,
+        expected: VerifyingKey,
+    ) -> (
+        SocketAddr,
+        Arc<LinkEndpoint>,
+        tokio::task::JoinHandle<Vec<PeerLink>>,
+    ) {
+        let endpoint = endpoint_for(identity);
+        let addr = endpoint.local_addr().unwrap();
+        let serving = endpoint.clone();
+        let task = tokio::spawn(async move {
+            let mut links = Vec::new();
+            while let Ok(Ok(incoming)) =
+                tokio::time::timeout(Duration::from_secs(2), serving.accept()).await
+            {
+                if links.is_empty() {
+                    if let Ok(link) = incoming.accept(&expected).await {
+                        links.push(link);
+                    }
+                } else {
+                    incoming.refuse("no link was agreed with this key");
+                }
+            }
+            links
+        });
+        (addr, endpoint, task)
+    }
+
+    fn agreed(remote: SocketAddr) -> PunchOutcome {
+        Ok(PunchSuccess {
+            remote,
+            kind: CandidateKind::PublicUdp,
+            path: PathKind::Public,
+            elapsed: Duration::from_millis(1),
+            probes_sent: 3,
+            rtt: Some(Duration::from_millis(1)),
+        })
+    }
+
+    /// An address where nobody answers: a bound UDP socket that is never read.
+    fn silent() -> (std::net::UdpSocket, SocketAddr) {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        (socket, addr)
+    }
+
+    #[tokio::test]
+    async fn the_optimistic_attempt_links_before_the_punch_agrees() {
+        let (us, them) = (key(), key());
+        let (addr, _ep, served) = responder(&them, us.verifying_key());
+        let ours = endpoint_for(&us);
+        let (punch_tx, punch_rx) = oneshot::channel();
+        let linked = race_link(&ours, them.verifying_key(), Some(addr), punch_rx)
+            .await
+            .unwrap();
+        assert_eq!(linked.remote, addr);
+        assert!(linked.punch.is_none());
+        // The punch's result can still be collected for the report.
+        punch_tx.send(agreed(addr)).unwrap();
+        let later = linked.pending_punch.unwrap().await.unwrap().unwrap();
+        assert_eq!(later.probes_sent, 3);
+        assert_eq!(served.await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_dead_optimistic_address_leaves_the_link_to_the_punched_path() {
+        let (us, them) = (key(), key());
+        let (addr, _ep, served) = responder(&them, us.verifying_key());
+        let (_hole, dead) = silent();
+        let ours = endpoint_for(&us);
+        let (punch_tx, punch_rx) = oneshot::channel();
+        punch_tx.send(agreed(addr)).unwrap();
+        let linked = race_link(&ours, them.verifying_key(), Some(dead), punch_rx)
+            .await
+            .unwrap();
+        assert_eq!(linked.remote, addr);
+        assert_eq!(linked.link.remote_addr(), addr);
+        assert_eq!(linked.punch.map(|p| p.remote), Some(addr));
+        assert_eq!(served.await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn someone_else_at_the_optimistic_address_does_not_end_the_race() {
+        let (us, them, stranger) = (key(), key(), key());
+        let (addr, _ep, served) = responder(&them, us.verifying_key());
+        // Another client (another key) answers at the optimistic address.
+        let (wrong, _ep2, _stranger_served) = responder(&stranger, us.verifying_key());
+        let ours = endpoint_for(&us);
+        let (punch_tx, punch_rx) = oneshot::channel();
+        let race = tokio::spawn({
+            let ours = ours.clone();
+            let key = them.verifying_key();
+            async move { race_link(&ours, key, Some(wrong), punch_rx).await }
+        });
+        // Let the optimistic attempt fail on the wrong key first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        punch_tx.send(agreed(addr)).unwrap();
+        let linked = race.await.unwrap().unwrap();
+        assert_eq!(linked.remote, addr);
+        assert_eq!(served.await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn both_attempts_to_one_responder_yield_the_one_it_confirms() {
+        let (us, them) = (key(), key());
+        let (addr, _ep, served) = responder(&them, us.verifying_key());
+        let ours = endpoint_for(&us);
+        let (punch_tx, punch_rx) = oneshot::channel();
+        // The punch agrees on the same address at once: two attempts race to one responder,
+        // which takes one and refuses the other.
+        punch_tx.send(agreed(addr)).unwrap();
+        let linked = race_link(&ours, them.verifying_key(), Some(addr), punch_rx)
+            .await
+            .unwrap();
+        assert_eq!(linked.remote, addr);
+        let accepted = served.await.unwrap();
+        assert_eq!(accepted.len(), 1);
+        // The link we kept is the one the responder accepted: a stream gets through.
+        let mut out = linked
+            .link
+            .open(crate::link::StreamKind::Chat)
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut out, b"hi")
+            .await
+            .unwrap();
+        out.finish().unwrap();
+        let mut inbound = accepted[0].accept_stream().await.unwrap();
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut inbound, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(got, b"hi");
+    }
+
+    #[tokio::test]
+    async fn a_failed_punch_fails_the_race() {
+        let us = key();
+        let (_hole, dead) = silent();
+        let ours = endpoint_for(&us);
+        let (punch_tx, punch_rx) = oneshot::channel();
+        punch_tx
+            .send(Err(PunchFailure {
+                reason: FailReason::NoPathValidated,
+                tried: Vec::new(),
+                probes_sent: 14,
+                elapsed: Duration::from_secs(10),
+            }))
+            .unwrap();
+        let result = race_link(&ours, key().verifying_key(), Some(dead), punch_rx).await;
+        assert!(
+            matches!(result, Err(RaceFailure::PunchFailed(ref f)) if f.probes_sent == 14),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wrong_key_on_the_agreed_path_is_the_error_reported() {
+        let (us, them, impostor) = (key(), key(), key());
+        let (addr, _ep, _served) = responder(&impostor, us.verifying_key());
+        let ours = endpoint_for(&us);
+        let (punch_tx, punch_rx) = oneshot::channel();
+        punch_tx.send(agreed(addr)).unwrap();
+        let result = race_link(&ours, them.verifying_key(), Some(addr), punch_rx).await;
+        assert!(
+            matches!(
+                result,
+                Err(RaceFailure::Link(LinkError::KeyMismatch { .. }))
+            ),
+            "{result:?}"
+        );
+    }
 }
