@@ -215,9 +215,10 @@ mod tests {
     }
 
     fn quick() -> LinkConfig {
-        let mut config = LinkConfig::default();
-        config.handshake_timeout = Duration::from_secs(3);
-        config
+        LinkConfig {
+            handshake_timeout: Duration::from_secs(3),
+            ..LinkConfig::default()
+        }
     }
 
     fn endpoint_for(identity: &SigningKey) -> Arc<LinkEndpoint> {
