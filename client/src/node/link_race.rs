@@ -10,9 +10,11 @@
 //!
 //! That optimistic attempt is only a shortcut; the punch still decides:
 //!
-//! - when the punch agrees on a path, a second attempt starts there (even on the same
-//!   address: the optimistic Initial may have been dropped by a NAT that was not open yet,
-//!   and quinn would resend it only after a generic timeout);
+//! - when the punch agrees on another path, a second attempt starts there at once; when it
+//!   agrees on the optimistic address itself, the second attempt starts only if the first
+//!   has not linked within about two path round trips ([`second_attempt_delay`]): its
+//!   Initial may have met a NAT that was not open yet, and quinn would resend it only after a
+//!   generic timeout of about a second;
 //! - the first attempt the responder confirms is the link; the responder accepts one link
 //!   per exchange and refuses the other, and the loser is dropped;
 //! - an attempt that fails (no answer, wrong key, refused) ends the race only once nothing
@@ -25,6 +27,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::time::Duration;
 
 use chatr_proto::Endpoint;
 use ed25519_dalek::VerifyingKey;
@@ -85,6 +88,39 @@ fn attempt(
     Box::pin(async move { endpoint.connect_with_rtt(remote, key, rtt).await })
 }
 
+/// How long the optimistic attempt still gets, once the punch agreed on `agreed`, before
+/// a second attempt starts there; `None`: start it at once.
+///
+/// In the normal case the optimistic link is confirmed one path RTT after the punch agrees
+/// (2 RTT after ClientInfo versus 1 RTT), so two RTTs and a little slack separate "on its way"
+/// from "its Initial was lost", without a redundant handshake the responder would refuse.
+pub(crate) fn second_attempt_delay(
+    optimistic: Option<SocketAddr>,
+    early_running: bool,
+    agreed: &PunchSuccess,
+) -> Option<Duration> {
+    if !early_running || optimistic != Some(agreed.remote) {
+        return None;
+    }
+    let rtt = agreed.rtt.unwrap_or(FALLBACK_RTT_GUESS);
+    Some(rtt.saturating_mul(2).saturating_add(SECOND_ATTEMPT_SLACK))
+}
+
+/// Path RTT assumed when the punch did not measure one (the responder's path was learned
+/// from its probes rather than from an answer to ours).
+const FALLBACK_RTT_GUESS: Duration = Duration::from_millis(100);
+
+/// Scheduling and processing slack on top of the two round trips.
+const SECOND_ATTEMPT_SLACK: Duration = Duration::from_millis(25);
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Polls an optional attempt; pending forever when there is none.
 async fn poll_attempt(slot: &mut Option<Attempt>) -> Result<PeerLink, LinkError> {
     match slot {
@@ -110,6 +146,8 @@ pub(crate) async fn race_link(
     // reach someone else. The punched path's error is the one reported.
     let mut early_error: Option<LinkError> = None;
     let mut punched_error: Option<LinkError> = None;
+    // When the second attempt starts on the optimistic address unless that one links first.
+    let mut second_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             r = poll_attempt(&mut early) => {
@@ -123,6 +161,7 @@ pub(crate) async fn race_link(
                     Err(e) => {
                         tracing::debug!(error = %e, "optimistic QUIC attempt failed");
                         early_error = Some(e);
+                        second_at = second_at.map(|_| tokio::time::Instant::now());
                     }
                 }
             }
@@ -140,16 +179,31 @@ pub(crate) async fn race_link(
                 punch_pending = false;
                 match r {
                     Ok(Ok(success)) => {
-                        tracing::debug!(remote = %success.remote, optimistic = ?optimistic, "punch agreed; starting QUIC on its path");
-                        punched = Some(attempt(endpoint, success.remote, key, success.rtt));
+                        match second_attempt_delay(optimistic, early.is_some(), &success) {
+                            None => {
+                                tracing::debug!(remote = %success.remote, optimistic = ?optimistic, "punch agreed; starting QUIC on its path");
+                                punched = Some(attempt(endpoint, success.remote, key, success.rtt));
+                            }
+                            Some(delay) => {
+                                tracing::debug!(remote = %success.remote, ?delay, "punch agreed on the optimistic address; giving that attempt a moment");
+                                second_at = Some(tokio::time::Instant::now() + delay);
+                            }
+                        }
                         agreed = Some(success);
                     }
                     Ok(Err(failure)) => return Err(RaceFailure::PunchFailed(Box::new(failure))),
                     Err(_) => return Err(RaceFailure::ShuttingDown),
                 }
             }
+            _ = sleep_until_opt(second_at) => {
+                second_at = None;
+                if let Some(success) = &agreed {
+                    tracing::debug!(remote = %success.remote, "optimistic attempt not linked yet; starting QUIC again on the agreed path");
+                    punched = Some(attempt(endpoint, success.remote, key, success.rtt));
+                }
+            }
         }
-        if early.is_none() && punched.is_none() && !punch_pending {
+        if early.is_none() && punched.is_none() && second_at.is_none() && !punch_pending {
             return Err(match punched_error.or(early_error) {
                 Some(e) => RaceFailure::Link(e),
                 None => RaceFailure::ShuttingDown,
@@ -200,10 +254,45 @@ mod tests {
         );
     }
 
+    fn success(remote: &str, rtt: Option<u64>) -> PunchSuccess {
+        PunchSuccess {
+            remote: remote.parse().unwrap(),
+            kind: CandidateKind::PublicUdp,
+            path: PathKind::Public,
+            elapsed: Duration::from_millis(40),
+            probes_sent: 2,
+            rtt: rtt.map(Duration::from_millis),
+        }
+    }
+
+    #[test]
+    fn a_second_attempt_waits_only_on_the_optimistic_address_while_that_one_runs() {
+        let there: SocketAddr = "203.0.113.7:61000".parse().unwrap();
+        let agreed_there = success("203.0.113.7:61000", Some(40));
+        assert_eq!(
+            second_attempt_delay(Some(there), true, &agreed_there),
+            Some(Duration::from_millis(105))
+        );
+        // The optimistic attempt already failed: at once.
+        assert_eq!(
+            second_attempt_delay(Some(there), false, &agreed_there),
+            None
+        );
+        // Another path (a symmetric NAT's fresh port), or no optimism at all: at once.
+        let elsewhere = success("203.0.113.7:62000", Some(40));
+        assert_eq!(second_attempt_delay(Some(there), true, &elsewhere), None);
+        assert_eq!(second_attempt_delay(None, false, &agreed_there), None);
+        // No RTT measured on the path: a guess.
+        let unmeasured = success("203.0.113.7:61000", None);
+        assert_eq!(
+            second_attempt_delay(Some(there), true, &unmeasured),
+            Some(FALLBACK_RTT_GUESS * 2 + SECOND_ATTEMPT_SLACK)
+        );
+    }
+
     // ---- the race itself, over real QUIC endpoints on loopback, with a scripted punch ----
 
     use std::sync::Arc;
-    use std::time::Duration;
 
     use ed25519_dalek::SigningKey;
 
@@ -228,21 +317,21 @@ mod tests {
         Arc::new(endpoint)
     }
 
+    /// What a test responder saw: the links it accepted, and how many it refused.
+    type Served = tokio::task::JoinHandle<(Vec<PeerLink>, usize)>;
+
     /// A responder that, like a real one, accepts the first link with `expected` and refuses
-    /// every later one. Returns its address and how many links it accepted.
+    /// every later one. Stops after 2 s without an incoming link.
     fn responder(
         identity: &SigningKey,
         expected: VerifyingKey,
-    ) -> (
-        SocketAddr,
-        Arc<LinkEndpoint>,
-        tokio::task::JoinHandle<Vec<PeerLink>>,
-    ) {
+    ) -> (SocketAddr, Arc<LinkEndpoint>, Served) {
         let endpoint = endpoint_for(identity);
         let addr = endpoint.local_addr().unwrap();
         let serving = endpoint.clone();
         let task = tokio::spawn(async move {
             let mut links = Vec::new();
+            let mut refused = 0;
             while let Ok(Ok(incoming)) =
                 tokio::time::timeout(Duration::from_secs(2), serving.accept()).await
             {
@@ -251,10 +340,11 @@ mod tests {
                         links.push(link);
                     }
                 } else {
+                    refused += 1;
                     incoming.refuse("no link was agreed with this key");
                 }
             }
-            links
+            (links, refused)
         });
         (addr, endpoint, task)
     }
@@ -292,7 +382,7 @@ mod tests {
         punch_tx.send(agreed(addr)).unwrap();
         let later = linked.pending_punch.unwrap().await.unwrap().unwrap();
         assert_eq!(later.probes_sent, 3);
-        assert_eq!(served.await.unwrap().len(), 1);
+        assert_eq!(served.await.unwrap().0.len(), 1);
     }
 
     #[tokio::test]
@@ -309,7 +399,7 @@ mod tests {
         assert_eq!(linked.remote, addr);
         assert_eq!(linked.link.remote_addr(), addr);
         assert_eq!(linked.punch.map(|p| p.remote), Some(addr));
-        assert_eq!(served.await.unwrap().len(), 1);
+        assert_eq!(served.await.unwrap().0.len(), 1);
     }
 
     #[tokio::test]
@@ -330,7 +420,7 @@ mod tests {
         punch_tx.send(agreed(addr)).unwrap();
         let linked = race.await.unwrap().unwrap();
         assert_eq!(linked.remote, addr);
-        assert_eq!(served.await.unwrap().len(), 1);
+        assert_eq!(served.await.unwrap().0.len(), 1);
     }
 
     #[tokio::test]
@@ -346,7 +436,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(linked.remote, addr);
-        let accepted = served.await.unwrap();
+        let (accepted, _refused) = served.await.unwrap();
         assert_eq!(accepted.len(), 1);
         // The link we kept is the one the responder accepted: a stream gets through.
         let mut out = linked
@@ -364,6 +454,29 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got, b"hi");
+    }
+
+    #[tokio::test]
+    async fn no_second_handshake_while_the_optimistic_one_is_on_time() {
+        let (us, them) = (key(), key());
+        let (addr, _ep, served) = responder(&them, us.verifying_key());
+        let ours = endpoint_for(&us);
+        let (punch_tx, punch_rx) = oneshot::channel();
+        // The punch agrees on the optimistic address over a (pretend) slow path: the
+        // optimistic attempt gets 2 × 5 s before a second one would start.
+        let mut slow = match agreed(addr) {
+            Ok(s) => s,
+            Err(f) => panic!("{f}"),
+        };
+        slow.rtt = Some(Duration::from_secs(5));
+        punch_tx.send(Ok(slow)).unwrap();
+        let linked = race_link(&ours, them.verifying_key(), Some(addr), punch_rx)
+            .await
+            .unwrap();
+        assert_eq!(linked.remote, addr);
+        assert_eq!(linked.punch.map(|p| p.remote), Some(addr));
+        let (accepted, refused) = served.await.unwrap();
+        assert_eq!((accepted.len(), refused), (1, 0));
     }
 
     #[tokio::test]
