@@ -203,7 +203,8 @@ pub enum Trust {
     PinnedCert(PathBuf),
     /// The SHA-256 fingerprint of the server's leaf certificate.
     Fingerprint(Fingerprint),
-    /// The public web PKI roots (Mozilla's list), for servers with real certs.
+    /// The system trust store (falling back to the bundled Mozilla list), for servers with
+    /// real certs.
     SystemRoots,
 }
 

@@ -7,8 +7,12 @@
 //!   byte for byte, or chain to one of them used as a root (so pinning a dev CA
 //!   works too);
 //! * **fingerprint**: the SHA-256 of the presented leaf must match;
-//! * **system roots**: ordinary web PKI validation against Mozilla's root list
-//!   (`webpki-roots`, so no OS store and no extra crypto backend is needed).
+//! * **system roots**: ordinary web PKI validation against the operating
+//!   system's trust store (`rustls-native-certs`: the distribution's CA bundle,
+//!   honouring `SSL_CERT_FILE` / `SSL_CERT_DIR`), so a CA the administrator
+//!   installed is trusted too; where the system has no usable store (a minimal
+//!   container without `ca-certificates`), Mozilla's bundled list
+//!   (`webpki-roots`) instead.
 //!
 //! Everything uses rustls' ring provider only.
 
@@ -106,8 +110,12 @@ pub fn client_config(trust: &Trust, home: &Home) -> Result<Arc<ClientConfig>, Tr
             provider.clone(),
         )?),
         Trust::SystemRoots => {
-            let mut roots = RootCertStore::empty();
-            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            let native = rustls_native_certs::load_native_certs();
+            for error in &native.errors {
+                tracing::debug!(%error, "part of the system trust store could not be read");
+            }
+            let (roots, source) = system_roots(native.certs);
+            tracing::debug!(roots = roots.len(), ?source, "trusting system roots");
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?
@@ -119,6 +127,28 @@ pub fn client_config(trust: &Trust, home: &Home) -> Result<Arc<ClientConfig>, Tr
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// Where the "system roots" trust anchors came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootsSource {
+    /// The operating system's trust store.
+    OperatingSystem,
+    /// Mozilla's list bundled into the binary (the system store was empty or unreadable).
+    Bundled,
+}
+
+/// The trust anchors for [`Trust::SystemRoots`]: the usable certificates of the
+/// operating system's store (`native`), or the bundled Mozilla list if there are none.
+pub fn system_roots(native: Vec<CertificateDer<'static>>) -> (RootCertStore, RootsSource) {
+    let mut roots = RootCertStore::empty();
+    let (_added, _unusable) = roots.add_parsable_certificates(native);
+    if roots.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        (roots, RootsSource::Bundled)
+    } else {
+        (roots, RootsSource::OperatingSystem)
+    }
 }
 
 /// Whether an I/O error from a TLS handshake means "the server's certificate
@@ -378,5 +408,50 @@ mod tests {
             .unwrap();
         let err = verify(&verifier, other.der(), "chatr.test").unwrap_err();
         assert!(err.to_string().contains("is pinned"), "{err}");
+    }
+
+    #[test]
+    fn system_roots_come_from_the_os_store_and_trust_an_installed_ca() {
+        let installed = ca("corp.test");
+        let (roots, source) = system_roots(vec![installed.der().clone()]);
+        assert_eq!(source, RootsSource::OperatingSystem);
+        assert_eq!(roots.len(), 1);
+        let verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), crypto_provider())
+                .build()
+                .unwrap();
+        let leaf = leaf_signed_by("corp.test", &installed);
+        verifier
+            .verify_server_cert(
+                &leaf,
+                &[],
+                &server_name("corp.test").unwrap(),
+                &[],
+                UnixTime::now(),
+            )
+            .unwrap();
+        let stranger = leaf_signed_by("corp.test", &ca("corp.test"));
+        assert!(
+            verifier
+                .verify_server_cert(
+                    &stranger,
+                    &[],
+                    &server_name("corp.test").unwrap(),
+                    &[],
+                    UnixTime::now()
+                )
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn without_a_usable_os_store_the_bundled_roots_are_used() {
+        let (roots, source) = system_roots(Vec::new());
+        assert_eq!(source, RootsSource::Bundled);
+        assert_eq!(roots.len(), webpki_roots::TLS_SERVER_ROOTS.len());
+        // Garbage in the store counts as nothing usable.
+        let (roots, source) = system_roots(vec![CertificateDer::from(vec![1u8, 2, 3])]);
+        assert_eq!(source, RootsSource::Bundled);
+        assert!(!roots.is_empty());
     }
 }
