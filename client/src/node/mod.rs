@@ -51,9 +51,7 @@ use crate::error::ClientError;
 use crate::identity::Identity;
 use crate::link::{ControlRx, IncomingLink, LinkEndpoint, LinkError, PeerLink, RawSender};
 use crate::net::{bind_udp, resolve, wildcard_for};
-use crate::punch::{
-    Candidate, CandidateKind, LocalNet, PathKind, Punch, Role, exchange_id_of, is_probe,
-};
+use crate::punch::{Candidate, LocalNet, Punch, PunchSuccess, Role, exchange_id_of, is_probe};
 use crate::session::{
     DatagramOut, OnlineInfo, SessionError, SessionEvent, SessionHandle, SessionStatus,
     spawn_session,
@@ -348,58 +346,35 @@ impl Client {
             .ok()
             .and_then(|now| now.udp_observed.or(now.tcp_observed));
         let optimistic = optimistic_target(ours, &candidates);
-        let (link, remote, agreed, punch_time) =
-            match race_link(&inner.endpoint, peer_key, optimistic, outcome).await {
-                Ok(Linked {
-                    link,
-                    remote,
-                    punch,
-                    pending_punch,
-                }) => {
-                    let punch_time = info.at.elapsed();
-                    // The optimistic link beat the punch: its result (for the report)
-                    // follows within about a round trip.
-                    let punch = match (punch, pending_punch) {
-                        (Some(s), _) => Some(s),
-                        (None, Some(rx)) => tokio::time::timeout(Duration::from_millis(500), rx)
-                            .await
-                            .ok()
-                            .and_then(|r| r.ok())
-                            .and_then(|r| r.ok()),
-                        (None, None) => None,
-                    };
-                    (link, remote, punch, punch_time)
-                }
-                Err(RaceFailure::PunchFailed(f)) => return Err(ClientError::PunchFailed(f)),
-                Err(RaceFailure::Link(e)) => return Err(link_error(peer, e)),
-                Err(RaceFailure::ShuttingDown) => return Err(ClientError::ShuttingDown),
-            };
-        let path_kind_of = |kind: CandidateKind| {
-            if kind == CandidateKind::Private {
-                PathKind::Lan
-            } else {
-                PathKind::Public
-            }
+        let Linked {
+            link,
+            remote,
+            punch,
+            pending_punch,
+        } = match race_link(&inner.endpoint, peer_key, optimistic, outcome).await {
+            Ok(linked) => linked,
+            Err(RaceFailure::PunchFailed(f)) => return Err(ClientError::PunchFailed(f)),
+            Err(RaceFailure::Link(e)) => return Err(link_error(peer, e)),
+            Err(RaceFailure::ShuttingDown) => return Err(ClientError::ShuttingDown),
         };
-        let kind = agreed
-            .as_ref()
-            .filter(|s| s.remote == remote)
-            .map(|s| s.kind)
-            .or_else(|| candidates.iter().find(|c| c.addr == remote).map(|c| c.kind))
-            .unwrap_or(CandidateKind::PeerReflexive);
-        let report = LinkReport {
+        let punch_time = info.at.elapsed();
+        // The optimistic link may have beaten the punch: its result follows shortly.
+        let punch = match (punch, pending_punch) {
+            (Some(s), _) => Some(s),
+            (None, Some(rx)) => late_punch_result(rx).await,
+            (None, None) => None,
+        };
+        // The punch describes the link only if it agreed on the path the link took; its
+        // probes were sent either way.
+        let mut report = LinkReport::new(
             peer,
-            role: Role::Initiator,
-            path: agreed
-                .as_ref()
-                .filter(|s| s.remote == remote)
-                .map_or_else(|| path_kind_of(kind), |s| s.path),
-            candidate: kind,
+            Role::Initiator,
             remote,
             punch_time,
-            probes_sent: agreed.as_ref().map_or(0, |s| s.probes_sent),
+            punch.as_ref().filter(|s| s.remote == remote),
             candidates,
-        };
+        );
+        report.probes_sent = punch.as_ref().map_or(0, |s| s.probes_sent);
         tracing::info!(%peer, remote = %report.remote, path = %report.path, ms = report.punch_time.as_millis(), "link up");
         Ok((link, report))
     }
@@ -495,35 +470,16 @@ impl Client {
         // Describe the path from the punch when it finished, else from the address.
         let success = match success {
             Some(s) => Some(s),
-            None => tokio::time::timeout(Duration::from_millis(500), outcome)
-                .await
-                .ok()
-                .and_then(|r| r.ok())
-                .and_then(|r| r.ok()),
+            None => late_punch_result(outcome).await,
         };
-        let kind = success.as_ref().map(|s| s.kind).unwrap_or_else(|| {
-            candidates
-                .iter()
-                .find(|c| c.addr == remote)
-                .map_or(CandidateKind::PeerReflexive, |c| c.kind)
-        });
-        let report = LinkReport {
+        let report = LinkReport::new(
             peer,
-            role: Role::Responder,
-            path: success
-                .as_ref()
-                .map(|s| s.path)
-                .unwrap_or(if kind == CandidateKind::Private {
-                    PathKind::Lan
-                } else {
-                    PathKind::Public
-                }),
-            candidate: kind,
+            Role::Responder,
             remote,
             punch_time,
-            probes_sent: success.as_ref().map_or(0, |s| s.probes_sent),
+            success.as_ref(),
             candidates,
-        };
+        );
         tracing::info!(%peer, remote = %report.remote, path = %report.path, ms = report.punch_time.as_millis(), "link up");
         Ok((link, report))
     }
@@ -584,6 +540,19 @@ impl Client {
 
 fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// How long a side whose link came up before its punch finished waits for the punch's
+/// result, to describe the path in its report.
+const LATE_PUNCH_WAIT: Duration = Duration::from_millis(500);
+
+/// The punch's success, if it arrives within [`LATE_PUNCH_WAIT`].
+async fn late_punch_result(rx: oneshot::Receiver<PunchOutcome>) -> Option<PunchSuccess> {
+    tokio::time::timeout(LATE_PUNCH_WAIT, rx)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .and_then(|r| r.ok())
 }
 
 fn link_error(peer: Uuid, e: LinkError) -> ClientError {

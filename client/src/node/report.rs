@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::error::ClientError;
-use crate::punch::{Candidate, CandidateKind, PathKind, Role};
+use crate::punch::{Candidate, CandidateKind, PathKind, PunchSuccess, Role};
 
 /// A successful link attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,45 @@ pub struct LinkReport {
 }
 
 impl LinkReport {
+    /// The report of a link on `remote` that came up `punch_time` after ClientInfo.
+    ///
+    /// `punch` is the punch's result when it describes this link's path: then its candidate
+    /// kind, path kind and probe count are the report's. Without it, the kind is that of the
+    /// candidate `remote` belongs to (else peer-reflexive), a private candidate meaning a LAN
+    /// path, and no probe count is known.
+    pub(crate) fn new(
+        peer: Uuid,
+        role: Role,
+        remote: SocketAddr,
+        punch_time: Duration,
+        punch: Option<&PunchSuccess>,
+        candidates: Vec<Candidate>,
+    ) -> Self {
+        let candidate = punch.map(|s| s.kind).unwrap_or_else(|| {
+            candidates
+                .iter()
+                .find(|c| c.addr == remote)
+                .map_or(CandidateKind::PeerReflexive, |c| c.kind)
+        });
+        let path = punch
+            .map(|s| s.path)
+            .unwrap_or(if candidate == CandidateKind::Private {
+                PathKind::Lan
+            } else {
+                PathKind::Public
+            });
+        Self {
+            peer,
+            role,
+            path,
+            candidate,
+            remote,
+            punch_time,
+            probes_sent: punch.map_or(0, |s| s.probes_sent),
+            candidates,
+        }
+    }
+
     /// The `--report` JSON object.
     pub fn to_json(&self) -> Value {
         json!({
