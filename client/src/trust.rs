@@ -317,54 +317,56 @@ mod tests {
         ));
     }
 
-    /// A self-signed CA whose certificate also names `name`.
-    fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
-        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
-        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap()
-    }
-
-    fn leaf_signed_by(
-        name: &str,
-        issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
-    ) -> CertificateDer<'static> {
-        let params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        params.signed_by(&key, issuer).unwrap().der().clone()
+    /// A CA and a server certificate for `name` it issued, made in `dir` by the server's
+    /// own `chatr-server certs` code (what an operator following `certs/README.md` pins).
+    /// Returns the CA's PEM file and the server certificate's DER.
+    fn ca_and_leaf(dir: &Path, name: &str) -> (PathBuf, CertificateDer<'static>) {
+        use chatr_server::admin::certs::{create_ca, issue_server};
+        let ca = create_ca(&dir.join("ca"), "Chatr test CA", 30).unwrap();
+        let issued = issue_server(
+            &ca.cert,
+            &ca.key,
+            "Chatr test CA",
+            &dir.join("server"),
+            &[name.to_owned()],
+            30,
+        )
+        .unwrap();
+        // The file holds the leaf, then the CA.
+        let leaf = read_pem_certs(&issued.cert).unwrap().remove(0);
+        (ca.cert, leaf)
     }
 
     fn verify(
-        verifier: &PinnedVerifier,
+        verifier: &dyn ServerCertVerifier,
         leaf: &CertificateDer<'_>,
         name: &str,
     ) -> Result<ServerCertVerified, rustls::Error> {
         verifier.verify_server_cert(leaf, &[], &server_name(name).unwrap(), &[], UnixTime::now())
     }
 
+    /// A verifier pinning the certificate(s) in the PEM file at `path`.
+    fn pinned_file(path: &Path) -> PinnedVerifier {
+        PinnedVerifier::new(Pin::Certs(read_pem_certs(path).unwrap()), crypto_provider()).unwrap()
+    }
+
     fn pinned_from_pem(pem: &str) -> PinnedVerifier {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pinned.pem");
         std::fs::write(&path, pem).unwrap();
-        PinnedVerifier::new(
-            Pin::Certs(read_pem_certs(&path).unwrap()),
-            crypto_provider(),
-        )
-        .unwrap()
+        pinned_file(&path)
     }
 
     #[test]
     fn a_pinned_ca_accepts_the_leaves_it_signed_for_the_right_name_only() {
-        let dev_ca = ca("chatr.test");
-        let verifier = pinned_from_pem(&dev_ca.pem());
+        let dir = tempfile::tempdir().unwrap();
+        let (dev_ca, good) = ca_and_leaf(&dir.path().join("dev"), "chatr.test");
+        let verifier = pinned_file(&dev_ca);
         assert!(
             verifier.ca.is_some(),
             "a CA certificate must become a trust anchor"
         );
 
-        let good = leaf_signed_by("chatr.test", &dev_ca);
         verify(&verifier, &good, "chatr.test").unwrap();
 
         // Signed by the pinned CA, but for another host.
@@ -372,8 +374,7 @@ mod tests {
         assert!(err.to_string().contains("not the pinned one"), "{err}");
 
         // Right name, but signed by some other CA.
-        let stranger = ca("chatr.test");
-        let forged = leaf_signed_by("chatr.test", &stranger);
+        let (_, forged) = ca_and_leaf(&dir.path().join("stranger"), "chatr.test");
         let err = verify(&verifier, &forged, "chatr.test").unwrap_err();
         assert!(err.to_string().contains("not the pinned one"), "{err}");
     }
@@ -412,36 +413,18 @@ mod tests {
 
     #[test]
     fn system_roots_come_from_the_os_store_and_trust_an_installed_ca() {
-        let installed = ca("corp.test");
-        let (roots, source) = system_roots(vec![installed.der().clone()]);
+        let dir = tempfile::tempdir().unwrap();
+        let (installed, leaf) = ca_and_leaf(&dir.path().join("corp"), "corp.test");
+        let (roots, source) = system_roots(read_pem_certs(&installed).unwrap());
         assert_eq!(source, RootsSource::OperatingSystem);
         assert_eq!(roots.len(), 1);
         let verifier =
             WebPkiServerVerifier::builder_with_provider(Arc::new(roots), crypto_provider())
                 .build()
                 .unwrap();
-        let leaf = leaf_signed_by("corp.test", &installed);
-        verifier
-            .verify_server_cert(
-                &leaf,
-                &[],
-                &server_name("corp.test").unwrap(),
-                &[],
-                UnixTime::now(),
-            )
-            .unwrap();
-        let stranger = leaf_signed_by("corp.test", &ca("corp.test"));
-        assert!(
-            verifier
-                .verify_server_cert(
-                    &stranger,
-                    &[],
-                    &server_name("corp.test").unwrap(),
-                    &[],
-                    UnixTime::now()
-                )
-                .is_err()
-        );
+        verify(verifier.as_ref(), &leaf, "corp.test").unwrap();
+        let (_, stranger) = ca_and_leaf(&dir.path().join("stranger"), "corp.test");
+        assert!(verify(verifier.as_ref(), &stranger, "corp.test").is_err());
     }
 
     #[test]

@@ -254,21 +254,26 @@ mod tests {
         );
     }
 
-    fn success(remote: &str, rtt: Option<u64>) -> PunchSuccess {
+    /// The punch's agreement on a public `remote`, with the path RTT it measured.
+    fn success(remote: SocketAddr, rtt: Option<Duration>) -> PunchSuccess {
         PunchSuccess {
-            remote: remote.parse().unwrap(),
+            remote,
             kind: CandidateKind::PublicUdp,
             path: PathKind::Public,
             elapsed: Duration::from_millis(40),
-            probes_sent: 2,
-            rtt: rtt.map(Duration::from_millis),
+            probes_sent: 3,
+            rtt,
         }
+    }
+
+    fn ms(millis: u64) -> Option<Duration> {
+        Some(Duration::from_millis(millis))
     }
 
     #[test]
     fn a_second_attempt_waits_only_on_the_optimistic_address_while_that_one_runs() {
         let there: SocketAddr = "203.0.113.7:61000".parse().unwrap();
-        let agreed_there = success("203.0.113.7:61000", Some(40));
+        let agreed_there = success(there, ms(40));
         assert_eq!(
             second_attempt_delay(Some(there), true, &agreed_there),
             Some(Duration::from_millis(105))
@@ -279,11 +284,11 @@ mod tests {
             None
         );
         // Another path (a symmetric NAT's fresh port), or no optimism at all: at once.
-        let elsewhere = success("203.0.113.7:62000", Some(40));
+        let elsewhere = success("203.0.113.7:62000".parse().unwrap(), ms(40));
         assert_eq!(second_attempt_delay(Some(there), true, &elsewhere), None);
         assert_eq!(second_attempt_delay(None, false, &agreed_there), None);
         // No RTT measured on the path: a guess.
-        let unmeasured = success("203.0.113.7:61000", None);
+        let unmeasured = success(there, None);
         assert_eq!(
             second_attempt_delay(Some(there), true, &unmeasured),
             Some(FALLBACK_RTT_GUESS * 2 + SECOND_ATTEMPT_SLACK)
@@ -349,15 +354,9 @@ mod tests {
         (addr, endpoint, task)
     }
 
+    /// The punch agreeing on `remote` over a loopback-fast path.
     fn agreed(remote: SocketAddr) -> PunchOutcome {
-        Ok(PunchSuccess {
-            remote,
-            kind: CandidateKind::PublicUdp,
-            path: PathKind::Public,
-            elapsed: Duration::from_millis(1),
-            probes_sent: 3,
-            rtt: Some(Duration::from_millis(1)),
-        })
+        Ok(success(remote, ms(1)))
     }
 
     /// An address where nobody answers: a bound UDP socket that is never read.
@@ -464,12 +463,9 @@ mod tests {
         let (punch_tx, punch_rx) = oneshot::channel();
         // The punch agrees on the optimistic address over a (pretend) slow path: the
         // optimistic attempt gets 2 × 5 s before a second one would start.
-        let mut slow = match agreed(addr) {
-            Ok(s) => s,
-            Err(f) => panic!("{f}"),
-        };
-        slow.rtt = Some(Duration::from_secs(5));
-        punch_tx.send(Ok(slow)).unwrap();
+        punch_tx
+            .send(Ok(success(addr, Some(Duration::from_secs(5)))))
+            .unwrap();
         let linked = race_link(&ours, them.verifying_key(), Some(addr), punch_rx)
             .await
             .unwrap();
