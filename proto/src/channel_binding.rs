@@ -12,9 +12,22 @@ use uuid::Uuid;
 /// `PacketConnect.version` of a client speaking the spec as written.
 pub const VERSION_SPEC: u32 = 1;
 
-/// `PacketConnect.version` of a client speaking this project's extensions (ports,
+/// `PacketConnect.version` of a client speaking the version-2 extensions (ports,
 /// channel-bound login, UDP token, ClientInfo extensions).
-pub const VERSION_CURRENT: u32 = 2;
+pub const VERSION_2: u32 = 2;
+
+/// `PacketConnect.version` of a client that also speaks version 3: the relay
+/// (packets 0x9–0xA, relay datagrams), the authenticated UDP binding, and the
+/// session parameters in `PacketConnected`. Signs the same message as version 2.
+pub const VERSION_3: u32 = 3;
+
+/// The highest version this crate speaks.
+pub const VERSION_CURRENT: u32 = VERSION_3;
+
+/// TLS exporter label of the key that authenticates a version-3 session's UDP binding
+/// requests (`udp::BindingRequestAuth`): 32 bytes, no context, exported by both ends
+/// of the Connect TLS session, never sent.
+pub const UDP_BINDING_EXPORTER_LABEL: &[u8] = b"EXPORTER-chatr-udp-binding-v3";
 
 /// TLS exporter label for the v2 login.
 pub const CHANNEL_BINDING_EXPORTER_LABEL: &[u8] = b"EXPORTER-chatr-connect-v2";

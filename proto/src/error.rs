@@ -33,7 +33,7 @@ pub enum DecodeError {
         /// The limit, [`crate::MAX_FRAME`].
         max: usize,
     },
-    /// The opcode is not one of 0x0–0x8.
+    /// The opcode is not one this version knows (0x0–0xA).
     #[error("unknown opcode {opcode:#04x}")]
     UnknownOpcode {
         /// The opcode byte received.
@@ -76,6 +76,12 @@ pub enum DecodeError {
         len: u32,
         /// The field's limit.
         max: usize,
+    },
+    /// A relay id is all zeros, which means "no relay" and cannot name one.
+    #[error("field {field} is the all-zero relay id")]
+    InvalidRelayId {
+        /// The field being read.
+        field: &'static str,
     },
     /// A `bool` byte is neither 0 nor 1.
     #[error("field {field} has bool value {value}, expected 0 or 1")]

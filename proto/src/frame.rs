@@ -100,9 +100,14 @@ fn read_all<P: Payload>(payload: &[u8]) -> Result<P, DecodeError> {
 }
 
 impl Packet {
-    /// `true` for the opcodes 0x0–0x8.
+    /// `true` for the opcodes 0x0–0x8 (the spec's) and 0x9–0xA (version 3).
     pub fn is_known_opcode(opcode: u8) -> bool {
-        opcode <= 0x8
+        opcode <= crate::PacketRelayClose::OPCODE
+    }
+
+    /// `true` for packets only a version-3 session may send or be sent.
+    pub fn is_version3(&self) -> bool {
+        self.opcode() > crate::PacketClientInfo::OPCODE
     }
 
     /// This packet's opcode.
@@ -117,6 +122,8 @@ impl Packet {
             Self::ConnectionRequestAccept(_) => crate::PacketConnectionRequestAccept::OPCODE,
             Self::ConnectionRequestDenied(_) => crate::PacketConnectionRequestDenied::OPCODE,
             Self::ClientInfo(_) => crate::PacketClientInfo::OPCODE,
+            Self::RelayData(_) => crate::PacketRelayData::OPCODE,
+            Self::RelayClose(_) => crate::PacketRelayClose::OPCODE,
         }
     }
 
@@ -132,6 +139,8 @@ impl Packet {
             Self::ConnectionRequestAccept(_) => "PacketConnectionRequestAccept",
             Self::ConnectionRequestDenied(_) => "PacketConnectionRequestDenied",
             Self::ClientInfo(_) => "PacketClientInfo",
+            Self::RelayData(_) => "PacketRelayData",
+            Self::RelayClose(_) => "PacketRelayClose",
         }
     }
 
@@ -146,6 +155,8 @@ impl Packet {
             Self::ConnectionRequestAccept(p) => p.payload_len(),
             Self::ConnectionRequestDenied(p) => p.payload_len(),
             Self::ClientInfo(p) => p.payload_len(),
+            Self::RelayData(p) => p.payload_len(),
+            Self::RelayClose(p) => p.payload_len(),
         }
     }
 
@@ -160,6 +171,8 @@ impl Packet {
             Self::ConnectionRequestAccept(p) => p.write(w),
             Self::ConnectionRequestDenied(p) => p.write(w),
             Self::ClientInfo(p) => p.write(w),
+            Self::RelayData(p) => p.write(w),
+            Self::RelayClose(p) => p.write(w),
         }
     }
 
@@ -211,6 +224,8 @@ impl Packet {
                 Self::ConnectionRequestDenied(read_all(payload)?)
             }
             crate::PacketClientInfo::OPCODE => Self::ClientInfo(read_all(payload)?),
+            crate::PacketRelayData::OPCODE => Self::RelayData(read_all(payload)?),
+            crate::PacketRelayClose::OPCODE => Self::RelayClose(read_all(payload)?),
             opcode => return Err(DecodeError::UnknownOpcode { opcode }),
         })
     }

@@ -60,15 +60,16 @@ pub mod writer;
 
 pub use channel_binding::{
     CHANNEL_BINDING_CONTEXT, CHANNEL_BINDING_EXPORTER_LABEL, CHANNEL_BINDING_EXPORTER_LEN,
-    CHANNEL_BINDING_MESSAGE_LEN, VERSION_CURRENT, VERSION_SPEC, channel_binding_message,
-    v1_signed_message,
+    CHANNEL_BINDING_MESSAGE_LEN, UDP_BINDING_EXPORTER_LABEL, VERSION_2, VERSION_3, VERSION_CURRENT,
+    VERSION_SPEC, channel_binding_message, v1_signed_message,
 };
 pub use endpoint::Endpoint;
 pub use error::DecodeError;
 pub use frame::{decode_frame, frame_len};
 pub use limits::{MAX_BYTE_ARRAY_LEN, MAX_FRAME, MAX_STRING_LEN};
 pub use packet::{
-    LINK_SECRET_LEN, Packet, PacketClientInfo, PacketConnect, PacketConnected,
-    PacketConnectionRequest, PacketConnectionRequestAccept, PacketConnectionRequestDenied,
-    PacketDisconnect, PacketPing, PacketPong, UDP_TOKEN_LEN,
+    LINK_SECRET_LEN, MAX_NAT_PROBE_PORTS, MAX_RELAY_DATAGRAM, Packet, PacketClientInfo,
+    PacketConnect, PacketConnected, PacketConnectionRequest, PacketConnectionRequestAccept,
+    PacketConnectionRequestDenied, PacketDisconnect, PacketPing, PacketPong, PacketRelayClose,
+    PacketRelayData, RELAY_ID_LEN, RelayId, SessionFeatures, SessionParams, UDP_TOKEN_LEN,
 };

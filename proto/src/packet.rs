@@ -1,4 +1,5 @@
-//! The nine Connect packets (opcodes 0x0–0x8) as typed values.
+//! The Connect packets as typed values: the spec's nine (opcodes 0x0–0x8) and this
+//! project's version-3 packets (0x9 onwards, sent only to version-3 sessions).
 //!
 //! Field names follow the spec. Fields marked *extension* are trailing fields
 //! that the spec does not have; a frame laid out exactly as the spec says still
@@ -40,6 +41,87 @@ pub struct PacketConnected {
     /// *Extension*: token the client sends in its UDP binding message so the
     /// server can learn the client's public UDP endpoint.
     pub udp_token: Option<[u8; UDP_TOKEN_LEN]>,
+    /// *Extension (version 3)*: what the server offers this session. Only sent to a
+    /// session that logged in with version 3 or later; always after a `udp_token`.
+    pub session: Option<SessionParams>,
+}
+
+/// The most UDP ports a server may announce for NAT behaviour discovery.
+pub const MAX_NAT_PROBE_PORTS: usize = 4;
+
+/// What a version-3 server offers one session (the tail of [`PacketConnected`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SessionParams {
+    /// The protocol version the server speaks on this session: the lower of the
+    /// client's `PacketConnect.version` and the server's own.
+    pub version: u32,
+    /// Services the server offers this session.
+    pub features: SessionFeatures,
+    /// Extra UDP ports on the server's address that answer STUN Binding requests, so a
+    /// client can compare its NAT mappings towards several destinations (at most
+    /// [`MAX_NAT_PROBE_PORTS`]).
+    pub nat_probe_ports: Vec<u16>,
+}
+
+/// Bit set of the services a version-3 server offers a session (one byte on the wire;
+/// unknown bits are kept and ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct SessionFeatures(pub u8);
+
+impl SessionFeatures {
+    /// Relayed datagrams on the Connect UDP port (`00 'C' 'H' 'R' 30/31`).
+    pub const RELAY_UDP: Self = Self(0x01);
+    /// Relayed datagrams inside this TLS session ([`PacketRelayData`]).
+    pub const RELAY_TLS: Self = Self(0x02);
+    /// Presence of mutual contacts (packets 0x0B–0x0D).
+    pub const PRESENCE: Self = Self(0x04);
+
+    /// Whether every bit of `other` is set.
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Both sets together.
+    #[must_use]
+    pub fn with(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+}
+
+/// Length in bytes of a [`RelayId`].
+pub const RELAY_ID_LEN: usize = 8;
+
+/// Names one relayed exchange: random, chosen by the server, handed to both parties
+/// in [`PacketClientInfo`] over their TLS sessions, and carried by every relayed
+/// datagram. All zeros on the wire means "no relay".
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RelayId(pub [u8; RELAY_ID_LEN]);
+
+impl RelayId {
+    /// The id's bytes.
+    pub fn as_bytes(&self) -> &[u8; RELAY_ID_LEN] {
+        &self.0
+    }
+
+    /// `None` for the all-zero "no relay" value.
+    pub fn from_wire(bytes: [u8; RELAY_ID_LEN]) -> Option<Self> {
+        (bytes != [0; RELAY_ID_LEN]).then_some(Self(bytes))
+    }
+}
+
+impl std::fmt::Debug for RelayId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RelayId({self})")
+    }
+}
+
+impl std::fmt::Display for RelayId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Opcode 0x3, server → client: liveness probe.
@@ -94,6 +176,35 @@ pub struct PacketClientInfo {
     /// *Extension*: a random secret shared by both parties of this exchange,
     /// used to authenticate hole-punching probes.
     pub link_secret: Option<[u8; LINK_SECRET_LEN]>,
+    /// *Extension (version 3)*: the relay the server keeps for this exchange, when it
+    /// relays it (the same id in both parties' ClientInfo).
+    pub relay_id: Option<RelayId>,
+}
+
+/// Largest datagram a [`PacketRelayData`] carries: what is left of [`crate::MAX_FRAME`]
+/// after the opcode and the relay id.
+pub const MAX_RELAY_DATAGRAM: usize = crate::MAX_FRAME - 1 - RELAY_ID_LEN;
+
+/// Opcode 0x9, both directions (version 3): one datagram of a relayed exchange, carried
+/// inside the TLS session (the TLS relay, for networks that block UDP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketRelayData {
+    /// The exchange's relay.
+    pub relay_id: RelayId,
+    /// The datagram, as the peer's UDP socket would have received it (1 to
+    /// [`MAX_RELAY_DATAGRAM`] bytes; the rest of the frame).
+    pub datagram: Vec<u8>,
+}
+
+/// Opcode 0xA, both directions (version 3): a relay is over. From a client: it no
+/// longer needs the relay. From the server: the relay was closed (idle, peer gone,
+/// limits, relaying switched off); the reason is for logs and users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PacketRelayClose {
+    /// The exchange's relay.
+    pub relay_id: RelayId,
+    /// Why, ≤ 1024 bytes of UTF-8.
+    pub reason: String,
 }
 
 /// Any Connect packet.
@@ -117,6 +228,10 @@ pub enum Packet {
     ConnectionRequestDenied(PacketConnectionRequestDenied),
     /// 0x8
     ClientInfo(PacketClientInfo),
+    /// 0x9 (version 3)
+    RelayData(PacketRelayData),
+    /// 0xA (version 3)
+    RelayClose(PacketRelayClose),
 }
 
 macro_rules! packet_opcode {
@@ -146,6 +261,8 @@ packet_opcode! {
     PacketConnectionRequestAccept => ConnectionRequestAccept = 0x6,
     PacketConnectionRequestDenied => ConnectionRequestDenied = 0x7,
     PacketClientInfo => ClientInfo = 0x8,
+    PacketRelayData => RelayData = 0x9,
+    PacketRelayClose => RelayClose = 0xA,
 }
 
 impl PacketDisconnect {

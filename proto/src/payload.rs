@@ -12,9 +12,10 @@ use crate::endpoint::Endpoint;
 use crate::error::DecodeError;
 use crate::limits::{MAX_BYTE_ARRAY_LEN, MAX_STRING_LEN};
 use crate::packet::{
-    LINK_SECRET_LEN, PacketClientInfo, PacketConnect, PacketConnected, PacketConnectionRequest,
-    PacketConnectionRequestAccept, PacketConnectionRequestDenied, PacketDisconnect, PacketPing,
-    PacketPong, UDP_TOKEN_LEN,
+    LINK_SECRET_LEN, MAX_NAT_PROBE_PORTS, MAX_RELAY_DATAGRAM, PacketClientInfo, PacketConnect,
+    PacketConnected, PacketConnectionRequest, PacketConnectionRequestAccept,
+    PacketConnectionRequestDenied, PacketDisconnect, PacketPing, PacketPong, PacketRelayClose,
+    PacketRelayData, RELAY_ID_LEN, RelayId, SessionFeatures, SessionParams, UDP_TOKEN_LEN,
 };
 use crate::reader::Reader;
 use crate::varint::varint_len;
@@ -117,16 +118,30 @@ impl Payload for PacketDisconnect {
 
 impl Payload for PacketConnected {
     fn payload_len(&self) -> usize {
-        if self.udp_token.is_some() {
-            UDP_TOKEN_LEN
-        } else {
-            0
-        }
+        // The session parameters follow the token; a token is written for them if absent.
+        let token = self.udp_token.is_some() || self.session.is_some();
+        let session = self.session.as_ref().map_or(0, |s| {
+            4 + 1 + 1 + 2 * s.nat_probe_ports.len().min(MAX_NAT_PROBE_PORTS)
+        });
+        if token { UDP_TOKEN_LEN } else { 0 }.saturating_add(session)
     }
 
     fn write(&self, w: &mut Writer<'_>) {
         if let Some(token) = &self.udp_token {
             w.raw(token);
+        } else if self.session.is_some() {
+            w.raw(&[0; UDP_TOKEN_LEN]);
+        }
+        if let Some(session) = &self.session {
+            let ports = session.nat_probe_ports.get(..MAX_NAT_PROBE_PORTS);
+            let ports = ports.unwrap_or(&session.nat_probe_ports);
+            w.u32(session.version);
+            w.u8(session.features.0);
+            // At most MAX_NAT_PROBE_PORTS (4), so the count fits a byte.
+            w.u8(u8::try_from(ports.len()).unwrap_or(0));
+            for port in ports {
+                w.u16(*port);
+            }
         }
     }
 
@@ -136,7 +151,30 @@ impl Payload for PacketConnected {
         } else {
             Some(r.array::<UDP_TOKEN_LEN>("PacketConnected.udp_token")?)
         };
-        Ok(Self { udp_token })
+        let session = if r.is_empty() {
+            None
+        } else {
+            let version = r.u32("PacketConnected.session.version")?;
+            let features = SessionFeatures(r.u8("PacketConnected.session.features")?);
+            let count = r.u8("PacketConnected.session.nat_probe_ports")?;
+            if usize::from(count) > MAX_NAT_PROBE_PORTS {
+                return Err(DecodeError::LengthTooLarge {
+                    field: "PacketConnected.session.nat_probe_ports",
+                    len: u32::from(count),
+                    max: MAX_NAT_PROBE_PORTS,
+                });
+            }
+            let mut nat_probe_ports = Vec::with_capacity(usize::from(count));
+            for _ in 0..count {
+                nat_probe_ports.push(r.u16("PacketConnected.session.nat_probe_ports")?);
+            }
+            Some(SessionParams {
+                version,
+                features,
+                nat_probe_ports,
+            })
+        };
+        Ok(Self { udp_token, session })
     }
 }
 
@@ -248,14 +286,21 @@ struct ClientInfoLayout {
     port: bool,
     tcp: bool,
     secret: bool,
+    relay: bool,
 }
 
 impl PacketClientInfo {
     fn layout(&self) -> ClientInfoLayout {
-        let secret = self.link_secret.is_some();
+        let relay = self.relay_id.is_some();
+        let secret = self.link_secret.is_some() || relay;
         let tcp = self.tcp_endpoint.is_some() || secret;
         let port = self.public_endpoint.port.is_some() || tcp;
-        ClientInfoLayout { port, tcp, secret }
+        ClientInfoLayout {
+            port,
+            tcp,
+            secret,
+            relay,
+        }
     }
 }
 
@@ -271,6 +316,7 @@ impl Payload for PacketClientInfo {
                 0
             }
             + if layout.secret { LINK_SECRET_LEN } else { 0 }
+            + if layout.relay { RELAY_ID_LEN } else { 0 }
     }
 
     fn write(&self, w: &mut Writer<'_>) {
@@ -285,8 +331,12 @@ impl Payload for PacketClientInfo {
             w.address(&tcp.ip);
             w.u16(wire_port(tcp.port));
         }
-        if let Some(secret) = &self.link_secret {
-            w.raw(secret);
+        if layout.secret {
+            // A missing secret before a relay id is written as zeros (no exchange has it).
+            w.raw(&self.link_secret.unwrap_or([0; LINK_SECRET_LEN]));
+        }
+        if let Some(relay) = &self.relay_id {
+            w.raw(relay.as_bytes());
         }
     }
 
@@ -307,11 +357,69 @@ impl Payload for PacketClientInfo {
         } else {
             Some(r.array::<LINK_SECRET_LEN>("PacketClientInfo.link_secret")?)
         };
+        let relay_id = if r.is_empty() {
+            None
+        } else {
+            RelayId::from_wire(r.array::<RELAY_ID_LEN>("PacketClientInfo.relay_id")?)
+        };
         Ok(Self {
             uuid,
             public_endpoint: Endpoint { ip, port },
             tcp_endpoint,
             link_secret,
+            relay_id,
+        })
+    }
+}
+
+impl Payload for PacketRelayData {
+    fn payload_len(&self) -> usize {
+        RELAY_ID_LEN + clamp_bytes(&self.datagram, MAX_RELAY_DATAGRAM).len()
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        w.raw(self.relay_id.as_bytes());
+        w.raw(clamp_bytes(&self.datagram, MAX_RELAY_DATAGRAM));
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let id = r.array::<RELAY_ID_LEN>("PacketRelayData.relay_id")?;
+        let relay_id = RelayId::from_wire(id).ok_or(DecodeError::InvalidRelayId {
+            field: "PacketRelayData.relay_id",
+        })?;
+        // The datagram is the rest of the frame, which MAX_FRAME already bounds.
+        let datagram = r.remaining();
+        if datagram.is_empty() {
+            return Err(DecodeError::Truncated {
+                field: "PacketRelayData.datagram",
+            });
+        }
+        let datagram = r.take(datagram.len(), "PacketRelayData.datagram")?.to_vec();
+        Ok(Self { relay_id, datagram })
+    }
+}
+
+impl Payload for PacketRelayClose {
+    fn payload_len(&self) -> usize {
+        let s = clamp_str(&self.reason, MAX_STRING_LEN);
+        RELAY_ID_LEN + varint_len(u32::try_from(s.len()).unwrap_or(u32::MAX)) + s.len()
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        w.raw(self.relay_id.as_bytes());
+        w.string(clamp_str(&self.reason, MAX_STRING_LEN));
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let id = r.array::<RELAY_ID_LEN>("PacketRelayClose.relay_id")?;
+        let relay_id = RelayId::from_wire(id).ok_or(DecodeError::InvalidRelayId {
+            field: "PacketRelayClose.relay_id",
+        })?;
+        Ok(Self {
+            relay_id,
+            reason: r
+                .string("PacketRelayClose.reason", MAX_STRING_LEN)?
+                .to_owned(),
         })
     }
 }

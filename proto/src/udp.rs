@@ -13,13 +13,20 @@
 //! [`UdpMessage::BindingRequest`] with that token from its UDP socket to the server's UDP
 //! port; the server answers [`UdpMessage::BindingResponse`] with the source address it
 //! saw, and uses that mapping as the client's public endpoint in
-//! [`crate::PacketClientInfo`]. Multi-byte integers are big-endian.
+//! [`crate::PacketClientInfo`]. A version-3 session sends
+//! [`UdpMessage::BindingRequestAuth`] instead: the token plus a counter and an HMAC with a
+//! key both ends export from the TLS session, so a sniffed or replayed datagram cannot move
+//! the session's endpoint.
+//!
+//! Relay (version 3): types 0x30/0x31 ([`TYPE_RELAY_TO_SERVER`], [`TYPE_RELAY_FROM_SERVER`])
+//! wrap any datagram of a relayed exchange behind a [`RelayId`]; see [`relay_header`] and
+//! [`parse_relayed`]. Multi-byte integers are big-endian.
 
 use std::ops::RangeInclusive;
 
 use crate::endpoint::Endpoint;
 use crate::error::DecodeError;
-use crate::packet::UDP_TOKEN_LEN;
+use crate::packet::{RELAY_ID_LEN, RelayId, UDP_TOKEN_LEN};
 use crate::reader::Reader;
 use crate::writer::{Writer, address_len};
 
@@ -35,8 +42,30 @@ pub const TYPE_BINDING_REQUEST: u8 = 0x01;
 /// Type byte of [`UdpMessage::BindingResponse`].
 pub const TYPE_BINDING_RESPONSE: u8 = 0x02;
 
+/// Type byte of [`UdpMessage::BindingRequestAuth`] (version 3).
+pub const TYPE_BINDING_REQUEST_AUTH: u8 = 0x03;
+
 /// Type bytes reserved for hole-punching probes (client ↔ client).
 pub const PUNCH_TYPES: RangeInclusive<u8> = 0x10..=0x1F;
+
+/// Type byte of a relayed datagram on its way to the server (client → server).
+pub const TYPE_RELAY_TO_SERVER: u8 = 0x30;
+
+/// Type byte of a relayed datagram the server forwards (server → client).
+pub const TYPE_RELAY_FROM_SERVER: u8 = 0x31;
+
+/// Bytes a relay header adds in front of a relayed datagram: magic, type, relay id.
+pub const RELAY_HEADER_LEN: usize = UDP_HEADER_LEN + RELAY_ID_LEN;
+
+/// Length of the HMAC-SHA256 tag of [`UdpMessage::BindingRequestAuth`].
+pub const BINDING_TAG_LEN: usize = 32;
+
+/// Length of the key that authenticates binding requests (exported from TLS with
+/// [`crate::UDP_BINDING_EXPORTER_LABEL`]).
+pub const BINDING_KEY_LEN: usize = 32;
+
+/// Bytes covered by the tag of a [`UdpMessage::BindingRequestAuth`]: header, token, counter.
+const BINDING_AUTH_SIGNED_LEN: usize = UDP_HEADER_LEN + UDP_TOKEN_LEN + 8;
 
 /// STUN magic cookie (RFC 5389), at bytes 4..8 of every STUN message.
 pub const STUN_MAGIC_COOKIE: u32 = 0x2112_A442;
@@ -49,6 +78,18 @@ pub enum UdpMessage {
     BindingRequest {
         /// The `udp_token` from [`crate::PacketConnected`].
         token: [u8; UDP_TOKEN_LEN],
+    },
+    /// Type 0x03, client → server (version 3): the binding request of a version-3
+    /// session, authenticated. The server accepts it only if `tag` verifies with the
+    /// session's binding key and `counter` is higher than any it accepted before for
+    /// that session; a version-3 session's plain [`UdpMessage::BindingRequest`] is dropped.
+    BindingRequestAuth {
+        /// The `udp_token` from [`crate::PacketConnected`] (names the session).
+        token: [u8; UDP_TOKEN_LEN],
+        /// Strictly increasing per session (the client starts at 1).
+        counter: u64,
+        /// `HMAC-SHA256(binding key, header ‖ token ‖ counter)`.
+        tag: [u8; BINDING_TAG_LEN],
     },
     /// Type 0x02, server → client: the source address and port the server saw.
     BindingResponse {
@@ -84,6 +125,7 @@ impl UdpMessage {
     pub fn kind(&self) -> u8 {
         match self {
             Self::BindingRequest { .. } => TYPE_BINDING_REQUEST,
+            Self::BindingRequestAuth { .. } => TYPE_BINDING_REQUEST_AUTH,
             Self::BindingResponse { .. } => TYPE_BINDING_RESPONSE,
         }
     }
@@ -93,6 +135,7 @@ impl UdpMessage {
         UDP_HEADER_LEN
             + match self {
                 Self::BindingRequest { .. } => UDP_TOKEN_LEN,
+                Self::BindingRequestAuth { .. } => UDP_TOKEN_LEN + 8 + BINDING_TAG_LEN,
                 Self::BindingResponse {
                     observed,
                     tcp_observed,
@@ -111,6 +154,15 @@ impl UdpMessage {
         let mut w = Writer::new(out);
         match self {
             Self::BindingRequest { token } => w.raw(token),
+            Self::BindingRequestAuth {
+                token,
+                counter,
+                tag,
+            } => {
+                w.raw(token);
+                w.raw(&counter.to_be_bytes());
+                w.raw(tag);
+            }
             Self::BindingResponse {
                 observed,
                 tcp_observed,
@@ -144,6 +196,11 @@ impl UdpMessage {
             TYPE_BINDING_REQUEST => Ok(Self::BindingRequest {
                 token: r.array::<UDP_TOKEN_LEN>("BindingRequest.token")?,
             }),
+            TYPE_BINDING_REQUEST_AUTH => Ok(Self::BindingRequestAuth {
+                token: r.array::<UDP_TOKEN_LEN>("BindingRequestAuth.token")?,
+                counter: u64::from_be_bytes(r.array::<8>("BindingRequestAuth.counter")?),
+                tag: r.array::<BINDING_TAG_LEN>("BindingRequestAuth.tag")?,
+            }),
             TYPE_BINDING_RESPONSE => {
                 let ip = r.address("BindingResponse.observed")?;
                 let port = r.u16("BindingResponse.observed.port")?;
@@ -169,6 +226,90 @@ impl UdpMessage {
             kind => Err(UdpDecodeError::UnknownType { kind }),
         }
     }
+}
+
+impl UdpMessage {
+    /// An authenticated binding request for the session with `token`, signed with `key`.
+    pub fn binding_request_auth(
+        key: &[u8; BINDING_KEY_LEN],
+        token: [u8; UDP_TOKEN_LEN],
+        counter: u64,
+    ) -> Self {
+        let signed = binding_auth_signed(&token, counter);
+        let hmac_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+        let mut tag = [0u8; BINDING_TAG_LEN];
+        tag.copy_from_slice(ring::hmac::sign(&hmac_key, &signed).as_ref());
+        Self::BindingRequestAuth {
+            token,
+            counter,
+            tag,
+        }
+    }
+
+    /// For a [`UdpMessage::BindingRequestAuth`]: whether its tag verifies with `key`
+    /// (constant time). `false` for every other message.
+    pub fn verify_binding_auth(&self, key: &[u8; BINDING_KEY_LEN]) -> bool {
+        let Self::BindingRequestAuth {
+            token,
+            counter,
+            tag,
+        } = self
+        else {
+            return false;
+        };
+        let signed = binding_auth_signed(token, *counter);
+        let hmac_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+        ring::hmac::verify(&hmac_key, &signed, tag).is_ok()
+    }
+}
+
+/// The bytes a binding request's tag covers: `00 'C' 'H' 'R' 03 ‖ token ‖ counter`.
+fn binding_auth_signed(token: &[u8; UDP_TOKEN_LEN], counter: u64) -> [u8; BINDING_AUTH_SIGNED_LEN] {
+    let mut signed = [0u8; BINDING_AUTH_SIGNED_LEN];
+    let (magic, rest) = signed.split_at_mut(UDP_MAGIC.len());
+    let (kind, rest) = rest.split_at_mut(1);
+    let (tok, ctr) = rest.split_at_mut(UDP_TOKEN_LEN);
+    magic.copy_from_slice(&UDP_MAGIC);
+    kind.copy_from_slice(&[TYPE_BINDING_REQUEST_AUTH]);
+    tok.copy_from_slice(token);
+    ctr.copy_from_slice(&counter.to_be_bytes());
+    signed
+}
+
+/// The header in front of a relayed datagram: `00 'C' 'H' 'R' ‖ kind ‖ relay id`, with
+/// `kind` [`TYPE_RELAY_TO_SERVER`] or [`TYPE_RELAY_FROM_SERVER`].
+pub fn relay_header(kind: u8, relay: &RelayId) -> [u8; RELAY_HEADER_LEN] {
+    let mut header = [0u8; RELAY_HEADER_LEN];
+    let (magic, rest) = header.split_at_mut(UDP_MAGIC.len());
+    magic.copy_from_slice(&UDP_MAGIC);
+    let (k, id) = rest.split_at_mut(1);
+    k.copy_from_slice(&[kind]);
+    id.copy_from_slice(relay.as_bytes());
+    header
+}
+
+/// A relayed datagram, split: its type byte, its relay, and the datagram it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed<'a> {
+    /// [`TYPE_RELAY_TO_SERVER`] or [`TYPE_RELAY_FROM_SERVER`].
+    pub kind: u8,
+    /// The exchange's relay.
+    pub relay: RelayId,
+    /// The wrapped datagram (never empty).
+    pub inner: &'a [u8],
+}
+
+/// Splits a relayed datagram; `None` unless `buf` has a relay type, a non-zero relay id
+/// and at least one byte of inner datagram.
+pub fn parse_relayed(buf: &[u8]) -> Option<Relayed<'_>> {
+    let kind = control_type(buf)?;
+    if kind != TYPE_RELAY_TO_SERVER && kind != TYPE_RELAY_FROM_SERVER {
+        return None;
+    }
+    let id = buf.get(UDP_HEADER_LEN..RELAY_HEADER_LEN)?;
+    let relay = RelayId::from_wire(id.try_into().ok()?)?;
+    let inner = buf.get(RELAY_HEADER_LEN..).filter(|i| !i.is_empty())?;
+    Some(Relayed { kind, relay, inner })
 }
 
 /// Appends the control header ([`UDP_MAGIC`] and `kind`) to `out`; punch probes use this too.
@@ -207,6 +348,7 @@ pub fn is_quic(buf: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::indexing_slicing)]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
@@ -295,6 +437,74 @@ mod tests {
                 DecodeError::InvalidAddressVersion { version: 5, .. }
             ))
         ));
+    }
+
+    #[test]
+    fn authenticated_binding_request_bytes_and_tag() {
+        let key = [0x42; BINDING_KEY_LEN];
+        let msg = UdpMessage::binding_request_auth(&key, [0xab; 16], 7);
+        let bytes = msg.to_bytes();
+        assert_eq!(bytes.len(), 61);
+        assert_eq!(bytes.len(), msg.encoded_len());
+        assert_eq!(&bytes[..5], &[0x00, 0x43, 0x48, 0x52, 0x03]);
+        assert_eq!(&bytes[5..21], &[0xab; 16]);
+        assert_eq!(&bytes[21..29], &7u64.to_be_bytes());
+        let decoded = UdpMessage::decode(&bytes).unwrap();
+        assert_eq!(decoded, msg);
+        assert!(decoded.verify_binding_auth(&key));
+        // Another key, another counter or another token: the tag no longer verifies.
+        assert!(!decoded.verify_binding_auth(&[0x43; BINDING_KEY_LEN]));
+        for flip in [6, 22, 40, 60] {
+            let mut forged = bytes.clone();
+            forged[flip] ^= 1;
+            let forged = UdpMessage::decode(&forged).unwrap();
+            assert!(!forged.verify_binding_auth(&key), "byte {flip} flipped");
+        }
+        // A plain request never "verifies".
+        assert!(!UdpMessage::BindingRequest { token: [0xab; 16] }.verify_binding_auth(&key));
+        // Cut anywhere inside: malformed.
+        for cut in 5..bytes.len() {
+            assert!(matches!(
+                UdpMessage::decode(&bytes[..cut]),
+                Err(UdpDecodeError::Malformed(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn relay_header_round_trip() {
+        let relay = RelayId([1, 2, 3, 4, 5, 6, 7, 8]);
+        let header = relay_header(TYPE_RELAY_TO_SERVER, &relay);
+        assert_eq!(
+            header,
+            [0x00, 0x43, 0x48, 0x52, 0x30, 1, 2, 3, 4, 5, 6, 7, 8]
+        );
+        let mut datagram = header.to_vec();
+        datagram.extend_from_slice(&[0x41, 0xee]);
+        assert_eq!(
+            parse_relayed(&datagram),
+            Some(Relayed {
+                kind: TYPE_RELAY_TO_SERVER,
+                relay,
+                inner: &[0x41, 0xee],
+            })
+        );
+        // Never STUN, never QUIC, and not a UdpMessage.
+        assert!(!is_stun(&datagram));
+        assert!(!is_quic(&datagram));
+        assert!(matches!(
+            UdpMessage::decode(&datagram),
+            Err(UdpDecodeError::UnknownType { kind: 0x30 })
+        ));
+        // Nothing inside, a zero relay id, or another type: not relayed.
+        assert_eq!(parse_relayed(&header), None);
+        let mut zero = relay_header(TYPE_RELAY_FROM_SERVER, &RelayId([0; 8])).to_vec();
+        zero.push(0x41);
+        assert_eq!(parse_relayed(&zero), None);
+        let mut other = datagram.clone();
+        other[4] = 0x32;
+        assert_eq!(parse_relayed(&other), None);
+        assert_eq!(parse_relayed(&datagram[..10]), None);
     }
 
     #[test]

@@ -50,7 +50,7 @@ fn decodes_many_frames_from_one_read() {
 #[test]
 fn invalid_frame_after_valid_ones_is_an_error() {
     let (mut bytes, expected) = all_golden_bytes();
-    bytes.extend_from_slice(&[0x01, 0x09]);
+    bytes.extend_from_slice(&[0x01, 0x7f]);
     let mut codec = ConnectCodec::new();
     let mut src = BytesMut::from(&bytes[..]);
     let mut got = Vec::new();
@@ -64,7 +64,7 @@ fn invalid_frame_after_valid_ones_is_an_error() {
     assert_eq!(got, expected);
     assert!(matches!(
         err,
-        CodecError::Decode(DecodeError::UnknownOpcode { opcode: 9 })
+        CodecError::Decode(DecodeError::UnknownOpcode { opcode: 0x7f })
     ));
 }
 

@@ -41,7 +41,7 @@ fn every_opcode_has_a_golden() {
     let mut seen: Vec<u8> = goldens().iter().map(|g| g.packet.opcode()).collect();
     seen.sort_unstable();
     seen.dedup();
-    assert_eq!(seen, (0u8..=8).collect::<Vec<_>>());
+    assert_eq!(seen, (0u8..=0x0a).collect::<Vec<_>>());
     for g in goldens() {
         assert_eq!(g.bytes().get(1), Some(&g.packet.opcode()), "{}", g.name);
     }
@@ -137,17 +137,23 @@ fn spec_layout_prefix_of_extended_frames_decodes_without_extensions() {
 fn unknown_trailing_bytes_are_tolerated() {
     let cases = [
         ("0b 03 0102030405060708 ffff", "09 03 0102030405060708"),
+        // After the last extension field of each packet (version 3: the session
+        // parameters of Connected, the relay id of ClientInfo).
         (
-            "13 02 000102030405060708090a0b0c0d0e0f 0102",
-            "11 02 000102030405060708090a0b0c0d0e0f",
+            "19 02 000102030405060708090a0b0c0d0e0f 00000003 01 00 0102",
+            "17 02 000102030405060708090a0b0c0d0e0f 00000003 01 00",
         ),
         ("1a 05 U 04 c0a8010a 1388 dead", "18 05 U 04 c0a8010a 1388"),
         ("13 07 U 0000", "11 07 U"),
         (
-            "40 08 U 04 cb007105 9c40 04 c6336407 c3cb \
-             aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa 00",
-            "3f 08 U 04 cb007105 9c40 04 c6336407 c3cb \
-             aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "48 08 U 04 cb007105 9c40 04 c6336407 c3cb \
+             aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa 0102030405060708 00",
+            "47 08 U 04 cb007105 9c40 04 c6336407 c3cb \
+             aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa 0102030405060708",
+        ),
+        (
+            "0f 0a 0102030405060708 04 69646c65 ff",
+            "0e 0a 0102030405060708 04 69646c65",
         ),
         (
             "1e 00 00000001 U 00000004 deadbeef 00",
@@ -183,6 +189,22 @@ fn partial_known_extension_is_truncated() {
         decode_frame(&unhex("1d 08 U 04 cb007105 9c40 04 c6336407")),
         Err(DecodeError::Truncated {
             field: "PacketClientInfo.tcp_endpoint.port"
+        })
+    ));
+    // Part of the version-3 session parameters after a token, or of a relay id.
+    assert!(matches!(
+        decode_frame(&unhex("13 02 000102030405060708090a0b0c0d0e0f 0102")),
+        Err(DecodeError::Truncated {
+            field: "PacketConnected.session.version"
+        })
+    ));
+    assert!(matches!(
+        decode_frame(&unhex(
+            "40 08 U 04 cb007105 9c40 04 c6336407 c3cb \
+             aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa 00"
+        )),
+        Err(DecodeError::Truncated {
+            field: "PacketClientInfo.relay_id"
         })
     ));
     // Half a udp_token.
@@ -257,5 +279,22 @@ fn examples_in_protocol_md_match_the_goldens() {
     for msg in udp {
         let want = hex::encode(msg.to_bytes());
         assert!(doc_hex.contains(&want), "PROTOCOL.md lacks {msg:?}: {want}");
+    }
+    // Version 3: an authenticated binding request, and a relayed datagram each way.
+    let auth = UdpMessage::binding_request_auth(&[0x42; 32], [0xab; 16], 1);
+    let want = hex::encode(auth.to_bytes());
+    assert!(
+        doc_hex.contains(&want),
+        "PROTOCOL.md lacks {auth:?}: {want}"
+    );
+    let relay = chatr_proto::RelayId([1, 2, 3, 4, 5, 6, 7, 8]);
+    for kind in [
+        chatr_proto::udp::TYPE_RELAY_TO_SERVER,
+        chatr_proto::udp::TYPE_RELAY_FROM_SERVER,
+    ] {
+        let mut datagram = chatr_proto::udp::relay_header(kind, &relay).to_vec();
+        datagram.extend_from_slice(&[0x41, 0xde, 0xad]);
+        let want = hex::encode(&datagram);
+        assert!(doc_hex.contains(&want), "PROTOCOL.md lacks relayed {want}");
     }
 }

@@ -95,8 +95,8 @@ fn length_zero() {
 #[test]
 fn unknown_opcode() {
     assert_eq!(
-        decode_hex("01 09"),
-        Err(DecodeError::UnknownOpcode { opcode: 9 })
+        decode_hex("01 7f"),
+        Err(DecodeError::UnknownOpcode { opcode: 0x7f })
     );
     assert_eq!(
         decode_hex("03 ff 0000"),

@@ -7,7 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use chatr_proto::{
     Endpoint, MAX_BYTE_ARRAY_LEN, Packet, PacketClientInfo, PacketConnect, PacketConnected,
     PacketConnectionRequest, PacketConnectionRequestAccept, PacketConnectionRequestDenied,
-    PacketDisconnect, PacketPing, PacketPong, decode_frame,
+    PacketDisconnect, PacketPing, PacketPong, PacketRelayClose, PacketRelayData, RelayId,
+    SessionFeatures, SessionParams, decode_frame,
 };
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -34,6 +35,10 @@ fn any_tcp_endpoint() -> impl Strategy<Value = Endpoint> {
     })
 }
 
+fn any_relay_id() -> impl Strategy<Value = RelayId> {
+    any::<[u8; 8]>().prop_filter_map("the all-zero id means no relay", RelayId::from_wire)
+}
+
 fn any_packet() -> impl Strategy<Value = Packet> {
     prop_oneof![
         (
@@ -48,8 +53,40 @@ fn any_packet() -> impl Strategy<Value = Packet> {
             })),
         // At most 250 chars of at most 4 bytes: within MAX_STRING_LEN.
         ".{0,250}".prop_map(|message| Packet::Disconnect(PacketDisconnect { message })),
-        proptest::option::of(any::<[u8; 16]>())
-            .prop_map(|udp_token| Packet::Connected(PacketConnected { udp_token })),
+        proptest::option::of(any::<[u8; 16]>()).prop_map(|udp_token| Packet::Connected(
+            PacketConnected {
+                udp_token,
+                session: None
+            }
+        )),
+        // The session parameters always follow a token.
+        (
+            any::<[u8; 16]>(),
+            any::<u32>(),
+            any::<u8>(),
+            proptest::collection::vec(any::<u16>(), 0..=chatr_proto::MAX_NAT_PROBE_PORTS)
+        )
+            .prop_map(|(token, version, features, nat_probe_ports)| {
+                Packet::Connected(PacketConnected {
+                    udp_token: Some(token),
+                    session: Some(SessionParams {
+                        version,
+                        features: SessionFeatures(features),
+                        nat_probe_ports,
+                    }),
+                })
+            }),
+        (
+            any_relay_id(),
+            proptest::collection::vec(any::<u8>(), 1..=chatr_proto::MAX_RELAY_DATAGRAM)
+        )
+            .prop_map(|(relay_id, datagram)| Packet::RelayData(PacketRelayData {
+                relay_id,
+                datagram
+            })),
+        (any_relay_id(), ".{0,250}").prop_map(|(relay_id, reason)| Packet::RelayClose(
+            PacketRelayClose { relay_id, reason }
+        )),
         any::<i64>().prop_map(|ping_id| Packet::Ping(PacketPing { ping_id })),
         any::<i64>().prop_map(|ping_id| Packet::Pong(PacketPong { ping_id })),
         (any_uuid(), any_endpoint()).prop_map(|(uuid, private_endpoint)| {
@@ -71,14 +108,20 @@ fn any_packet() -> impl Strategy<Value = Packet> {
             any_uuid(),
             any_endpoint(),
             proptest::option::of(any_tcp_endpoint()),
-            proptest::option::of(any::<[u8; 32]>())
+            proptest::option::of((any::<[u8; 32]>(), proptest::option::of(any_relay_id())))
         )
-            .prop_map(|(uuid, public_endpoint, tcp_endpoint, link_secret)| {
+            .prop_map(|(uuid, public_endpoint, tcp_endpoint, secret_and_relay)| {
+                // A relay id always follows a link secret (the server sends both).
+                let (link_secret, relay_id) = match secret_and_relay {
+                    Some((secret, relay)) => (Some(secret), relay),
+                    None => (None, None),
+                };
                 Packet::ClientInfo(PacketClientInfo {
                     uuid,
                     public_endpoint,
                     tcp_endpoint,
                     link_secret,
+                    relay_id,
                 })
             }),
     ]
@@ -156,6 +199,7 @@ fn absent_tcp_endpoint_before_link_secret_round_trips() {
             port: Some(9),
         },
         tcp_endpoint: None,
+        relay_id: None,
         link_secret: Some([3; 32]),
     });
     assert_eq!(

@@ -89,6 +89,54 @@ impl Default for Limits {
     }
 }
 
+/// The relay for clients that cannot reach each other directly (`docs/PROTOCOL.md` §14).
+///
+/// Rates are bytes per second of relayed datagrams, counted as they arrive from the
+/// sender; `0` means unlimited. Every relayed byte also costs the operator uplink
+/// bandwidth, so the defaults protect a small server without getting in the way of a
+/// typical home or office link.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Relay at all (`false`: clients are never offered a relay and are told so).
+    pub enabled: bool,
+    /// Also relay inside TLS sessions, for clients whose network blocks UDP.
+    pub tls: bool,
+    /// Relayed exchanges the whole server keeps at once.
+    pub max_links: usize,
+    /// Relayed exchanges one client (UUID) may be a party of at once.
+    pub max_links_per_client: usize,
+    /// A relay that carried nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Sustained relayed bytes per second one client may send (0 = unlimited).
+    pub client_rate: u64,
+    /// Burst allowance per client, in bytes.
+    pub client_burst: u64,
+    /// Sustained relayed bytes per second for the whole server (0 = unlimited).
+    pub total_rate: u64,
+    /// Burst allowance of the whole server, in bytes.
+    pub total_burst: u64,
+    /// Relayed datagrams queued for one TLS session before more are dropped.
+    pub tls_queue: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        const MIB: u64 = 1024 * 1024;
+        Self {
+            enabled: true,
+            tls: true,
+            max_links: 10_000,
+            max_links_per_client: 16,
+            idle_timeout: Duration::from_secs(60),
+            client_rate: 100 * MIB,
+            client_burst: 16 * MIB,
+            total_rate: 1024 * MIB,
+            total_burst: 64 * MIB,
+            tls_queue: 512,
+        }
+    }
+}
+
 /// Everything `chatr_server::start` needs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -114,6 +162,8 @@ pub struct ServerConfig {
     pub timings: Timings,
     /// Protection limits.
     pub limits: Limits,
+    /// The relay.
+    pub relay: RelayConfig,
 }
 
 impl ServerConfig {
@@ -130,6 +180,7 @@ impl ServerConfig {
             registration: RegistrationPolicy::Open,
             timings: Timings::default(),
             limits: Limits::default(),
+            relay: RelayConfig::default(),
         }
     }
 

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use chatr_proto::UDP_TOKEN_LEN;
+use chatr_proto::udp::{BINDING_KEY_LEN, UdpMessage};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::mpsc::error::TrySendError;
@@ -26,6 +27,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use uuid::Uuid;
 
 use crate::metrics::Metrics;
+use crate::relay::RelayOut;
 use crate::session::{ClaimOutcome, HubEvent, PeerEndpoints, PeerEvent, TIME_OUT};
 
 /// What the server knows about one logged-in session, shared between its
@@ -40,6 +42,30 @@ pub(crate) struct SessionShared {
     /// Token of the UDP binding message (extended-layout clients only).
     pub(crate) udp_token: Option<[u8; UDP_TOKEN_LEN]>,
     udp: Mutex<Option<SocketAddr>>,
+    /// Version 3 only: what the session's client needs beyond version 2.
+    v3: Option<SessionV3>,
+}
+
+/// What the server keeps for a version-3 session.
+#[derive(Debug)]
+pub(crate) struct SessionV3 {
+    /// Authenticates the client's UDP binding requests (exported from its TLS session).
+    binding_key: [u8; BINDING_KEY_LEN],
+    /// The highest binding counter accepted so far.
+    binding_counter: AtomicU64,
+    /// Where relayed datagrams and relay notices for this client go (its TLS writer).
+    relay: mpsc::Sender<RelayOut>,
+}
+
+impl SessionV3 {
+    /// The version-3 state of a session whose TLS session exported `binding_key`.
+    pub(crate) fn new(binding_key: [u8; BINDING_KEY_LEN], relay: mpsc::Sender<RelayOut>) -> Self {
+        Self {
+            binding_key,
+            binding_counter: AtomicU64::new(0),
+            relay,
+        }
+    }
 }
 
 impl SessionShared {
@@ -55,19 +81,50 @@ impl SessionShared {
             tcp,
             udp_token,
             udp: Mutex::new(None),
+            v3: None,
         }
+    }
+
+    /// The same session, speaking version 3.
+    pub(crate) fn with_v3(mut self, v3: SessionV3) -> Self {
+        self.v3 = Some(v3);
+        self
     }
 
     /// The endpoints as of now.
     pub(crate) fn endpoints(&self) -> PeerEndpoints {
         PeerEndpoints {
             tcp: self.tcp,
-            udp: *self.udp.lock().unwrap_or_else(PoisonError::into_inner),
+            udp: self.udp_endpoint(),
+            v3: self.v3.is_some(),
         }
+    }
+
+    /// The UDP endpoint of the last accepted binding, if any.
+    pub(crate) fn udp_endpoint(&self) -> Option<SocketAddr> {
+        *self.udp.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The queue of relayed datagrams for this session's client (version 3 only).
+    pub(crate) fn relay_queue(&self) -> Option<&mpsc::Sender<RelayOut>> {
+        self.v3.as_ref().map(|v3| &v3.relay)
     }
 
     fn set_udp(&self, observed: SocketAddr) {
         *self.udp.lock().unwrap_or_else(PoisonError::into_inner) = Some(observed);
+    }
+
+    /// Whether an authenticated binding request with `counter` and a valid tag may
+    /// move this session's endpoint: the counter must beat every one accepted before.
+    fn accept_binding_counter(&self, counter: u64) -> bool {
+        let Some(v3) = &self.v3 else {
+            return false;
+        };
+        v3.binding_counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                (counter > last).then_some(counter)
+            })
+            .is_ok()
     }
 }
 
@@ -185,12 +242,12 @@ impl Hub {
 
     /// The UDP mapping observed for `uuid`'s session, if it sent a binding.
     pub fn udp_endpoint(&self, uuid: &Uuid) -> Option<SocketAddr> {
-        let shared = self
-            .inner
-            .sessions
-            .get(uuid)
-            .map(|e| Arc::clone(&e.shared))?;
-        shared.endpoints().udp
+        self.session_of(uuid)?.udp_endpoint()
+    }
+
+    /// What the server knows about `uuid`'s session, if it is logged in.
+    pub(crate) fn session_of(&self, uuid: &Uuid) -> Option<Arc<SessionShared>> {
+        self.inner.sessions.get(uuid).map(|e| Arc::clone(&e.shared))
     }
 
     /// Ends `uuid`'s session: its client gets PacketDisconnect(`message`),
@@ -309,7 +366,8 @@ impl Hub {
 
     /// Records `observed` as the UDP mapping of the session that holds
     /// `token`. Returns that session's UUID and its TCP source, or `None` for
-    /// an unknown token.
+    /// an unknown token, or for a version-3 session (whose binding requests must
+    /// be authenticated: [`Hub::bind_udp_auth`]).
     pub(crate) fn bind_udp(
         &self,
         token: &[u8; UDP_TOKEN_LEN],
@@ -320,6 +378,33 @@ impl Hub {
             .tokens
             .get(token)
             .map(|e| Arc::clone(e.value()))?;
+        if shared.v3.is_some() {
+            return None;
+        }
+        shared.set_udp(observed);
+        Some((shared.uuid, shared.tcp))
+    }
+
+    /// Like [`Hub::bind_udp`] for an authenticated (version-3) binding request: the
+    /// tag must verify with the session's binding key and the counter must be higher
+    /// than any accepted before, so a replayed or forged request moves nothing.
+    pub(crate) fn bind_udp_auth(
+        &self,
+        request: &UdpMessage,
+        observed: SocketAddr,
+    ) -> Option<(Uuid, SocketAddr)> {
+        let UdpMessage::BindingRequestAuth { token, counter, .. } = request else {
+            return None;
+        };
+        let shared = self
+            .inner
+            .tokens
+            .get(token)
+            .map(|e| Arc::clone(e.value()))?;
+        let key = &shared.v3.as_ref()?.binding_key;
+        if !request.verify_binding_auth(key) || !shared.accept_binding_counter(*counter) {
+            return None;
+        }
         shared.set_udp(observed);
         Some((shared.uuid, shared.tcp))
     }
@@ -492,6 +577,39 @@ mod tests {
             std::mem::size_of::<Mailbox>()
         );
         assert!(std::mem::size_of::<Mailbox>() <= 2 * std::mem::size_of::<usize>());
+    }
+
+    #[test]
+    fn v3_bindings_need_a_valid_tag_and_a_rising_counter() {
+        let (hub, _) = hub();
+        let uuid = Uuid::from_bytes([1; 16]);
+        let (entry, _rx) = entry(&hub, uuid, Some([7; 16]), 4);
+        let (relay_tx, _relay_rx) = mpsc::channel(1);
+        let key = [0x42; BINDING_KEY_LEN];
+        let shared = SessionShared::new(entry.shared.id, uuid, entry.shared.tcp, Some([7; 16]))
+            .with_v3(SessionV3::new(key, relay_tx));
+        hub.claim(SessionEntry {
+            shared: Arc::new(shared),
+            ..entry
+        });
+        let here: SocketAddr = "198.51.100.1:9".parse().unwrap();
+        let there: SocketAddr = "198.51.100.66:9".parse().unwrap();
+        // The plain form never binds a v3 session.
+        assert_eq!(hub.bind_udp(&[7; 16], there), None);
+        let first = UdpMessage::binding_request_auth(&key, [7; 16], 1);
+        assert!(hub.bind_udp_auth(&first, here).is_some());
+        // Replayed (same counter), from anywhere: refused.
+        assert_eq!(hub.bind_udp_auth(&first, there), None);
+        // A wrong key: refused however high the counter.
+        let forged = UdpMessage::binding_request_auth(&[0; BINDING_KEY_LEN], [7; 16], 100);
+        assert_eq!(hub.bind_udp_auth(&forged, there), None);
+        assert_eq!(hub.udp_endpoint(&uuid), Some(here));
+        // The owner's next counter moves it; an older one does not.
+        let third = UdpMessage::binding_request_auth(&key, [7; 16], 3);
+        assert!(hub.bind_udp_auth(&third, there).is_some());
+        let second = UdpMessage::binding_request_auth(&key, [7; 16], 2);
+        assert_eq!(hub.bind_udp_auth(&second, here), None);
+        assert_eq!(hub.udp_endpoint(&uuid), Some(there));
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod error;
 pub mod hub;
 pub mod metrics;
 pub mod registry;
+mod relay;
 pub mod server;
 pub mod session;
 pub mod settings;
@@ -35,7 +36,7 @@ pub mod stun;
 pub mod tls;
 mod udp;
 
-pub use config::{Limits, RegistrationPolicy, ServerConfig, Timings};
+pub use config::{Limits, RegistrationPolicy, RelayConfig, ServerConfig, Timings};
 pub use error::ServerError;
 pub use hub::Hub;
 pub use server::{ServerHandle, run, start};

@@ -139,6 +139,112 @@ impl RegistrationResult {
     }
 }
 
+/// How a request to open a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayOpenResult {
+    /// The relay was opened; both parties got its id.
+    Opened,
+    /// Relaying is switched off.
+    Disabled,
+    /// The server already keeps `relay.max_links` relays.
+    ServerCap,
+    /// A party already is in `relay.max_links_per_client` relays.
+    ClientCap,
+}
+
+impl RelayOpenResult {
+    const ALL: [Self; 4] = [
+        Self::Opened,
+        Self::Disabled,
+        Self::ServerCap,
+        Self::ClientCap,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Opened => "opened",
+            Self::Disabled => "disabled",
+            Self::ServerCap => "server_cap",
+            Self::ClientCap => "client_cap",
+        }
+    }
+}
+
+/// Why a relay was closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayCloseReason {
+    /// It carried nothing for `relay.idle_timeout`.
+    Idle,
+    /// One party said it no longer needs it (`PacketRelayClose`).
+    ClosedByPeer,
+}
+
+impl RelayCloseReason {
+    const ALL: [Self; 2] = [Self::Idle, Self::ClosedByPeer];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::ClosedByPeer => "closed_by_peer",
+        }
+    }
+
+    /// The reason sent in `PacketRelayClose`.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::ClosedByPeer => "closed by peer",
+        }
+    }
+}
+
+/// Why a relayed datagram was not forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayDrop {
+    /// From an address or session that is not a party of the relay.
+    Stranger,
+    /// No relay has this id (never opened, expired or closed).
+    UnknownRelay,
+    /// Over the sender's or the server's byte rate.
+    RateLimited,
+    /// The receiving session's TLS queue is full.
+    QueueFull,
+    /// The other party is not online (or has no way to be reached).
+    PeerOffline,
+    /// The UDP socket refused the datagram.
+    SendFailed,
+    /// Not a well-formed relayed datagram.
+    Malformed,
+    /// That kind of relaying is switched off.
+    Disabled,
+}
+
+impl RelayDrop {
+    const ALL: [Self; 8] = [
+        Self::Stranger,
+        Self::UnknownRelay,
+        Self::RateLimited,
+        Self::QueueFull,
+        Self::PeerOffline,
+        Self::SendFailed,
+        Self::Malformed,
+        Self::Disabled,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Stranger => "stranger",
+            Self::UnknownRelay => "unknown_relay",
+            Self::RateLimited => "rate_limited",
+            Self::QueueFull => "queue_full",
+            Self::PeerOffline => "peer_offline",
+            Self::SendFailed => "send_failed",
+            Self::Malformed => "malformed",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
 /// Upper bounds (seconds) of the latency histogram buckets: 1 ms … 10 s.
 const BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -197,6 +303,20 @@ pub struct Metrics {
     udp_bindings: AtomicU64,
     login_latency: Histogram,
     broker_latency: Histogram,
+    relay_links: AtomicI64,
+    relay_opens: [AtomicU64; RelayOpenResult::ALL.len()],
+    relay_closes: [AtomicU64; RelayCloseReason::ALL.len()],
+    /// Forwarded datagrams and bytes, by the transport they left on (udp, tls).
+    relay_datagrams: [AtomicU64; 2],
+    relay_bytes: [AtomicU64; 2],
+    relay_drops: [AtomicU64; RelayDrop::ALL.len()],
+}
+
+fn transport_slot(transport: crate::relay::Transport) -> usize {
+    match transport {
+        crate::relay::Transport::Udp => 0,
+        crate::relay::Transport::Tls => 1,
+    }
 }
 
 impl Metrics {
@@ -249,6 +369,55 @@ impl Metrics {
     /// A UDP binding message was accepted.
     pub fn udp_binding(&self) {
         self.udp_bindings.fetch_add(1, Ordering::Relaxed);
+    }
+    /// A request to open a relay ended with `result`.
+    pub fn relay_open(&self, result: RelayOpenResult) {
+        if let Some(c) = self.relay_opens.get(result as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if result == RelayOpenResult::Opened {
+            self.relay_links.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    /// A relay was closed.
+    pub fn relay_closed(&self, reason: RelayCloseReason) {
+        if let Some(c) = self.relay_closes.get(reason as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        self.relay_links.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// Relays open right now.
+    pub fn relay_links(&self) -> i64 {
+        self.relay_links.load(Ordering::Relaxed)
+    }
+    /// One datagram of `bytes` (without relay header) was forwarded over `transport`.
+    pub(crate) fn relay_forwarded(&self, transport: crate::relay::Transport, bytes: usize) {
+        self.relay_forwarded_many(transport, bytes, 1);
+    }
+    /// `count` datagrams of `bytes` in all were forwarded over `transport`.
+    pub(crate) fn relay_forwarded_many(
+        &self,
+        transport: crate::relay::Transport,
+        bytes: usize,
+        count: usize,
+    ) {
+        let slot = transport_slot(transport);
+        if let (Some(d), Some(b)) = (self.relay_datagrams.get(slot), self.relay_bytes.get(slot)) {
+            d.fetch_add(count as u64, Ordering::Relaxed);
+            b.fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+    }
+    /// A relayed datagram was dropped.
+    pub fn relay_dropped(&self, cause: RelayDrop) {
+        if let Some(c) = self.relay_drops.get(cause as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    /// Relayed datagrams dropped for `cause` so far.
+    pub fn relay_drops(&self, cause: RelayDrop) -> u64 {
+        self.relay_drops
+            .get(cause as usize)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
     }
     /// Time from TCP accept to PacketConnected.
     pub fn observe_login_latency(&self, d: Duration) {
@@ -304,6 +473,53 @@ impl Metrics {
              chatr_udp_bindings_total {}",
             self.udp_bindings.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP chatr_relay_links Relayed exchanges open right now.\n\
+             # TYPE chatr_relay_links gauge\n\
+             chatr_relay_links {}",
+            self.relay_links()
+        );
+        render_labelled(
+            &mut out,
+            "chatr_relay_opens_total",
+            "Requests to relay an accepted exchange, by result.",
+            "result",
+            RelayOpenResult::ALL.iter().map(|r| r.label()),
+            &self.relay_opens,
+        );
+        render_labelled(
+            &mut out,
+            "chatr_relay_closes_total",
+            "Relays closed, by reason.",
+            "reason",
+            RelayCloseReason::ALL.iter().map(|r| r.label()),
+            &self.relay_closes,
+        );
+        render_labelled(
+            &mut out,
+            "chatr_relay_datagrams_total",
+            "Relayed datagrams forwarded, by the transport they left on.",
+            "transport",
+            ["udp", "tls"].into_iter(),
+            &self.relay_datagrams,
+        );
+        render_labelled(
+            &mut out,
+            "chatr_relay_bytes_total",
+            "Relayed bytes forwarded (without relay headers), by the transport they left on.",
+            "transport",
+            ["udp", "tls"].into_iter(),
+            &self.relay_bytes,
+        );
+        render_labelled(
+            &mut out,
+            "chatr_relay_drops_total",
+            "Relayed datagrams dropped, by cause.",
+            "cause",
+            RelayDrop::ALL.iter().map(|r| r.label()),
+            &self.relay_drops,
+        );
         self.login_latency.render(
             &mut out,
             "chatr_login_duration_seconds",
@@ -325,12 +541,23 @@ fn render_counters<'a>(
     labels: impl Iterator<Item = &'a str>,
     values: &[AtomicU64],
 ) {
+    render_labelled(out, name, help, "result", labels, values);
+}
+
+fn render_labelled<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label_name: &str,
+    labels: impl Iterator<Item = &'a str>,
+    values: &[AtomicU64],
+) {
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} counter");
     for (label, value) in labels.zip(values) {
         let _ = writeln!(
             out,
-            "{name}{{result=\"{label}\"}} {}",
+            "{name}{{{label_name}=\"{label}\"}} {}",
             value.load(Ordering::Relaxed)
         );
     }

@@ -24,6 +24,7 @@ use crate::error::ServerError;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::relay::Relay;
 use crate::session::SessionConfig;
 use crate::session::driver::{ConnContext, serve_tcp};
 use crate::tls::TlsIdentity;
@@ -147,6 +148,12 @@ pub async fn start(
     );
 
     let tracker = TaskTracker::new();
+    let relay = Relay::new(
+        config.relay.clone(),
+        hub.clone(),
+        Arc::clone(&metrics),
+        std::time::Instant::now(),
+    );
     let ctx = Arc::new(ConnContext {
         hub: hub.clone(),
         tls: tls.clone(),
@@ -154,6 +161,7 @@ pub async fn start(
         metrics: Arc::clone(&metrics),
         session: SessionConfig::from_server(&config),
         queue: config.limits.session_queue,
+        relay: relay.clone(),
     });
     let limiter = ConnectionLimiter::new(
         config.limits.max_connections,
@@ -167,11 +175,13 @@ pub async fn start(
         shutdown.clone(),
     ));
     tracker.spawn(udp::serve(
-        udp_socket,
+        Arc::new(udp_socket),
         hub.clone(),
+        relay.clone(),
         Arc::clone(&metrics),
         shutdown.clone(),
     ));
+    tracker.spawn(sweep_relays(relay, shutdown.clone()));
     let api = ApiContext::new(&config, registry.clone(), Arc::clone(&metrics), tls.clone());
     tracker.spawn(serve_api(api, api_listener, shutdown.clone()));
     let sessions: Arc<dyn SessionControl> = Arc::new(hub.clone());
@@ -246,6 +256,20 @@ async fn bind_connect_port(addr: SocketAddr) -> Result<(TcpListener, UdpSocket),
         protocol: "UDP",
         source,
     })
+}
+
+/// Closes idle relays, a few times per idle timeout.
+async fn sweep_relays(relay: Relay, shutdown: CancellationToken) {
+    let every = (relay.config().idle_timeout / 4).max(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        relay.sweep(std::time::Instant::now());
+    }
 }
 
 async fn accept_loop(

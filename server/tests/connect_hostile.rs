@@ -32,7 +32,7 @@ async fn huge_declared_length_is_refused_before_reading_it() {
 async fn unknown_opcode_and_zero_length_are_invalid() {
     let server = start_server(|_| {}).await;
     let mut c = Client::connect(&server).await;
-    c.send(0x09, &[1, 2, 3]).await;
+    c.send(0x7f, &[1, 2, 3]).await;
     c.expect_disconnect("Invalid Packet").await;
 
     let mut c = Client::connect(&server).await;

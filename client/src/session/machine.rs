@@ -23,7 +23,7 @@ use chatr_proto::udp::UdpMessage;
 use chatr_proto::{
     CHANNEL_BINDING_EXPORTER_LEN, Endpoint, Packet, PacketConnect, PacketConnectionRequest,
     PacketConnectionRequestAccept, PacketConnectionRequestDenied, PacketDisconnect, PacketPong,
-    UDP_TOKEN_LEN, VERSION_CURRENT, channel_binding_message,
+    UDP_TOKEN_LEN, VERSION_2, channel_binding_message,
 };
 use uuid::Uuid;
 
@@ -156,7 +156,8 @@ impl Session {
             server_udp: None,
         };
         session.transmit.push_back(Packet::Connect(PacketConnect {
-            version: VERSION_CURRENT,
+            // Version 3 (the relay) is announced once the client speaks it.
+            version: VERSION_2,
             uuid,
             signature: signature.to_bytes().to_vec(),
         }));
@@ -259,6 +260,9 @@ impl Session {
             | Packet::ClientInfo(_) => self.violation("brokering packet before login"),
             Packet::Connect(_) | Packet::Pong(_) => {
                 self.violation("client-only packet from server")
+            }
+            Packet::RelayData(_) | Packet::RelayClose(_) => {
+                self.violation("version-3 packet on a version-2 session")
             }
         }
     }
@@ -499,7 +503,13 @@ mod tests {
         let id = Identity::generate();
         let mut s = Session::new(now, &id, &EXPORTER, timings());
         assert!(matches!(s.poll_transmit(), Some(Packet::Connect(_))));
-        s.handle_packet(now, Packet::Connected(PacketConnected { udp_token: token }));
+        s.handle_packet(
+            now,
+            Packet::Connected(PacketConnected {
+                udp_token: token,
+                session: None,
+            }),
+        );
         assert_eq!(
             s.poll_event(),
             Some(SessionEvent::Connected { udp_token: token })
@@ -765,6 +775,7 @@ mod tests {
                 public_endpoint: ep("203.0.113.9:5000"),
                 tcp_endpoint: Some(ep("203.0.113.9:5001")),
                 link_secret: Some([3; 32]),
+                relay_id: None,
             }),
         );
         assert_eq!(

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use chatr_proto::{
     Endpoint, Packet, PacketClientInfo, PacketConnect, PacketConnected, PacketConnectionRequest,
     PacketConnectionRequestAccept, PacketConnectionRequestDenied, PacketDisconnect, PacketPing,
-    PacketPong,
+    PacketPong, PacketRelayClose, PacketRelayData, RelayId, SessionFeatures, SessionParams,
 };
 use uuid::Uuid;
 
@@ -92,7 +92,10 @@ pub(crate) fn goldens() -> Vec<Golden> {
         Golden {
             name: "Connected (spec)",
             hex: "01 02",
-            packet: Packet::Connected(PacketConnected { udp_token: None }),
+            packet: Packet::Connected(PacketConnected {
+                udp_token: None,
+                session: None,
+            }),
             valid_cuts: &[],
         },
         Golden {
@@ -100,8 +103,35 @@ pub(crate) fn goldens() -> Vec<Golden> {
             hex: "11 02 000102030405060708090a0b0c0d0e0f",
             packet: Packet::Connected(PacketConnected {
                 udp_token: Some([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]),
+                session: None,
             }),
             valid_cuts: &[0],
+        },
+        Golden {
+            name: "Connected v3: token, version 3, relays, two NAT probe ports",
+            hex: "1b 02 000102030405060708090a0b0c0d0e0f 00000003 03 02 1e62 1e63",
+            packet: Packet::Connected(PacketConnected {
+                udp_token: Some([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]),
+                session: Some(SessionParams {
+                    version: 3,
+                    features: SessionFeatures::RELAY_UDP.with(SessionFeatures::RELAY_TLS),
+                    nat_probe_ports: vec![7778, 7779],
+                }),
+            }),
+            valid_cuts: &[0, 16],
+        },
+        Golden {
+            name: "Connected v3: UDP relay only, no NAT probe ports",
+            hex: "17 02 000102030405060708090a0b0c0d0e0f 00000003 01 00",
+            packet: Packet::Connected(PacketConnected {
+                udp_token: Some([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]),
+                session: Some(SessionParams {
+                    version: 3,
+                    features: SessionFeatures::RELAY_UDP,
+                    nat_probe_ports: vec![],
+                }),
+            }),
+            valid_cuts: &[0, 16],
         },
         Golden {
             name: "Ping",
@@ -185,6 +215,7 @@ pub(crate) fn goldens() -> Vec<Golden> {
                 public_endpoint: v4(203, 0, 113, 5, None),
                 tcp_endpoint: None,
                 link_secret: None,
+                relay_id: None,
             }),
             valid_cuts: &[],
         },
@@ -196,6 +227,7 @@ pub(crate) fn goldens() -> Vec<Golden> {
                 public_endpoint: v4(203, 0, 113, 5, Some(40000)),
                 tcp_endpoint: None,
                 link_secret: None,
+                relay_id: None,
             }),
             valid_cuts: &[21],
         },
@@ -208,6 +240,7 @@ pub(crate) fn goldens() -> Vec<Golden> {
                 public_endpoint: v4(203, 0, 113, 5, Some(40000)),
                 tcp_endpoint: Some(v4(198, 51, 100, 7, Some(50123))),
                 link_secret: Some([0xaa; 32]),
+                relay_id: None,
             }),
             valid_cuts: &[21, 23, 30],
         },
@@ -219,6 +252,7 @@ pub(crate) fn goldens() -> Vec<Golden> {
                 public_endpoint: v4(203, 0, 113, 5, None),
                 tcp_endpoint: Some(v4(198, 51, 100, 7, Some(50123))),
                 link_secret: None,
+                relay_id: None,
             }),
             valid_cuts: &[21, 23],
         },
@@ -234,8 +268,42 @@ pub(crate) fn goldens() -> Vec<Golden> {
                     1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
                     23, 24, 25, 26, 27, 28, 29, 30, 31, 32,
                 ]),
+                relay_id: None,
             }),
             valid_cuts: &[21, 23, 30],
+        },
+        Golden {
+            name: "ClientInfo, all extensions and a relay id (v3)",
+            hex: "47 08 U 04 cb007105 9c40 04 c6336407 c3cb \
+                  aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa \
+                  0102030405060708",
+            packet: Packet::ClientInfo(PacketClientInfo {
+                uuid: uuid(),
+                public_endpoint: v4(203, 0, 113, 5, Some(40000)),
+                tcp_endpoint: Some(v4(198, 51, 100, 7, Some(50123))),
+                link_secret: Some([0xaa; 32]),
+                relay_id: Some(RelayId([1, 2, 3, 4, 5, 6, 7, 8])),
+            }),
+            valid_cuts: &[21, 23, 30, 62],
+        },
+        Golden {
+            name: "RelayData (v3): a 3-byte datagram",
+            hex: "0c 09 0102030405060708 41dead",
+            packet: Packet::RelayData(PacketRelayData {
+                relay_id: RelayId([1, 2, 3, 4, 5, 6, 7, 8]),
+                datagram: vec![0x41, 0xde, 0xad],
+            }),
+            // The datagram is the rest of the frame: any non-empty prefix is a datagram.
+            valid_cuts: &[9, 10],
+        },
+        Golden {
+            name: "RelayClose (v3), reason \"idle\"",
+            hex: "0e 0a 0102030405060708 04 69646c65",
+            packet: Packet::RelayClose(PacketRelayClose {
+                relay_id: RelayId([1, 2, 3, 4, 5, 6, 7, 8]),
+                reason: "idle".into(),
+            }),
+            valid_cuts: &[],
         },
     ]
 }

@@ -1,6 +1,6 @@
 //! Outputs of the session machine, executed in order by the driver.
 
-use chatr_proto::{Packet, UDP_TOKEN_LEN};
+use chatr_proto::{Packet, PacketRelayData, UDP_TOKEN_LEN};
 use uuid::Uuid;
 
 use super::event::PeerEvent;
@@ -15,6 +15,22 @@ pub enum Layout {
     /// Version 2 with a channel-bound signature: ports, `udp_token`,
     /// `tcp_endpoint` and `link_secret` are sent.
     Extended,
+    /// Version 3 (or later) with a channel-bound signature: everything of version 2,
+    /// plus the session parameters in PacketConnected, relay ids in ClientInfo, the
+    /// relay packets, and authenticated UDP bindings.
+    Version3,
+}
+
+impl Layout {
+    /// Whether the client gets the extension fields (version 2 or 3).
+    pub fn is_extended(self) -> bool {
+        matches!(self, Self::Extended | Self::Version3)
+    }
+
+    /// Whether the client speaks version 3.
+    pub fn is_version3(self) -> bool {
+        matches!(self, Self::Version3)
+    }
 }
 
 /// What a session asks the hub for when its login verified.
@@ -56,6 +72,8 @@ pub(crate) enum Action {
     },
     /// Our client answered the probe ping: tell the probing newcomer(s).
     ProbeAnswered,
+    /// Our (version-3) client sent a datagram for one of its relays: forward it.
+    Relay(PacketRelayData),
     /// Flush what was sent, then close the connection.
     Close,
 }

@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chatr_proto::codec::{CodecError, ConnectCodec};
-use chatr_proto::{CHANNEL_BINDING_EXPORTER_LABEL, Packet};
+use chatr_proto::{
+    CHANNEL_BINDING_EXPORTER_LABEL, Packet, PacketRelayClose, PacketRelayData,
+    UDP_BINDING_EXPORTER_LABEL,
+};
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -26,9 +29,24 @@ use tracing::Instrument;
 
 use super::machine::{SHUTTING_DOWN, Session};
 use super::{Action, ClaimOutcome, HubEvent, KeyLookup, SessionConfig};
-use crate::hub::{Hub, Kick, Mailbox, SessionEntry, SessionShared};
+use crate::hub::{Hub, Kick, Mailbox, SessionEntry, SessionShared, SessionV3};
 use crate::metrics::{LoginResult, Metrics};
+use crate::relay::{Relay, RelayOut};
 use crate::tls::TlsIdentity;
+
+/// Relayed datagrams written into the TLS buffer per loop turn, before a flush: enough
+/// to amortise the flush, few enough that one turn stays short on a slow link.
+const RELAY_BATCH: usize = 64;
+
+/// Keying material exported from one TLS connection (RFC 5705 / RFC 8446 §7.5).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ExportedKeys {
+    /// What a version-2/3 login signs (`EXPORTER-chatr-connect-v2`).
+    pub(crate) channel_binding: [u8; 32],
+    /// What authenticates a version-3 session's UDP binding requests
+    /// (`EXPORTER-chatr-udp-binding-v3`).
+    pub(crate) udp_binding: [u8; 32],
+}
 
 /// Initial capacity of each session's `Framed` read and write buffers (and
 /// the write backpressure boundary, which the driver does not use: it writes
@@ -48,6 +66,8 @@ pub(crate) struct ConnContext {
     pub(crate) session: SessionConfig,
     /// Capacity of each session's inbox.
     pub(crate) queue: usize,
+    /// Relays accepted exchanges of version-3 clients.
+    pub(crate) relay: Relay,
 }
 
 /// Serves one accepted TCP connection until it closes.
@@ -78,20 +98,19 @@ pub(crate) async fn serve_tcp(
                 return;
             }
         };
-        let exporter = stream
-            .get_ref()
-            .1
+        let tls = stream.get_ref().1;
+        let keys = tls
             .export_keying_material([0u8; 32], CHANNEL_BINDING_EXPORTER_LABEL, None)
+            .and_then(|channel_binding| {
+                let udp_binding =
+                    tls.export_keying_material([0u8; 32], UDP_BINDING_EXPORTER_LABEL, None)?;
+                Ok(ExportedKeys {
+                    channel_binding,
+                    udp_binding,
+                })
+            })
             .ok();
-        run_session(
-            ctx,
-            stream,
-            peer,
-            accepted_at.into_std(),
-            exporter,
-            shutdown,
-        )
-        .await;
+        run_session(ctx, stream, peer, accepted_at.into_std(), keys, shutdown).await;
     }
     .instrument(span)
     .await;
@@ -103,7 +122,7 @@ pub(crate) async fn run_session<S>(
     stream: S,
     peer: SocketAddr,
     accepted_at: Instant,
-    exporter: Option<[u8; 32]>,
+    keys: Option<ExportedKeys>,
     shutdown: CancellationToken,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -111,12 +130,13 @@ pub(crate) async fn run_session<S>(
     let (inbox, rx) = mpsc::channel(ctx.queue.max(1));
     let machine = Session::new(
         accepted_at,
-        exporter,
+        keys.map(|k| k.channel_binding),
         ctx.session.clone(),
         Arc::clone(&ctx.keys),
         Arc::clone(&ctx.metrics),
         rand::make_rng::<StdRng>(),
-    );
+    )
+    .with_relays(Arc::new(ctx.relay.clone()));
     let mut driver = Driver {
         framed: Framed::with_capacity(stream, ConnectCodec::new(), FRAME_BUFFER_CAPACITY),
         machine,
@@ -131,6 +151,8 @@ pub(crate) async fn run_session<S>(
         kicked: false,
         shutting_down: false,
         scratch: Vec::new(),
+        udp_binding_key: keys.map(|k| k.udp_binding),
+        relay_rx: None,
         ctx,
     };
     driver.run(shutdown).await;
@@ -146,6 +168,7 @@ enum Wake {
     Shutdown,
     Frame(Option<Result<Packet, CodecError>>),
     Mail(Option<Mailbox>),
+    Relay(Option<RelayOut>),
     ProbeAnswer(bool),
     Timer,
 }
@@ -175,6 +198,12 @@ struct Driver<S> {
     kicked: bool,
     shutting_down: bool,
     scratch: Vec<u8>,
+    /// This TLS connection's key for authenticated UDP bindings (version 3).
+    udp_binding_key: Option<[u8; 32]>,
+    /// Relayed datagrams for our (version-3) client. They are written straight to
+    /// the TLS stream, not through the machine: they are opaque data for a session
+    /// that already logged in as version 3, and only such a session has this queue.
+    relay_rx: Option<mpsc::Receiver<RelayOut>>,
 }
 
 fn now() -> Instant {
@@ -238,6 +267,9 @@ where
                 }
                 // We hold a sender ourselves, so the inbox never closes.
                 Wake::Mail(None) => {}
+                Wake::Relay(Some(out)) => self.write_relayed(out),
+                // The sender lives in our own SessionShared while we are registered.
+                Wake::Relay(None) => self.relay_rx = None,
                 Wake::ProbeAnswer(alive) => {
                     self.probe = None;
                     self.machine.handle_probe_result(now, alive);
@@ -257,8 +289,18 @@ where
         let kicked = self.kicked;
         let shutting_down = self.shutting_down;
         let Self {
-            framed, rx, probe, ..
+            framed,
+            rx,
+            probe,
+            relay_rx,
+            ..
         } = self;
+        let relayed = async {
+            match relay_rx.as_mut() {
+                Some(relay) => relay.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         let timer = async {
             match deadline {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -278,7 +320,35 @@ where
             alive = probe_answer => Wake::ProbeAnswer(alive),
             () = timer => Wake::Timer,
             mail = rx.recv() => Wake::Mail(mail),
+            out = relayed => Wake::Relay(out),
             frame = framed.next(), if reading => Wake::Frame(frame),
+        }
+    }
+
+    /// Writes one relayed datagram (or relay notice) and whatever else is queued, up
+    /// to [`RELAY_BATCH`], into the TLS buffer.
+    fn write_relayed(&mut self, first: RelayOut) {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(out) = next.take() {
+            let packet = match out {
+                RelayOut::Data(relay_id, datagram) => {
+                    Packet::RelayData(PacketRelayData { relay_id, datagram })
+                }
+                RelayOut::Closed(relay_id, reason) => Packet::RelayClose(PacketRelayClose {
+                    relay_id,
+                    reason: reason.to_owned(),
+                }),
+            };
+            self.scratch.clear();
+            packet.encode(&mut self.scratch);
+            self.framed
+                .write_buffer_mut()
+                .extend_from_slice(&self.scratch);
+            written += 1;
+            if written < RELAY_BATCH {
+                next = self.relay_rx.as_mut().and_then(|rx| rx.try_recv().ok());
+            }
         }
     }
 
@@ -295,7 +365,7 @@ where
                         .extend_from_slice(&self.scratch);
                 }
                 Action::Claim(claim) => {
-                    let entry = self.entry(claim.uuid, claim.udp_token);
+                    let entry = self.entry(&claim);
                     let outcome = self.ctx.hub.claim(entry.clone());
                     self.after_claim(entry, outcome);
                 }
@@ -308,7 +378,7 @@ where
                     None => self.machine.handle_probe_result(now(), false),
                 },
                 Action::TakeOver(claim) => {
-                    let entry = self.entry(claim.uuid, claim.udp_token);
+                    let entry = self.entry(&claim);
                     let outcome = self.ctx.hub.take_over(entry.clone(), self.probed_id.take());
                     self.after_claim(entry, outcome);
                 }
@@ -325,20 +395,36 @@ where
                         let _ = waiter.send(());
                     }
                 }
+                Action::Relay(data) => {
+                    if let Some(shared) = &self.shared {
+                        self.ctx
+                            .relay
+                            .forward_tls(shared, data.relay_id, data.datagram, now());
+                    }
+                }
                 Action::Close => close = true,
             }
         }
         close
     }
 
-    fn entry(&self, uuid: uuid::Uuid, udp_token: Option<[u8; 16]>) -> SessionEntry {
+    /// The hub entry for `claim`; a version-3 session also gets its relay queue.
+    fn entry(&mut self, claim: &super::action::Claim) -> SessionEntry {
+        let mut shared = SessionShared::new(
+            self.ctx.hub.next_id(),
+            claim.uuid,
+            self.peer,
+            claim.udp_token,
+        );
+        if claim.layout.is_version3()
+            && let Some(key) = self.udp_binding_key
+        {
+            let (tx, rx) = mpsc::channel(self.ctx.relay.config().tls_queue.max(1));
+            shared = shared.with_v3(SessionV3::new(key, tx));
+            self.relay_rx = Some(rx);
+        }
         SessionEntry {
-            shared: Arc::new(SessionShared::new(
-                self.ctx.hub.next_id(),
-                uuid,
-                self.peer,
-                udp_token,
-            )),
+            shared: Arc::new(shared),
             inbox: self.inbox.clone(),
             kick: self.kick.clone(),
         }
@@ -415,13 +501,21 @@ mod tests {
         tweak(&mut config);
         let metrics = Arc::new(Metrics::default());
         let registry = Registry::in_memory();
+        let hub = Hub::new(Arc::clone(&metrics));
+        let relay = Relay::new(
+            config.relay.clone(),
+            hub.clone(),
+            Arc::clone(&metrics),
+            Instant::now(),
+        );
         let ctx = Arc::new(ConnContext {
-            hub: Hub::new(Arc::clone(&metrics)),
+            hub,
             tls: TlsIdentity::load_or_create(&config).unwrap(),
             keys: Arc::new(registry.clone()),
             metrics,
             session: SessionConfig::from_server(&config),
             queue: config.limits.session_queue,
+            relay,
         });
         Harness {
             ctx,

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use chatr_proto::{Endpoint, LINK_SECRET_LEN};
+use chatr_proto::{Endpoint, LINK_SECRET_LEN, RelayId};
 use uuid::Uuid;
 
 /// The addresses the server observed for a session.
@@ -17,6 +17,8 @@ pub(crate) struct PeerEndpoints {
     pub(crate) tcp: SocketAddr,
     /// Source address of its last valid UDP binding message, if any.
     pub(crate) udp: Option<SocketAddr>,
+    /// Whether the session speaks version 3 (may be relayed).
+    pub(crate) v3: bool,
 }
 
 impl PeerEndpoints {
@@ -53,6 +55,8 @@ pub(crate) enum PeerEvent {
     ClientInfo {
         /// Shared per-exchange secret for the hole-punching probes.
         link_secret: [u8; LINK_SECRET_LEN],
+        /// The relay the server opened for this exchange, if it relays it.
+        relay_id: Option<RelayId>,
     },
 }
 

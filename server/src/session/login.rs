@@ -8,7 +8,9 @@
 //! spec client (the spec says the server ignores the version), so it is never
 //! sent layouts it may not parse.
 
-use chatr_proto::{PacketConnect, VERSION_CURRENT, channel_binding_message, v1_signed_message};
+use chatr_proto::{
+    PacketConnect, VERSION_2, VERSION_3, channel_binding_message, v1_signed_message,
+};
 use ed25519_dalek::{Signature, VerifyingKey};
 
 use super::action::Layout;
@@ -37,12 +39,16 @@ pub(crate) fn verify(
     let key = key.ok_or(LoginRefusal::UnknownUuid)?;
     let signature =
         Signature::from_slice(&connect.signature).map_err(|_| LoginRefusal::MalformedSignature)?;
-    if connect.version >= VERSION_CURRENT
+    if connect.version >= VERSION_2
         && let Some(exporter) = exporter
     {
         let message = channel_binding_message(&connect.uuid, exporter);
         if key.verify_strict(&message, &signature).is_ok() {
-            return Ok(Layout::Extended);
+            return Ok(if connect.version >= VERSION_3 {
+                Layout::Version3
+            } else {
+                Layout::Extended
+            });
         }
     }
     if require_channel_binding {
@@ -87,6 +93,28 @@ mod tests {
         assert_eq!(
             verify(&c, Some(&vk), Some(&[8; 32]), false),
             Err(LoginRefusal::BadSignature)
+        );
+    }
+
+    #[test]
+    fn v3_signs_like_v2_and_gets_the_version3_layout() {
+        let sk = key();
+        let uuid = Uuid::from_bytes([1; 16]);
+        let sig = sk.sign(&channel_binding_message(&uuid, &[9; 32]));
+        let vk = sk.verifying_key();
+        for version in [3, 4, u32::MAX] {
+            let c = connect(version, sig.to_bytes().to_vec());
+            assert_eq!(
+                verify(&c, Some(&vk), Some(&[9; 32]), true),
+                Ok(Layout::Version3),
+                "version {version}"
+            );
+        }
+        // A version-3 announcement with only a UUID signature is a spec client.
+        let spec = sk.sign(uuid.as_bytes()).to_bytes().to_vec();
+        assert_eq!(
+            verify(&connect(3, spec), Some(&vk), Some(&[9; 32]), false),
+            Ok(Layout::Spec)
         );
     }
 

@@ -21,6 +21,7 @@ use std::time::Instant;
 use chatr_proto::{
     Endpoint, Packet, PacketClientInfo, PacketConnected, PacketConnectionRequest,
     PacketConnectionRequestAccept, PacketConnectionRequestDenied, PacketDisconnect, PacketPing,
+    RelayId, SessionParams, VERSION_3,
 };
 use rand::RngExt;
 use rand::rngs::StdRng;
@@ -33,6 +34,7 @@ use super::ping::{PingDue, PingTracker};
 use super::rate_limit::TokenBucket;
 use super::{KeyLookup, SessionConfig};
 use crate::metrics::{BrokerResult, LoginResult, Metrics};
+use crate::relay::{NoRelay, RelayBroker};
 
 /// Disconnect message: a packet that is not allowed here (spec).
 pub const INVALID_PACKET: &str = "Invalid Packet";
@@ -81,6 +83,7 @@ enum State {
 pub(crate) struct Session {
     config: SessionConfig,
     keys: Arc<dyn KeyLookup>,
+    relays: Arc<dyn RelayBroker>,
     metrics: Arc<Metrics>,
     rng: StdRng,
     exporter: Option<[u8; 32]>,
@@ -113,6 +116,7 @@ impl Session {
         Self {
             config,
             keys,
+            relays: Arc::new(NoRelay),
             metrics,
             rng,
             exporter,
@@ -120,6 +124,13 @@ impl Session {
             state: State::AwaitingConnect { deadline },
             actions: VecDeque::new(),
         }
+    }
+
+    /// Relays accepted exchanges of version-3 clients through `relays` (without
+    /// this, nothing is relayed).
+    pub(crate) fn with_relays(mut self, relays: Arc<dyn RelayBroker>) -> Self {
+        self.relays = relays;
+        self
     }
 
     // ----- getters -----
@@ -328,10 +339,7 @@ impl Session {
                     self.config.require_channel_binding,
                 ) {
                     Ok(layout) => {
-                        let udp_token = match layout {
-                            Layout::Extended => Some(self.rng.random()),
-                            Layout::Spec => None,
-                        };
+                        let udp_token = layout.is_extended().then(|| self.rng.random());
                         let claim = Claim {
                             uuid: connect.uuid,
                             udp_token,
@@ -378,8 +386,14 @@ impl Session {
             outgoing: HashMap::new(),
             incoming: HashMap::new(),
         }));
+        let session = claim.layout.is_version3().then(|| SessionParams {
+            version: VERSION_3,
+            features: self.relays.features(),
+            nat_probe_ports: self.config.nat_probe_ports.clone(),
+        });
         self.send(Packet::Connected(PacketConnected {
             udp_token: claim.udp_token,
+            session,
         }));
     }
 
@@ -421,6 +435,13 @@ impl Session {
                 }
             }
             Packet::Disconnect(_) => self.close(None),
+            // Version-3 packets from a client that logged in below version 3 do not
+            // exist for it (as for the spec).
+            Packet::RelayData(_) | Packet::RelayClose(_) if !s.layout.is_version3() => {
+                self.refuse_invalid_packet();
+            }
+            Packet::RelayData(data) => self.actions.push_back(Action::Relay(data)),
+            Packet::RelayClose(close) => self.relays.close(close.relay_id, s.uuid),
             // PacketConnect may only be sent once; Connected, Ping and
             // ClientInfo are server-side packets.
             Packet::Connect(_) | Packet::Connected(_) | Packet::Ping(_) | Packet::ClientInfo(_) => {
@@ -507,16 +528,29 @@ impl Session {
                 self.metrics
                     .observe_broker_latency(now.saturating_duration_since(outgoing.sent_at));
                 let link_secret = self.rng.random();
+                // Both parties consented (our request, their accept): relay the exchange
+                // if both speak version 3 and the relay has room. We are the initiator.
+                let relay_id = if s.layout.is_version3() && endpoints.v3 {
+                    let id = RelayId::from_wire(self.rng.random())
+                        .unwrap_or(RelayId([1; chatr_proto::RELAY_ID_LEN]));
+                    let parties = [s.uuid, from];
+                    self.relays.open(parties, id, now).then_some(id)
+                } else {
+                    None
+                };
                 self.send(Packet::ConnectionRequestAccept(
                     PacketConnectionRequestAccept {
                         uuid: from,
                         private_endpoint,
                     },
                 ));
-                self.send(client_info(from, endpoints, link_secret));
+                self.send(client_info(from, endpoints, link_secret, relay_id));
                 self.actions.push_back(Action::Forward {
                     to: from,
-                    event: PeerEvent::ClientInfo { link_secret },
+                    event: PeerEvent::ClientInfo {
+                        link_secret,
+                        relay_id,
+                    },
                 });
             }
             PeerEvent::Denied => {
@@ -529,8 +563,11 @@ impl Session {
                     tracing::debug!(peer = %from, "deny after our request expired; dropped");
                 }
             }
-            PeerEvent::ClientInfo { link_secret } => {
-                self.send(client_info(from, endpoints, link_secret));
+            PeerEvent::ClientInfo {
+                link_secret,
+                relay_id,
+            } => {
+                self.send(client_info(from, endpoints, link_secret, relay_id));
             }
         }
     }
@@ -562,6 +599,7 @@ impl Session {
     fn send(&mut self, packet: Packet) {
         let packet = match self.layout() {
             Some(Layout::Spec) => spec_layout(packet),
+            Some(Layout::Extended) => version2_layout(packet),
             _ => packet,
         };
         self.actions.push_back(Action::Send(packet));
@@ -598,13 +636,27 @@ fn client_info(
     peer: Uuid,
     endpoints: PeerEndpoints,
     link_secret: [u8; chatr_proto::LINK_SECRET_LEN],
+    relay_id: Option<RelayId>,
 ) -> Packet {
     Packet::ClientInfo(PacketClientInfo {
         uuid: peer,
         public_endpoint: endpoints.public(),
         tcp_endpoint: Some(endpoints.tcp()),
         link_secret: Some(link_secret),
+        relay_id,
     })
+}
+
+/// Strips the version-3 fields, so a version-2 client gets exactly the layout it knows.
+fn version2_layout(packet: Packet) -> Packet {
+    match packet {
+        Packet::Connected(p) => Packet::Connected(PacketConnected { session: None, ..p }),
+        Packet::ClientInfo(p) => Packet::ClientInfo(PacketClientInfo {
+            relay_id: None,
+            ..p
+        }),
+        other => other,
+    }
 }
 
 /// Strips every extension field, so a spec-only client gets exactly the
@@ -617,7 +669,7 @@ fn spec_layout(packet: Packet) -> Packet {
         }
     }
     match packet {
-        Packet::Connected(_) => Packet::Connected(PacketConnected { udp_token: None }),
+        Packet::Connected(_) => Packet::Connected(PacketConnected::default()),
         Packet::ConnectionRequest(p) => Packet::ConnectionRequest(PacketConnectionRequest {
             private_endpoint: bare(p.private_endpoint),
             ..p
@@ -633,6 +685,7 @@ fn spec_layout(packet: Packet) -> Packet {
             public_endpoint: bare(p.public_endpoint),
             tcp_endpoint: None,
             link_secret: None,
+            relay_id: None,
         }),
         other => other,
     }

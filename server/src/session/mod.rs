@@ -48,6 +48,9 @@ pub(crate) struct SessionConfig {
     pub(crate) requests_per_second: u32,
     pub(crate) request_burst: u32,
     pub(crate) max_pending_requests: usize,
+    /// UDP ports that answer STUN for NAT behaviour discovery (announced to
+    /// version-3 sessions).
+    pub(crate) nat_probe_ports: Vec<u16>,
 }
 
 impl SessionConfig {
@@ -58,6 +61,7 @@ impl SessionConfig {
             requests_per_second: config.limits.requests_per_second,
             request_burst: config.limits.request_burst,
             max_pending_requests: config.limits.max_pending_requests,
+            nat_probe_ports: Vec::new(),
         }
     }
 }

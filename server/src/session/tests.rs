@@ -51,6 +51,7 @@ fn config() -> SessionConfig {
         requests_per_second: 1,
         request_burst: 2,
         max_pending_requests: 3,
+        nat_probe_ports: Vec::new(),
     }
 }
 
@@ -133,6 +134,7 @@ fn peer_event(from: Uuid, event: PeerEvent) -> HubEvent {
         endpoints: PeerEndpoints {
             tcp: "198.51.100.2:443".parse().unwrap(),
             udp: Some("198.51.100.2:50000".parse().unwrap()),
+            v3: false,
         },
         event,
     }
@@ -275,6 +277,7 @@ fn server_side_packets_from_the_client_are_invalid() {
             public_endpoint: ep("1.2.3.4:5"),
             tcp_endpoint: None,
             link_secret: None,
+            relay_id: None,
         }),
     ] {
         let mut s = logged_in(t0);
@@ -368,7 +371,8 @@ fn duplicate_uuid_takes_over_a_dead_session() {
     assert_eq!(
         drain(&mut s),
         vec![Action::Send(Packet::Connected(PacketConnected {
-            udp_token: claim.udp_token
+            udp_token: claim.udp_token,
+            session: None,
         }))]
     );
 }
@@ -601,7 +605,11 @@ fn accept_reaches_requester_with_client_info_and_shared_secret() {
         Action::Send(Packet::ClientInfo(info)),
         Action::Forward {
             to,
-            event: PeerEvent::ClientInfo { link_secret },
+            event:
+                PeerEvent::ClientInfo {
+                    link_secret,
+                    relay_id: None,
+                },
         },
     ] = actions.as_slice()
     else {
@@ -813,9 +821,11 @@ fn client_info_from_peer_uses_tcp_when_no_udp_binding() {
             endpoints: PeerEndpoints {
                 tcp: "198.51.100.2:443".parse().unwrap(),
                 udp: None,
+                v3: false,
             },
             event: PeerEvent::ClientInfo {
                 link_secret: [9; 32],
+                relay_id: None,
             },
         },
     );
@@ -826,6 +836,7 @@ fn client_info_from_peer_uses_tcp_when_no_udp_binding() {
             public_endpoint: ep("198.51.100.2:443"),
             tcp_endpoint: Some(ep("198.51.100.2:443")),
             link_secret: Some([9; 32]),
+            relay_id: None,
         }))]
     );
 }
@@ -890,6 +901,7 @@ fn spec_client_never_gets_extension_fields() {
                 },
                 tcp_endpoint: None,
                 link_secret: None,
+                relay_id: None,
             })),
         ]
     );
@@ -909,4 +921,216 @@ fn kick_with_and_without_message() {
     let mut s = logged_in(t0);
     s.handle_kick(t0, None);
     assert_eq!(drain(&mut s), vec![Action::Close]);
+}
+
+// ----- version 3: session parameters and the relay -----
+
+/// A relay broker that records what it was asked and opens what it is told to.
+#[derive(Default)]
+struct FakeRelays {
+    allow: bool,
+    opened: std::sync::Mutex<Vec<([Uuid; 2], chatr_proto::RelayId)>>,
+    closed: std::sync::Mutex<Vec<(chatr_proto::RelayId, Uuid)>>,
+}
+
+impl crate::relay::RelayBroker for FakeRelays {
+    fn features(&self) -> chatr_proto::SessionFeatures {
+        chatr_proto::SessionFeatures::RELAY_UDP.with(chatr_proto::SessionFeatures::RELAY_TLS)
+    }
+    fn open(&self, parties: [Uuid; 2], id: chatr_proto::RelayId, _now: Instant) -> bool {
+        self.opened.lock().unwrap().push((parties, id));
+        self.allow
+    }
+    fn close(&self, id: chatr_proto::RelayId, by: Uuid) {
+        self.closed.lock().unwrap().push((id, by));
+    }
+}
+
+fn connect_v3(uuid: Uuid) -> Packet {
+    let Packet::Connect(c) = connect_v2(uuid) else {
+        unreachable!()
+    };
+    Packet::Connect(PacketConnect { version: 3, ..c })
+}
+
+fn v3_session(t0: Instant, relays: &Arc<FakeRelays>) -> Session {
+    let mut cfg = config();
+    cfg.nat_probe_ports = vec![7778, 7779];
+    let relays: Arc<dyn crate::relay::RelayBroker> = relays.clone();
+    session_with(t0, cfg).with_relays(relays)
+}
+
+fn v3_peer_event(from: Uuid, event: PeerEvent) -> HubEvent {
+    let HubEvent::Peer {
+        from, endpoints, ..
+    } = peer_event(from, PeerEvent::Denied)
+    else {
+        unreachable!()
+    };
+    HubEvent::Peer {
+        from,
+        endpoints: PeerEndpoints {
+            v3: true,
+            ..endpoints
+        },
+        event,
+    }
+}
+
+#[test]
+fn v3_login_gets_the_session_parameters() {
+    let t0 = Instant::now();
+    let relays = Arc::new(FakeRelays::default());
+    let mut s = v3_session(t0, &relays);
+    let connected = login(&mut s, t0, connect_v3(me()));
+    assert!(connected.udp_token.is_some());
+    assert_eq!(
+        connected.session,
+        Some(chatr_proto::SessionParams {
+            version: 3,
+            features: crate::relay::RelayBroker::features(&*relays),
+            nat_probe_ports: vec![7778, 7779],
+        })
+    );
+    assert_eq!(s.layout(), Some(Layout::Version3));
+    // A version-2 login on the same server gets none of it.
+    let mut s = v3_session(t0, &relays);
+    let connected = login(&mut s, t0, connect_v2(me()));
+    assert_eq!(connected.session, None);
+}
+
+#[test]
+fn an_accepted_exchange_between_v3_parties_is_relayed() {
+    let t0 = Instant::now();
+    let relays = Arc::new(FakeRelays {
+        allow: true,
+        ..FakeRelays::default()
+    });
+    let mut s = v3_session(t0, &relays);
+    login(&mut s, t0, connect_v3(me()));
+    s.handle_packet(t0, request(peer()));
+    drain(&mut s);
+    s.handle_hub_event(
+        t0,
+        v3_peer_event(
+            peer(),
+            PeerEvent::Accepted {
+                private_endpoint: ep("10.0.0.9:9000"),
+            },
+        ),
+    );
+    let opened = relays.opened.lock().unwrap().clone();
+    let [([initiator, responder], id)] = opened.as_slice() else {
+        panic!("{opened:?}");
+    };
+    assert_eq!((*initiator, *responder), (me(), peer()));
+    let actions = drain(&mut s);
+    let [
+        Action::Send(Packet::ConnectionRequestAccept(_)),
+        Action::Send(Packet::ClientInfo(info)),
+        Action::Forward {
+            to,
+            event: PeerEvent::ClientInfo { relay_id, .. },
+        },
+    ] = actions.as_slice()
+    else {
+        panic!("{actions:?}");
+    };
+    assert_eq!(info.relay_id, Some(*id));
+    assert_eq!(*relay_id, Some(*id));
+    assert_eq!(*to, peer());
+}
+
+#[test]
+fn no_relay_for_a_v2_peer_or_when_the_broker_refuses() {
+    let t0 = Instant::now();
+    for (peer_v3, allow) in [(false, true), (true, false)] {
+        let relays = Arc::new(FakeRelays {
+            allow,
+            ..FakeRelays::default()
+        });
+        let mut s = v3_session(t0, &relays);
+        login(&mut s, t0, connect_v3(me()));
+        s.handle_packet(t0, request(peer()));
+        drain(&mut s);
+        let accepted = PeerEvent::Accepted {
+            private_endpoint: ep("10.0.0.9:9000"),
+        };
+        let event = if peer_v3 {
+            v3_peer_event(peer(), accepted)
+        } else {
+            peer_event(peer(), accepted)
+        };
+        s.handle_hub_event(t0, event);
+        assert_eq!(relays.opened.lock().unwrap().len(), usize::from(peer_v3));
+        let actions = drain(&mut s);
+        assert!(
+            actions.iter().any(|a| matches!(
+                a,
+                Action::Send(Packet::ClientInfo(PacketClientInfo { relay_id: None, .. }))
+            )),
+            "{actions:?}"
+        );
+    }
+}
+
+#[test]
+fn a_v2_client_never_sees_a_relay_id() {
+    let t0 = Instant::now();
+    let relays = Arc::new(FakeRelays::default());
+    let mut s = v3_session(t0, &relays);
+    login(&mut s, t0, connect_v2(me()));
+    s.handle_hub_event(
+        t0,
+        v3_peer_event(
+            peer(),
+            PeerEvent::ClientInfo {
+                link_secret: [9; 32],
+                relay_id: Some(chatr_proto::RelayId([5; 8])),
+            },
+        ),
+    );
+    let actions = drain(&mut s);
+    let [Action::Send(Packet::ClientInfo(info))] = actions.as_slice() else {
+        panic!("{actions:?}");
+    };
+    assert_eq!(info.relay_id, None);
+    assert_eq!(info.link_secret, Some([9; 32]));
+}
+
+#[test]
+fn relay_packets_are_for_v3_sessions_only() {
+    let t0 = Instant::now();
+    let relays = Arc::new(FakeRelays::default());
+    let data = chatr_proto::PacketRelayData {
+        relay_id: chatr_proto::RelayId([5; 8]),
+        datagram: vec![0x41, 1],
+    };
+    let close = chatr_proto::PacketRelayClose {
+        relay_id: chatr_proto::RelayId([5; 8]),
+        reason: String::new(),
+    };
+    // Version 3: data is forwarded, a close goes to the broker.
+    let mut s = v3_session(t0, &relays);
+    login(&mut s, t0, connect_v3(me()));
+    s.handle_packet(t0, Packet::RelayData(data.clone()));
+    assert_eq!(drain(&mut s), vec![Action::Relay(data.clone())]);
+    s.handle_packet(t0, Packet::RelayClose(close.clone()));
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(
+        *relays.closed.lock().unwrap(),
+        vec![(chatr_proto::RelayId([5; 8]), me())]
+    );
+    // Version 2 and spec: the packets do not exist.
+    for connect in [connect_v2(me()), connect_v1(me())] {
+        for packet in [
+            Packet::RelayData(data.clone()),
+            Packet::RelayClose(close.clone()),
+        ] {
+            let mut s = v3_session(t0, &relays);
+            login(&mut s, t0, connect.clone());
+            s.handle_packet(t0, packet);
+            assert_eq!(drain(&mut s), disconnect(INVALID_PACKET));
+        }
+    }
 }

@@ -498,3 +498,179 @@ pub async fn udp_bind_both(
     }
     panic!("no BindingResponse");
 }
+
+// ---------------------------------------------------------------- version 3
+
+pub const OP_RELAY_DATA: u8 = 0x9;
+pub const OP_RELAY_CLOSE: u8 = 0xA;
+
+/// What a version-3 login returns.
+#[derive(Debug, Clone)]
+pub struct V3Login {
+    pub token: [u8; 16],
+    /// The key both ends export for authenticated bindings.
+    pub binding_key: [u8; 32],
+    /// `PacketConnected` session parameters: version, features, NAT probe ports.
+    pub version: u32,
+    pub features: u8,
+    pub probe_ports: Vec<u16>,
+}
+
+impl Client {
+    /// The exporter value that keys authenticated UDP bindings.
+    pub fn binding_key(&self) -> [u8; 32] {
+        self.stream
+            .get_ref()
+            .1
+            .export_keying_material([0u8; 32], b"EXPORTER-chatr-udp-binding-v3", None)
+            .unwrap()
+    }
+
+    /// Logs in announcing version 3 with the channel-bound signature.
+    pub async fn login_v3(server: &TestServer, id: &Identity) -> (Self, V3Login) {
+        let mut c = Self::connect(server).await;
+        let sig = id.sign_v2(&c.exporter());
+        c.send(OP_CONNECT, &connect_payload(3, &id.uuid, &sig))
+            .await;
+        let f = c
+            .next_frame()
+            .await
+            .expect("closed instead of PacketConnected");
+        assert_eq!(
+            f.opcode, OP_CONNECTED,
+            "expected PacketConnected, got {f:?}"
+        );
+        let mut cur = Cursor(&f.payload);
+        let token: [u8; 16] = cur.take(16).try_into().unwrap();
+        let version = u32::from_be_bytes(cur.take(4).try_into().unwrap());
+        let features = cur.take(1)[0];
+        let count = cur.take(1)[0];
+        let probe_ports = (0..count).map(|_| cur.u16()).collect();
+        assert!(cur.is_empty(), "trailing bytes in PacketConnected: {f:?}");
+        let binding_key = c.binding_key();
+        (
+            c,
+            V3Login {
+                token,
+                binding_key,
+                version,
+                features,
+                probe_ports,
+            },
+        )
+    }
+}
+
+/// `00 'C' 'H' 'R' 03 ‖ token ‖ counter ‖ HMAC-SHA256(key, all before)`.
+pub fn auth_binding(token: &[u8; 16], key: &[u8; 32], counter: u64) -> Vec<u8> {
+    let mut msg = vec![0x00, b'C', b'H', b'R', 0x03];
+    msg.extend_from_slice(token);
+    msg.extend_from_slice(&counter.to_be_bytes());
+    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key), &msg);
+    msg.extend_from_slice(tag.as_ref());
+    msg
+}
+
+/// Sends `datagram` (a binding request) and returns the observed endpoint of the
+/// answer, or `None` when the server stays silent for `wait`.
+pub async fn try_bind(
+    socket: &UdpSocket,
+    server: &TestServer,
+    datagram: &[u8],
+    wait: Duration,
+) -> Option<SocketAddr> {
+    socket.send_to(datagram, server.addr()).await.unwrap();
+    let mut buf = [0u8; 256];
+    let (n, _) = tokio::time::timeout(wait, socket.recv_from(&mut buf))
+        .await
+        .ok()?
+        .unwrap();
+    let reply = &buf[..n];
+    assert_eq!(&reply[..5], &[0x00, b'C', b'H', b'R', 0x02], "{reply:?}");
+    let mut c = Cursor(&reply[5..]);
+    let ip = c.address();
+    Some(SocketAddr::new(ip, c.u16()))
+}
+
+/// An authenticated binding with retries (UDP may drop); panics without an answer.
+pub async fn udp_bind_v3(
+    socket: &UdpSocket,
+    server: &TestServer,
+    login: &V3Login,
+    counter: u64,
+) -> SocketAddr {
+    let msg = auth_binding(&login.token, &login.binding_key, counter);
+    for _ in 0..5 {
+        if let Some(observed) = try_bind(socket, server, &msg, Duration::from_secs(1)).await {
+            return observed;
+        }
+    }
+    panic!("no BindingResponse to an authenticated binding");
+}
+
+/// The relay id at the end of a version-3 ClientInfo, if it has one.
+pub fn relay_id_of(frame: &Frame) -> Option<[u8; 8]> {
+    assert_eq!(
+        frame.opcode, OP_CLIENT_INFO,
+        "expected ClientInfo, got {frame:?}"
+    );
+    let mut c = Cursor(&frame.payload);
+    c.uuid();
+    c.address();
+    if c.is_empty() {
+        return None;
+    }
+    c.u16();
+    c.address();
+    c.u16();
+    c.take(32);
+    if c.is_empty() {
+        return None;
+    }
+    let id: [u8; 8] = c.take(8).try_into().unwrap();
+    assert!(c.is_empty());
+    (id != [0; 8]).then_some(id)
+}
+
+/// A brokers an exchange with B (request, accept); returns each one's ClientInfo.
+pub async fn broker(a: &mut Client, b: &mut Client, b_id: &Identity) -> (Frame, Frame) {
+    let a_local = a.local;
+    a.send(
+        OP_REQUEST,
+        &uuid_endpoint(&b_id.uuid, a_local.ip(), Some(a_local.port())),
+    )
+    .await;
+    let req = b.next_answering_pings().await.unwrap();
+    assert_eq!(req.opcode, OP_REQUEST, "{req:?}");
+    let requester = Cursor(&req.payload).uuid();
+    let b_local = b.local;
+    b.send(
+        OP_ACCEPT,
+        &uuid_endpoint(&requester, b_local.ip(), Some(b_local.port())),
+    )
+    .await;
+    let accept = a.next_answering_pings().await.unwrap();
+    assert_eq!(accept.opcode, OP_ACCEPT, "{accept:?}");
+    let info_a = a.next_answering_pings().await.unwrap();
+    let info_b = b.next_answering_pings().await.unwrap();
+    (info_a, info_b)
+}
+
+/// `00 'C' 'H' 'R' ‖ kind ‖ relay id ‖ inner`.
+pub fn relayed(kind: u8, relay: &[u8; 8], inner: &[u8]) -> Vec<u8> {
+    let mut d = vec![0x00, b'C', b'H', b'R', kind];
+    d.extend_from_slice(relay);
+    d.extend_from_slice(inner);
+    d
+}
+
+/// The next datagram on `socket` within `wait`, if any.
+pub async fn recv_within(socket: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = tokio::time::timeout(wait, socket.recv_from(&mut buf))
+        .await
+        .ok()?
+        .unwrap();
+    buf.truncate(n);
+    Some((buf, from))
+}

@@ -209,6 +209,7 @@ async fn bare_connection(acceptor: TlsAcceptor, tcp: TcpStream) {
                     match packet {
                         Packet::Connect(_) => Packet::Connected(PacketConnected {
                             udp_token: Some([0u8; 16]),
+                            session: None,
                         })
                         .encode(&mut out),
                         Packet::Disconnect(_) => close = true,
