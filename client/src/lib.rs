@@ -28,6 +28,7 @@ pub mod identity;
 pub mod link;
 pub mod net;
 pub mod node;
+pub mod path;
 pub mod punch;
 pub mod rest;
 pub mod session;

@@ -44,3 +44,6 @@ pub use event::{FailReason, PunchEvent, PunchFailure, PunchSuccess, Transmit};
 pub use local_net::LocalNet;
 pub use machine::{Punch, PunchStats, Role};
 pub use wire::{EXCHANGE_ID_LEN, ExchangeId, PROBE_LEN, exchange_id_of, is_probe};
+// The path manager (`crate::path`) keeps probing paths after the punch, with the same
+// authenticated datagrams.
+pub(crate) use wire::{Probe, ProbeKeys, ProbeType};

@@ -223,6 +223,8 @@ struct Nat {
     /// TCP port space (only used to compute TCP-observed endpoints).
     tcp_ports: HashMap<SocketAddr, u16>,
     rng: SimRng,
+    /// Drops every UDP datagram in both directions (a network that only lets TCP out).
+    blocks_udp: bool,
 }
 
 /// UDP ports handed out at random (TCP ones come from a disjoint range, so a
@@ -329,6 +331,8 @@ enum NodeKind {
     Host(usize),
     /// A NAT's outer interface.
     Nat(usize),
+    /// The Connect server's UDP port ([`SERVER`]); see [`Sim::add_server`].
+    Server,
 }
 
 #[derive(Debug)]
@@ -508,6 +512,13 @@ pub struct Sim {
     pub drops: DropStats,
     /// Every datagram sent by a host.
     pub tap: Vec<Tapped>,
+    /// Datagrams that reached [`SERVER`] (after [`Sim::add_server`]): (time, source, bytes).
+    pub server_inbox: Vec<(Duration, SocketAddr, Vec<u8>)>,
+    /// Public addresses between which every datagram is dropped (a black hole).
+    pub blackhole: Option<(IpAddr, IpAddr)>,
+    /// Hosts whose datagrams (probes too) all land in [`Host::received`], for a driver
+    /// outside the simulator (see `link_sim`).
+    external: HashSet<usize>,
 }
 
 impl Sim {
@@ -526,6 +537,63 @@ impl Sim {
             seq: 0,
             drops: DropStats::default(),
             tap: Vec::new(),
+            server_inbox: Vec::new(),
+            blackhole: None,
+            external: HashSet::new(),
+        }
+    }
+
+    /// Puts the Connect server's UDP port ([`SERVER`]) on the internet: datagrams to it
+    /// land in [`Sim::server_inbox`].
+    pub fn add_server(&mut self) {
+        self.nodes.push(Node {
+            ip: SERVER.ip(),
+            seg: INTERNET,
+            kind: NodeKind::Server,
+        });
+    }
+
+    /// Sends `bytes` from the server's UDP port to `dst` (an address on the internet).
+    pub fn send_from_server(&mut self, dst: SocketAddr, bytes: Vec<u8>) {
+        let Some(target) = self.node_at(INTERNET, dst.ip()) else {
+            self.drops.unroutable += 1;
+            return;
+        };
+        if self.rng.chance(self.cfg.loss) {
+            self.drops.lost += 1;
+            return;
+        }
+        self.seq += 1;
+        self.in_flight.push(Reverse(InFlight {
+            arrive_at: self.now + self.cfg.latency,
+            seq: self.seq,
+            target,
+            src: SERVER,
+            dst,
+            bytes,
+        }));
+    }
+
+    /// Host `h` is driven from outside: everything it receives goes to [`Host::received`].
+    pub fn drive_externally(&mut self, h: usize) {
+        self.external.insert(h);
+    }
+
+    /// When the next datagram arrives, if one is in flight.
+    pub fn next_arrival(&self) -> Option<Instant> {
+        self.in_flight.peek().map(|Reverse(p)| p.arrive_at)
+    }
+
+    /// Moves the clock to `now` (never back) and delivers every datagram due by then.
+    pub fn advance_to(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        while self
+            .in_flight
+            .peek()
+            .is_some_and(|Reverse(p)| p.arrive_at <= self.now)
+        {
+            let Reverse(packet) = self.in_flight.pop().unwrap();
+            self.deliver(packet);
         }
     }
 
@@ -557,8 +625,20 @@ impl Sim {
             ports: HashMap::new(),
             tcp_ports: HashMap::new(),
             rng: SimRng::new(seed),
+            blocks_udp: false,
         });
         inner_seg
+    }
+
+    /// The NAT that owns `inner_seg` drops all UDP from now on (TCP still gets out).
+    pub fn block_udp(&mut self, inner_seg: usize) {
+        let nat = self.segs[inner_seg].parent.unwrap();
+        self.nats[nat].blocks_udp = true;
+    }
+
+    /// The segment host `h` lives on.
+    pub fn host_segment(&self, h: usize) -> usize {
+        self.hosts[h].seg
     }
 
     /// Lets the NAT that owns `inner_seg` hairpin (most home routers here do not).
@@ -654,6 +734,18 @@ impl Sim {
 
     fn node_at(&self, seg: usize, ip: IpAddr) -> Option<usize> {
         self.nodes.iter().position(|n| n.seg == seg && n.ip == ip)
+    }
+
+    /// Like [`Sim::observe_udp`], but `None` when a NAT on the way drops UDP.
+    pub fn try_observe_udp(&mut self, host: usize) -> Option<SocketAddr> {
+        let mut seg = self.hosts[host].seg;
+        while let Some(nat) = self.segs[seg].parent {
+            if self.nats[nat].blocks_udp {
+                return None;
+            }
+            seg = self.nats[nat].outer_seg;
+        }
+        Some(self.observe_udp(host))
     }
 
     /// The source address the server sees for a UDP datagram from `host` (the binding
@@ -793,9 +885,20 @@ impl Sim {
                     .position(|n| matches!(n.kind, NodeKind::Nat(id) if id == nat))
                     .unwrap();
             }
+            if self.nats[nat].blocks_udp {
+                self.drops.filtered += 1;
+                return;
+            }
             src = self.nats[nat].outbound(src, dst);
             seg = self.nats[nat].outer_seg;
         };
+        if seg == INTERNET
+            && let Some((a, b)) = self.blackhole
+            && ((src.ip() == a && dst.ip() == b) || (src.ip() == b && dst.ip() == a))
+        {
+            self.drops.filtered += 1;
+            return;
+        }
         if self.rng.chance(self.cfg.loss) {
             self.drops.lost += 1;
             return;
@@ -827,6 +930,12 @@ impl Sim {
         let mut dst = packet.dst;
         loop {
             match self.nodes[node].kind {
+                NodeKind::Server => {
+                    self.drops.delivered += 1;
+                    let at = self.elapsed();
+                    self.server_inbox.push((at, packet.src, packet.bytes));
+                    return;
+                }
                 NodeKind::Host(h) => {
                     if self.hosts[h].addr != dst {
                         self.drops.port_closed += 1;
@@ -837,6 +946,10 @@ impl Sim {
                     return;
                 }
                 NodeKind::Nat(n) => {
+                    if self.nats[n].blocks_udp {
+                        self.drops.filtered += 1;
+                        return;
+                    }
                     let Some(internal) = self.nats[n].inbound(packet.src, dst) else {
                         self.drops.filtered += 1;
                         return;
@@ -856,8 +969,9 @@ impl Sim {
     fn host_receive(&mut self, h: usize, src: SocketAddr, bytes: &[u8]) {
         let now = self.now;
         let at = self.elapsed();
+        let external = self.external.contains(&h);
         let host = &mut self.hosts[h];
-        if !is_probe(bytes) {
+        if external || !is_probe(bytes) {
             host.received.push((at, src, bytes.to_vec()));
             return;
         }
