@@ -129,8 +129,9 @@ async fn self_contained() -> anyhow::Result<()> {
         .await
         .context("linking to the bot")?;
     println!(
-        "[user] {} path to the bot ({}), {} probes",
-        report.path, report.candidate, report.probes_sent
+        "[user] linked to the bot: {}, {} probes",
+        report.describe(),
+        report.probes_sent
     );
     let stream = link.open(StreamKind::Chat).await?;
     let mut chat = ChatSession::start(stream, &profile("user")).await?;

@@ -364,7 +364,12 @@ async fn direct_link_survives_a_server_restart_and_clients_reconnect() {
         .unwrap()
         .unwrap();
     assert_eq!(got.message.as_deref(), Some("still here"));
-    assert_eq!(alice_link.remote_addr().port(), bob.local_port());
+    // Direct, to bob's own socket (no relay was involved).
+    let path = alice_link.paths().unwrap().current().path;
+    assert!(
+        matches!(path, Some(chatr_client::path::PathId::Direct(a)) if a.port() == bob.local_port()),
+        "{path:?}"
+    );
     drop(bob_link);
     alice.shutdown().await;
     bob.shutdown().await;

@@ -8,7 +8,7 @@ use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chatr_client::link::{ControlRx, LinkEndpoint, StreamKind};
+use chatr_client::link::{ControlRx, LinkEndpoint, Source, StreamKind};
 use link_support::{config, identity, linked_pair, random_bytes, sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -20,6 +20,9 @@ async fn take(rx: &mut ControlRx, count: usize) -> Vec<(SocketAddr, Vec<u8>)> {
             .await
             .expect("control datagram did not arrive")
             .expect("control channel closed");
+        let Source::Direct(from) = from else {
+            panic!("a direct datagram reported as relayed: {from:?}");
+        };
         out.push((from, bytes.to_vec()));
     }
     out
@@ -88,6 +91,9 @@ async fn control_datagrams_are_diverted_while_quic_streams_data() {
         while let Ok(Some((from, bytes))) =
             tokio::time::timeout(Duration::from_millis(250), pair.responder_control.recv()).await
         {
+            let Source::Direct(from) = from else {
+                panic!("a direct datagram reported as relayed: {from:?}");
+            };
             let item = (from, bytes.to_vec());
             assert!(
                 expected_control.contains(&item),

@@ -116,11 +116,8 @@ async fn scenario(server: &chatr_server::ServerHandle) -> Result<(), CliError> {
         .request_link(bob_id.uuid(), bob_id.verifying_key())
         .await?;
     println!(
-        "* direct link up: {} path to {} ({} candidate), {} ms from ClientInfo, {} probes",
-        report.path,
-        report.remote,
-        report.candidate,
-        report.punch_time.as_millis(),
+        "* link up: {}, {} probes",
+        report.describe(),
         report.probes_sent
     );
     let stream = link.open(StreamKind::Chat).await?;

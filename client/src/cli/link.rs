@@ -196,14 +196,7 @@ pub(crate) async fn accept_one(
 }
 
 fn announce(peer: &Peer, report: &LinkReport) {
-    eprintln!(
-        "linked with {} over a {} path to {} ({} candidate) in {} ms",
-        peer.name,
-        report.path,
-        report.remote,
-        report.candidate,
-        report.punch_time.as_millis()
-    );
+    eprintln!("linked with {}: {}", peer.name, report.describe());
 }
 
 /// Writes the `--report` file, if one was asked for.

@@ -22,6 +22,12 @@ pub struct LinkConfig {
     pub control_queue: usize,
     /// Maximum number of concurrent bidirectional streams the peer may open. Default 32.
     pub max_streams: u32,
+    /// Accept incoming links only at a path-managed virtual address (see `link::routes`);
+    /// a handshake from a plain address is ignored, not answered. The [`crate::Client`]
+    /// sets this: every link it makes is path-managed, and a handshake that reached us
+    /// from an address the path manager has not learned yet is a copy of one that also
+    /// comes through a known path. Default `false`.
+    pub virtual_only: bool,
 }
 
 /// Upper bound on the keep-alive interval: most NATs drop an idle UDP mapping after 30 s or
@@ -36,6 +42,7 @@ impl Default for LinkConfig {
             handshake_timeout: Duration::from_secs(10),
             control_queue: 256,
             max_streams: 32,
+            virtual_only: false,
         }
     }
 }

@@ -31,8 +31,10 @@ use tokio_util::task::TaskTracker;
 use super::LinkError;
 use super::config::LinkConfig;
 use super::peer_link::{CloseCode, PeerLink};
+use super::routes::{Route, Routes};
 use super::rpk::{self, SeenKey};
-use super::socket::{ControlRx, DemuxSocket, RawSender};
+use super::socket::{ControlRx, PathSocket, RawSender, TlsRelayPort};
+use crate::path::{PathId, SendPlan};
 
 /// The byte the responder sends on its first unidirectional stream to confirm the link.
 const LINK_CONFIRMED: u8 = 0x01;
@@ -61,6 +63,11 @@ const MAX_PENDING_HANDSHAKES: usize = 16;
 /// Finished incoming handshakes waiting for [`LinkEndpoint::accept`].
 const ACCEPT_QUEUE: usize = 16;
 
+/// Largest UDP payload QUIC may discover: quinn's 1452, less room for the 13-byte relay
+/// header (plus slack), so a datagram sized for a direct path still fits through the UDP
+/// relay inside a 1500-byte MTU, over IPv4 or IPv6, when the link moves there.
+pub const MAX_QUIC_PAYLOAD: u16 = 1436;
+
 /// Lowest initial RTT estimate [`LinkEndpoint::connect_with_rtt`] uses: a LAN round trip
 /// of a fraction of a millisecond would make the first retransmission timers
 /// needlessly tight against scheduling jitter.
@@ -80,7 +87,9 @@ type AcceptResult = Result<IncomingLink, LinkError>;
 #[derive(Debug)]
 pub struct LinkEndpoint {
     endpoint: quinn::Endpoint,
-    socket: Arc<DemuxSocket>,
+    socket: Arc<PathSocket>,
+    /// The session driver's end of the TLS relay, until it is taken.
+    tls_relay: std::sync::Mutex<Option<TlsRelayPort>>,
     provider: Arc<CryptoProvider>,
     identity: Arc<CertifiedKey>,
     transport: Arc<TransportConfig>,
@@ -115,13 +124,17 @@ impl LinkEndpoint {
         let server_quic = QuicServerConfig::try_from(server_tls).map_err(no_initial_suite)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_quic));
         server.transport_config(transport.clone());
+        // A path-managed link's peer is its virtual address whatever the path; a
+        // datagram from an address QUIC does not know is not a migration but a stray.
+        // NAT rebinding is found by the path probes instead (`crate::path`).
+        server.migration(false);
 
         let mut endpoint_config = quinn::EndpointConfig::default();
         // Every QUIC packet must keep bit 0x40 set: it is how the socket tells QUIC apart from
         // control datagrams and STUN.
         endpoint_config.grease_quic_bit(false);
 
-        let (socket, control) = DemuxSocket::new(socket, config.control_queue)?;
+        let (socket, control, tls_relay) = PathSocket::new(socket, config.control_queue)?;
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config,
             Some(server),
@@ -135,12 +148,14 @@ impl LinkEndpoint {
             endpoint.clone(),
             accepted_tx,
             config.handshake_timeout,
+            config.virtual_only,
             shutdown.clone(),
             tasks.clone(),
         ));
         let link_endpoint = Self {
             endpoint,
             socket,
+            tls_relay: std::sync::Mutex::new(Some(tls_relay)),
             provider,
             identity: certified,
             transport,
@@ -243,6 +258,49 @@ impl LinkEndpoint {
         self.socket.local_addr()
     }
 
+    /// The session driver's end of the TLS relay (once; `None` after).
+    pub fn take_tls_relay(&self) -> Option<TlsRelayPort> {
+        self.tls_relay
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// The table of path-managed links.
+    pub(crate) fn routes(&self) -> &Arc<Routes> {
+        self.socket.routes()
+    }
+
+    /// Sets where a path-managed link's datagrams go (see `link::routes`).
+    pub(crate) fn set_plan(
+        &self,
+        route: &Route,
+        plan: &SendPlan,
+        direct: impl Iterator<Item = SocketAddr>,
+    ) {
+        self.socket.set_plan(route, plan, direct);
+    }
+
+    /// Sends a control datagram of a path-managed link on `path`.
+    pub(crate) async fn send_on_path(
+        &self,
+        route: &Route,
+        path: PathId,
+        datagram: &[u8],
+    ) -> io::Result<()> {
+        self.socket.send_on_path(route, path, datagram).await
+    }
+
+    /// Relayed QUIC datagrams (sent, received, dropped) so far.
+    pub fn relay_stats(&self) -> (u64, u64, u64) {
+        let s = self.socket.relay_stats();
+        (
+            s.sent.load(std::sync::atomic::Ordering::Relaxed),
+            s.received.load(std::sync::atomic::Ordering::Relaxed),
+            s.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// The settings this endpoint runs with.
     pub fn config(&self) -> &LinkConfig {
         &self.config
@@ -274,6 +332,7 @@ async fn run_acceptor(
     endpoint: quinn::Endpoint,
     accepted: mpsc::Sender<AcceptResult>,
     timeout: Duration,
+    virtual_only: bool,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -286,6 +345,13 @@ async fn run_acceptor(
                 None => break,
             },
         };
+        if virtual_only && !super::routes::is_virtual(incoming.remote_address()) {
+            // Not answered at all: a reply (even a refusal) would reach the initiator's
+            // one connection and could end it.
+            tracing::debug!(remote = %incoming.remote_address(), "ignoring a handshake from an unmanaged address");
+            incoming.ignore();
+            continue;
+        }
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
             permit = pending.clone().acquire_owned() => match permit {
@@ -448,6 +514,9 @@ fn transport_config(config: &LinkConfig) -> TransportConfig {
     transport.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
     transport.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
     transport.send_window(u64::from(CONNECTION_WINDOW));
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(MAX_QUIC_PAYLOAD);
+    transport.mtu_discovery_config(Some(mtu));
     transport
 }
 

@@ -8,9 +8,11 @@
 //! side that sent the `ConnectionRequest`) opens a QUIC connection to the **responder** over
 //! that very socket, so the NAT mapping the probes opened is the one QUIC uses.
 //!
-//! - [`socket`]: wraps the UDP socket for quinn and diverts every non-QUIC datagram (our
-//!   `0x00 'C' 'H' 'R'` control datagrams, STUN) to a [`ControlRx`] channel; [`RawSender`]
-//!   sends probes on the same socket.
+//! - [`socket`]: wraps the UDP socket for quinn, sends each datagram of a path-managed
+//!   link on the paths its plan names (direct, the UDP relay, the TLS relay; see
+//!   `routes`), and diverts every non-QUIC datagram (our `0x00 'C' 'H' 'R'` control
+//!   datagrams, STUN) to a [`ControlRx`] channel; [`RawSender`] sends probes on the same
+//!   socket.
 //! - [`rpk`]: TLS 1.3 with RFC 7250 raw public keys — each side's certificate *is* its
 //!   ed25519 identity (SPKI DER). The initiator pins the expected key; the responder learns the
 //!   client's key from the handshake and checks it before confirming the link.
@@ -28,16 +30,19 @@ mod error;
 mod peer_link;
 pub mod pipe;
 mod receive_limits;
+pub(crate) mod routes;
 pub mod rpk;
 pub mod socket;
 mod stream;
 pub mod transfer;
 
 pub use config::LinkConfig;
-pub use endpoint::{IncomingLink, LinkEndpoint, MAX_INITIAL_RTT, MIN_INITIAL_RTT};
+pub use endpoint::{
+    IncomingLink, LinkEndpoint, MAX_INITIAL_RTT, MAX_QUIC_PAYLOAD, MIN_INITIAL_RTT,
+};
 pub use error::LinkError;
 pub use peer_link::{CloseCode, PeerLink};
-pub use socket::{ControlRx, RawSender};
+pub use socket::{ControlRx, RawSender, Source, TlsRelayPort, TlsRelayed};
 pub use stream::{LinkStream, StreamKind};
 
 /// The ALPN protocol identifier of a Chatr peer link.

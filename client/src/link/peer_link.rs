@@ -1,6 +1,7 @@
 //! An authenticated, confirmed QUIC connection to one peer.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
@@ -56,11 +57,45 @@ impl CloseCode {
 pub struct PeerLink {
     connection: quinn::Connection,
     peer: VerifyingKey,
+    paths: Option<Arc<Paths>>,
+}
+
+/// The path task's handle, shared by every clone of one [`PeerLink`]. When the last
+/// clone is gone, `_users` tells the task, which lets go of its own handle of the
+/// connection (so dropping the link closes it, as with plain quinn).
+#[derive(Debug)]
+struct Paths {
+    handle: crate::path::LinkPaths,
+    _users: tokio_util::sync::DropGuard,
 }
 
 impl PeerLink {
     pub(crate) fn new(connection: quinn::Connection, peer: VerifyingKey) -> Self {
-        Self { connection, peer }
+        Self {
+            connection,
+            peer,
+            paths: None,
+        }
+    }
+
+    /// The same link, with the handle of the task that keeps its paths; `users` is
+    /// cancelled once every clone of the link is dropped.
+    pub(crate) fn with_paths(
+        mut self,
+        paths: crate::path::LinkPaths,
+        users: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        self.paths = Some(Arc::new(Paths {
+            handle: paths,
+            _users: users.drop_guard(),
+        }));
+        self
+    }
+
+    /// Which path the link uses, why, and a way to pin it; `None` for a link made with
+    /// [`LinkEndpoint`](super::LinkEndpoint) directly (one fixed address).
+    pub fn paths(&self) -> Option<&crate::path::LinkPaths> {
+        self.paths.as_deref().map(|p| &p.handle)
     }
 
     /// The peer's ed25519 identity, proved during the handshake.
@@ -68,7 +103,9 @@ impl PeerLink {
         self.peer
     }
 
-    /// The peer's current address (it can change if the peer's NAT rebinds).
+    /// The peer's address as QUIC knows it: for a link made by a
+    /// [`crate::Client`], a stable virtual address whatever the path (see
+    /// [`PeerLink::paths`] for the path itself).
     pub fn remote_addr(&self) -> SocketAddr {
         self.connection.remote_address()
     }

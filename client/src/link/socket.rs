@@ -1,51 +1,109 @@
-//! One UDP socket, three protocols: QUIC, our control datagrams and STUN.
+//! One UDP socket, three protocols and every path: QUIC, our control datagrams and STUN,
+//! sent directly or through the Connect server's relay.
 //!
-//! The client's UDP socket is bound to port P (the local port of its TCP session), and the NAT
-//! mapping the hole-punch opens is only useful if QUIC then uses that very socket. So the socket
-//! is shared:
+//! The client's UDP socket is bound to port P (the local port of its TCP session), and the
+//! NAT mapping the hole-punch opens is only useful if QUIC then uses that very socket. So
+//! the socket is shared:
 //!
 //! - **QUIC** packets always have bit `0x40` set in their first byte, because every
 //!   [`LinkEndpoint`](super::LinkEndpoint) disables `grease_quic_bit`.
-//! - **Control datagrams** start with `0x00 'C' 'H' 'R'` (server binding messages, hole-punch
-//!   probes) and **STUN** starts with `0x00`/`0x01`: neither has `0x40` set.
+//! - **Control datagrams** start with `0x00 'C' 'H' 'R'` (server binding messages, punch
+//!   and path probes, relayed datagrams) and **STUN** starts with `0x00`/`0x01`: neither
+//!   has `0x40` set.
 //!
-//! [`DemuxSocket`] is the [`quinn::AsyncUdpSocket`] quinn drives. On every receive it keeps the
-//! QUIC datagrams for quinn and pushes every other datagram into a bounded channel read through
-//! [`ControlRx`]. A full channel drops the datagram and counts it: quinn's receive path must
-//! never wait on the orchestrator.
+//! [`PathSocket`] is the [`quinn::AsyncUdpSocket`] quinn drives. On every receive it keeps
+//! the QUIC datagrams for quinn and pushes every other datagram into a bounded channel
+//! read through [`ControlRx`]. A full channel drops the datagram and counts it: quinn's
+//! receive path must never wait on the orchestrator.
 //!
-//! **GRO.** On Linux a single receive can return several datagrams from the same sender glued
-//! together, `stride` bytes apart (the last may be shorter). GRO stays enabled because it
-//! matters for bulk throughput; instead each segment is classified on its own: control segments
-//! are copied out and the remaining QUIC segments are moved together in place, which keeps the
-//! "all but the last segment are exactly `stride` long" invariant quinn relies on. Receive slots
-//! left with no QUIC data are moved behind the ones returned to quinn.
+//! **Paths.** A link set up by the node talks to a virtual address of the peer
+//! ([`super::routes`]). A datagram quinn sends there goes out on every path of the link's
+//! current plan: straight to one of the peer's addresses, to the server's UDP port behind
+//! a relay header (`00 'C' 'H' 'R' 30 ‖ relay id`), or into the Connect TLS session (the
+//! TLS relay, through a bounded channel to the session driver). Datagrams that arrive from
+//! a known direct address of the peer, or relayed for the link's relay id (over UDP, or
+//! from the TLS session), are handed to quinn as coming from the virtual address, so QUIC
+//! never notices a path change. Control datagrams relayed for a link reach [`ControlRx`]
+//! tagged with their [`Source`].
+//!
+//! **Batches.** On Linux a single receive can return several datagrams from the same
+//! sender glued together, `stride` bytes apart (the last may be shorter: GRO), and one
+//! send can carry several (GSO). Both stay enabled because they matter for bulk
+//! throughput. On receive each segment is classified on its own: control segments are
+//! copied out and the remaining QUIC segments (relay headers stripped) are moved together
+//! in place, which keeps the "all but the last segment are exactly `stride` long"
+//! invariant quinn relies on. On send, a relayed batch gets a header in front of each
+//! segment and goes out as one GSO send too.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use chatr_proto::RelayId;
+use chatr_proto::udp::{
+    RELAY_HEADER_LEN, TYPE_RELAY_FROM_SERVER, TYPE_RELAY_TO_SERVER, parse_relayed, relay_header,
+};
 use quinn::udp::{RecvMeta, Transmit, UdpSocketState};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::io::Interest;
 use tokio::sync::mpsc;
 
+use super::routes::{Route, Routes, canonical, is_virtual};
+use crate::path::{PathId, RelayVia, SendPlan};
+
 /// The bit every QUIC packet (long or short header) has set when the QUIC bit is not greased.
 const QUIC_FIXED_BIT: u8 = 0x40;
+
+/// Relayed datagrams queued towards (and from) the Connect TLS session.
+const TLS_RELAY_QUEUE: usize = 1024;
+
+/// Handshake datagrams of a link kept to send again when its primary path changes
+/// during set-up, and how long they stay worth it.
+const REPLAY_DATAGRAMS: usize = 8;
+const REPLAY_AGE: Duration = Duration::from_secs(2);
 
 /// Whether a datagram starting with `first` belongs to QUIC (as opposed to control/STUN).
 pub(crate) fn is_quic(first: u8) -> bool {
     first & QUIC_FIXED_BIT != 0
 }
 
-/// A datagram that is not QUIC, with the address it came from.
-pub type ControlDatagram = (SocketAddr, Bytes);
+/// Where a control datagram came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// Straight from this address (IPv4 in plain form).
+    Direct(SocketAddr),
+    /// Relayed by the Connect server for `relay`, over UDP or inside TLS.
+    Relay {
+        /// The exchange's relay.
+        relay: RelayId,
+        /// How it reached us.
+        via: RelayVia,
+    },
+}
+
+/// A datagram that is not QUIC, with where it came from.
+pub type ControlDatagram = (Source, Bytes);
+
+/// A relayed datagram on its way between the socket and the Connect TLS session.
+pub type TlsRelayed = (RelayId, Bytes);
+
+/// The session driver's end of the TLS relay: what to send inside the TLS session, and
+/// where to put what arrives in it.
+#[derive(Debug)]
+pub struct TlsRelayPort {
+    /// Datagrams the socket wants sent as `PacketRelayData`.
+    pub outgoing: mpsc::Receiver<TlsRelayed>,
+    /// Where `PacketRelayData` from the server goes (full: dropped, like UDP).
+    pub incoming: mpsc::Sender<TlsRelayed>,
+}
 
 /// Counters shared by the socket (writer) and [`ControlRx`] (reader).
 #[derive(Debug, Default)]
@@ -54,46 +112,95 @@ struct ControlStats {
     dropped: AtomicU64,
 }
 
-/// The UDP socket shared by quinn, the hole-puncher and the server binding.
-pub(crate) struct DemuxSocket {
+/// Counters of relayed traffic, for tests and logs.
+#[derive(Debug, Default)]
+pub(crate) struct RelayStats {
+    /// QUIC datagrams sent on relay paths.
+    pub(crate) sent: AtomicU64,
+    /// QUIC datagrams received from the relay.
+    pub(crate) received: AtomicU64,
+    /// Relayed datagrams for a relay we know nothing about, or not QUIC-sized.
+    pub(crate) dropped: AtomicU64,
+}
+
+/// The UDP socket shared by quinn, the hole-puncher, the server binding and the relay.
+pub(crate) struct PathSocket {
     io: tokio::net::UdpSocket,
     state: UdpSocketState,
     control: mpsc::Sender<ControlDatagram>,
     stats: Arc<ControlStats>,
+    relay_stats: RelayStats,
     /// A dual-stack IPv6 socket needs IPv4 destinations in their mapped form.
     ipv6: bool,
+    routes: Arc<Routes>,
+    tls_out: mpsc::Sender<TlsRelayed>,
+    tls_in: Mutex<mpsc::Receiver<TlsRelayed>>,
+    /// Recent handshake (long-header) datagrams per link.
+    replay: Mutex<VecDeque<Remembered>>,
 }
 
-impl fmt::Debug for DemuxSocket {
+/// A handshake datagram kept for [`PathSocket::set_plan`].
+#[derive(Debug)]
+struct Remembered {
+    link: SocketAddr,
+    at: Instant,
+    ecn: Option<quinn::udp::EcnCodepoint>,
+    segment_size: Option<usize>,
+    contents: Vec<u8>,
+}
+
+impl fmt::Debug for PathSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DemuxSocket")
+        f.debug_struct("PathSocket")
             .field("local", &self.io.local_addr().ok())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
 }
 
-impl DemuxSocket {
+impl PathSocket {
     /// Takes over `socket` (already bound) and returns it with the receiving end of its
-    /// control channel. Must be called inside a tokio runtime.
+    /// control channel and the session driver's end of the TLS relay. Must be called
+    /// inside a tokio runtime.
     pub(crate) fn new(
         socket: std::net::UdpSocket,
         control_queue: usize,
-    ) -> io::Result<(Arc<Self>, ControlRx)> {
+    ) -> io::Result<(Arc<Self>, ControlRx, TlsRelayPort)> {
         socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&socket).into())?;
         let ipv6 = socket.local_addr()?.is_ipv6();
         let io = tokio::net::UdpSocket::from_std(socket)?;
         let (tx, rx) = mpsc::channel(control_queue.max(1));
+        let (tls_out, outgoing) = mpsc::channel(TLS_RELAY_QUEUE);
+        let (incoming, tls_in) = mpsc::channel(TLS_RELAY_QUEUE);
         let stats = Arc::new(ControlStats::default());
-        let demux = Arc::new(Self {
+        let socket = Arc::new(Self {
             io,
             state,
             control: tx,
             stats: stats.clone(),
+            relay_stats: RelayStats::default(),
             ipv6,
+            routes: Arc::new(Routes::default()),
+            tls_out,
+            tls_in: Mutex::new(tls_in),
+            replay: Mutex::new(VecDeque::new()),
         });
-        Ok((demux, ControlRx { rx, stats }))
+        Ok((
+            socket,
+            ControlRx { rx, stats },
+            TlsRelayPort { outgoing, incoming },
+        ))
+    }
+
+    /// The table of path-managed links.
+    pub(crate) fn routes(&self) -> &Arc<Routes> {
+        &self.routes
+    }
+
+    /// Relay counters.
+    pub(crate) fn relay_stats(&self) -> &RelayStats {
+        &self.relay_stats
     }
 
     /// Sends one non-QUIC datagram (a probe, a binding request) from this socket.
@@ -116,6 +223,79 @@ impl DemuxSocket {
         Ok(())
     }
 
+    /// Sends a control datagram of the link at `route` on `path` (probes through the
+    /// relay go behind a relay header, or into the TLS session).
+    pub(crate) async fn send_on_path(
+        &self,
+        route: &Route,
+        path: PathId,
+        datagram: &[u8],
+    ) -> io::Result<()> {
+        match path {
+            PathId::Direct(addr) => self.send_raw(addr, datagram).await,
+            PathId::Relay(via) => {
+                let Some((relay, server)) = route.relay else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "this link has no relay",
+                    ));
+                };
+                match via {
+                    RelayVia::Udp => {
+                        let mut out = Vec::with_capacity(RELAY_HEADER_LEN + datagram.len());
+                        out.extend_from_slice(&relay_header(TYPE_RELAY_TO_SERVER, &relay));
+                        out.extend_from_slice(datagram);
+                        self.send_raw(server, &out).await
+                    }
+                    RelayVia::Tls => self
+                        .tls_out
+                        .try_send((relay, Bytes::copy_from_slice(datagram)))
+                        .map_err(|_| io::Error::from(io::ErrorKind::WouldBlock)),
+                }
+            }
+        }
+    }
+
+    /// Replaces the plan of `route`, learning `direct` addresses for receiving. When the
+    /// primary path changed, the link's recent handshake datagrams are sent again on the
+    /// new one: a first Initial may have met a NAT that was not open yet, and QUIC would
+    /// send it again only after about a second.
+    pub(crate) fn set_plan(
+        &self,
+        route: &Route,
+        plan: &SendPlan,
+        direct: impl Iterator<Item = SocketAddr>,
+    ) {
+        let previous = self.routes.set_plan(route, plan, direct);
+        let Some(primary) = plan.primary else {
+            return;
+        };
+        // From no path at all too: those datagrams went nowhere.
+        if previous == Some(primary) {
+            return;
+        }
+        let now = Instant::now();
+        let again: Vec<(Option<quinn::udp::EcnCodepoint>, Option<usize>, Vec<u8>)> = {
+            let mut replay = self.replay.lock().unwrap_or_else(PoisonError::into_inner);
+            replay.retain(|r| now.saturating_duration_since(r.at) < REPLAY_AGE);
+            replay
+                .iter()
+                .filter(|r| r.link == route.virtual_addr)
+                .map(|r| (r.ecn, r.segment_size, r.contents.clone()))
+                .collect()
+        };
+        for (ecn, segment_size, contents) in again {
+            let transmit = Transmit {
+                destination: route.virtual_addr,
+                ecn,
+                contents: &contents,
+                segment_size,
+                src_ip: None,
+            };
+            let _ = self.send_path(route, primary, &transmit);
+        }
+    }
+
     pub(crate) fn local_addr(&self) -> io::Result<SocketAddr> {
         self.io.local_addr()
     }
@@ -125,14 +305,16 @@ impl DemuxSocket {
         map_destination(self.ipv6, to)
     }
 
+    /// How quinn expects to see `addr` (mapped on an IPv6 socket).
+    fn as_seen_by_quinn(&self, addr: SocketAddr) -> SocketAddr {
+        map_destination(self.ipv6, addr)
+    }
+
     /// Hands one control datagram to the orchestrator, or drops it if nobody keeps up.
-    fn divert(&self, from: SocketAddr, datagram: &[u8]) {
-        // Report addresses the way the rest of the client writes them: plain IPv4, not
-        // `::ffff:a.b.c.d` as a dual-stack socket sees them.
-        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+    fn divert(&self, source: Source, datagram: &[u8]) {
         match self
             .control
-            .try_send((from, Bytes::copy_from_slice(datagram)))
+            .try_send((source, Bytes::copy_from_slice(datagram)))
         {
             Ok(()) => {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
@@ -143,8 +325,90 @@ impl DemuxSocket {
         }
     }
 
+    /// Sends `transmit` (for the link at `route`) on one path.
+    fn send_path(&self, route: &Route, path: PathId, transmit: &Transmit<'_>) -> io::Result<()> {
+        match path {
+            PathId::Direct(addr) => {
+                let out = Transmit {
+                    destination: self.destination(addr),
+                    ..transmit.clone()
+                };
+                self.io.try_io(Interest::WRITABLE, || {
+                    self.state.send((&self.io).into(), &out)
+                })
+            }
+            PathId::Relay(via) => {
+                let Some((relay, server)) = route.relay else {
+                    return Ok(());
+                };
+                let segment = transmit
+                    .segment_size
+                    .unwrap_or(transmit.contents.len())
+                    .max(1);
+                match via {
+                    RelayVia::Udp => {
+                        let header = relay_header(TYPE_RELAY_TO_SERVER, &relay);
+                        let count = transmit.contents.len().div_ceil(segment);
+                        let mut wrapped =
+                            Vec::with_capacity(transmit.contents.len() + count * header.len());
+                        for chunk in transmit.contents.chunks(segment) {
+                            wrapped.extend_from_slice(&header);
+                            wrapped.extend_from_slice(chunk);
+                        }
+                        let out = Transmit {
+                            destination: self.destination(server),
+                            ecn: transmit.ecn,
+                            contents: &wrapped,
+                            segment_size: transmit.segment_size.map(|s| s + header.len()),
+                            src_ip: None,
+                        };
+                        self.relay_stats
+                            .sent
+                            .fetch_add(count as u64, Ordering::Relaxed);
+                        self.io.try_io(Interest::WRITABLE, || {
+                            self.state.send((&self.io).into(), &out)
+                        })
+                    }
+                    RelayVia::Tls => {
+                        for chunk in transmit.contents.chunks(segment) {
+                            // A full queue is a lost datagram, as on UDP.
+                            if self
+                                .tls_out
+                                .try_send((relay, Bytes::copy_from_slice(chunk)))
+                                .is_ok()
+                            {
+                                self.relay_stats.sent.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps a copy of a link's handshake datagram (see [`PathSocket::set_plan`]).
+    fn remember_handshake(&self, virtual_addr: SocketAddr, transmit: &Transmit<'_>) {
+        if transmit.contents.first().is_none_or(|b| b & 0x80 == 0) {
+            return;
+        }
+        let mut replay = self.replay.lock().unwrap_or_else(PoisonError::into_inner);
+        if replay.len() >= REPLAY_DATAGRAMS {
+            replay.pop_front();
+        }
+        replay.push_back(Remembered {
+            link: virtual_addr,
+            at: Instant::now(),
+            ecn: transmit.ecn,
+            segment_size: transmit.segment_size,
+            contents: transmit.contents.to_vec(),
+        });
+    }
+
     /// Splits the `count` receive slots filled by the kernel: control segments go to the
-    /// channel, QUIC segments stay. Returns how many slots (moved to the front) hold QUIC data.
+    /// channel, relayed QUIC segments lose their header, QUIC segments of a path-managed
+    /// link are attributed to its virtual address. Returns how many slots (moved to the
+    /// front) hold QUIC data.
     fn demux(&self, count: usize, bufs: &mut [IoSliceMut<'_>], metas: &mut [RecvMeta]) -> usize {
         let count = count.min(bufs.len()).min(metas.len());
         let mut kept = 0;
@@ -152,14 +416,64 @@ impl DemuxSocket {
             let (Some(meta), Some(buf)) = (metas.get(slot).copied(), bufs.get_mut(slot)) else {
                 break;
             };
-            let quic_len = split_segments(buf, meta.len, meta.stride, |segment| {
-                self.divert(meta.addr, segment)
-            });
+            let from = canonical(meta.addr);
+            let relayed = buf
+                .get(..meta.len.min(RELAY_HEADER_LEN))
+                .and_then(parse_relayed)
+                .filter(|r| r.kind == TYPE_RELAY_FROM_SERVER)
+                .map(|r| r.relay);
+            let (quic_len, stride, addr) = match relayed {
+                Some(relay) if self.routes.is_relay_server(from) => {
+                    let Some(virtual_addr) = self.routes.virtual_of_relay(&relay) else {
+                        self.relay_stats.dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let mut others = 0u64;
+                    let len =
+                        strip_relayed(buf, meta.len, meta.stride, &relay, &mut others, |inner| {
+                            self.divert(
+                                Source::Relay {
+                                    relay,
+                                    via: RelayVia::Udp,
+                                },
+                                inner,
+                            )
+                        });
+                    if others > 0 {
+                        self.relay_stats
+                            .dropped
+                            .fetch_add(others, Ordering::Relaxed);
+                    }
+                    let stride = meta.stride.saturating_sub(RELAY_HEADER_LEN).max(1);
+                    self.relay_stats.received.fetch_add(1, Ordering::Relaxed);
+                    if let Some(route) = self.routes.get(virtual_addr) {
+                        route.touch();
+                    }
+                    (len, stride, self.as_seen_by_quinn(virtual_addr))
+                }
+                _ => {
+                    let len = split_segments(buf, meta.len, meta.stride, |segment| {
+                        self.divert(Source::Direct(from), segment)
+                    });
+                    let addr = match self.routes.virtual_of_direct(from) {
+                        Some(v) => {
+                            if let Some(route) = self.routes.get(v) {
+                                route.touch();
+                            }
+                            self.as_seen_by_quinn(v)
+                        }
+                        None => meta.addr,
+                    };
+                    (len, meta.stride, addr)
+                }
+            };
             if quic_len == 0 {
                 continue;
             }
             if let Some(meta) = metas.get_mut(slot) {
                 meta.len = quic_len;
+                meta.stride = stride;
+                meta.addr = addr;
             }
             // Keep QUIC slots contiguous at the front; quinn reads slots 0..kept. Swapping the
             // slices themselves (not their bytes) is enough: quinn zips `metas` with the same
@@ -171,6 +485,58 @@ impl DemuxSocket {
             kept += 1;
         }
         kept
+    }
+
+    /// Takes relayed datagrams that arrived inside the TLS session, up to the free slots:
+    /// QUIC ones into the slots, control ones to the channel.
+    fn poll_tls(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        metas: &mut [RecvMeta],
+    ) -> usize {
+        let mut rx = self.tls_in.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut filled = 0;
+        while filled < bufs.len().min(metas.len()) {
+            let Poll::Ready(Some((relay, datagram))) = rx.poll_recv(cx) else {
+                break;
+            };
+            if !datagram.first().copied().is_some_and(is_quic) {
+                self.divert(
+                    Source::Relay {
+                        relay,
+                        via: RelayVia::Tls,
+                    },
+                    &datagram,
+                );
+                continue;
+            }
+            let Some(virtual_addr) = self.routes.virtual_of_relay(&relay) else {
+                self.relay_stats.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let (Some(buf), Some(meta)) = (bufs.get_mut(filled), metas.get_mut(filled)) else {
+                break;
+            };
+            let Some(dst) = buf.get_mut(..datagram.len()) else {
+                self.relay_stats.dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            dst.copy_from_slice(&datagram);
+            if let Some(route) = self.routes.get(virtual_addr) {
+                route.touch();
+            }
+            *meta = RecvMeta {
+                addr: self.as_seen_by_quinn(virtual_addr),
+                len: datagram.len(),
+                stride: datagram.len(),
+                ecn: None,
+                dst_ip: None,
+            };
+            self.relay_stats.received.fetch_add(1, Ordering::Relaxed);
+            filled += 1;
+        }
+        filled
     }
 
     /// Counters for tests and logs.
@@ -230,7 +596,53 @@ fn split_segments(
     write
 }
 
-impl AsyncUdpSocket for DemuxSocket {
+/// Like [`split_segments`] for a slot of relayed datagrams (`00 'C' 'H' 'R' 31 ‖ relay id ‖
+/// inner`): keeps the QUIC inner datagrams of `relay`, headers stripped, moved together
+/// (so they are `stride − header` apart), passes control inner datagrams to `divert`, and
+/// counts in `others` the segments that are not relayed for `relay` (dropped).
+fn strip_relayed(
+    buf: &mut [u8],
+    len: usize,
+    stride: usize,
+    relay: &RelayId,
+    others: &mut u64,
+    mut divert: impl FnMut(&[u8]),
+) -> usize {
+    let len = len.min(buf.len());
+    let stride = if stride == 0 || stride > len {
+        len
+    } else {
+        stride
+    };
+    let mut read = 0;
+    let mut write = 0;
+    while read < len {
+        let end = read.saturating_add(stride).min(len);
+        let inner = match buf.get(read..end).and_then(parse_relayed) {
+            Some(r) if r.kind == TYPE_RELAY_FROM_SERVER && r.relay == *relay => Some((
+                read + RELAY_HEADER_LEN,
+                r.inner.first().copied().is_some_and(is_quic),
+            )),
+            _ => None,
+        };
+        match inner {
+            Some((start, true)) => {
+                buf.copy_within(start..end, write);
+                write += end - start;
+            }
+            Some((start, false)) => {
+                if let Some(inner) = buf.get(start..end) {
+                    divert(inner);
+                }
+            }
+            None => *others += 1,
+        }
+        read = end;
+    }
+    write
+}
+
+impl AsyncUdpSocket for PathSocket {
     fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
         Box::pin(WritablePoller {
             socket: self,
@@ -239,9 +651,27 @@ impl AsyncUdpSocket for DemuxSocket {
     }
 
     fn try_send(&self, transmit: &Transmit<'_>) -> io::Result<()> {
-        self.io.try_io(Interest::WRITABLE, || {
-            self.state.send((&self.io).into(), transmit)
-        })
+        if !is_virtual(transmit.destination) {
+            return self.io.try_io(Interest::WRITABLE, || {
+                self.state.send((&self.io).into(), transmit)
+            });
+        }
+        let Some(route) = self.routes.get(transmit.destination) else {
+            // A link that is gone: nothing to send to.
+            return Ok(());
+        };
+        route.touch();
+        self.remember_handshake(route.virtual_addr, transmit);
+        let mut result = Ok(());
+        for (i, path) in route.paths().into_iter().flatten().enumerate() {
+            let sent = self.send_path(&route, path, transmit);
+            // Only the primary path's outcome matters to quinn (WouldBlock: try again
+            // later); a copy that does not go out is a lost copy.
+            if i == 0 {
+                result = sent;
+            }
+        }
+        result
     }
 
     fn poll_recv(
@@ -251,6 +681,10 @@ impl AsyncUdpSocket for DemuxSocket {
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
         loop {
+            let from_tls = self.poll_tls(cx, bufs, meta);
+            if from_tls > 0 {
+                return Poll::Ready(Ok(from_tls));
+            }
             ready!(self.io.poll_recv_ready(cx))?;
             let received = self.io.try_io(Interest::READABLE, || {
                 self.state.recv((&self.io).into(), bufs, meta)
@@ -296,7 +730,7 @@ type WritableFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send + Sync>
 /// Wakes one quinn task when the socket becomes writable (one poller per task, so each can
 /// keep its own waker).
 struct WritablePoller {
-    socket: Arc<DemuxSocket>,
+    socket: Arc<PathSocket>,
     pending: Option<WritableFuture>,
 }
 
@@ -324,7 +758,7 @@ impl UdpPoller for WritablePoller {
 }
 
 /// The orchestrator's end of the control channel: every non-QUIC datagram received on the
-/// link socket, with its source address (IPv4 addresses in plain, not mapped, form).
+/// link socket (or relayed to it), with its [`Source`].
 #[derive(Debug)]
 pub struct ControlRx {
     rx: mpsc::Receiver<ControlDatagram>,
@@ -359,11 +793,11 @@ impl ControlRx {
 /// port as QUIC.
 #[derive(Debug, Clone)]
 pub struct RawSender {
-    socket: Arc<DemuxSocket>,
+    socket: Arc<PathSocket>,
 }
 
 impl RawSender {
-    pub(crate) fn new(socket: Arc<DemuxSocket>) -> Self {
+    pub(crate) fn new(socket: Arc<PathSocket>) -> Self {
         Self { socket }
     }
 
@@ -457,5 +891,35 @@ mod tests {
         let (kept, diverted) = collect(&mut buf, 0, 0);
         assert_eq!(kept, 0);
         assert!(diverted.is_empty());
+    }
+
+    fn relayed(relay: &RelayId, inner: &[u8]) -> Vec<u8> {
+        let mut d = relay_header(TYPE_RELAY_FROM_SERVER, relay).to_vec();
+        d.extend_from_slice(inner);
+        d
+    }
+
+    #[test]
+    fn a_relayed_gro_batch_loses_its_headers_and_keeps_its_stride() {
+        let relay = RelayId([9; 8]);
+        let other = RelayId([8; 8]);
+        // Four 17-byte segments (13 header + 4) and a 15-byte tail:
+        // QUIC, probe, QUIC of another relay, QUIC, QUIC (short).
+        let mut buf = Vec::new();
+        buf.extend(relayed(&relay, &[0x40, 1, 1, 1]));
+        buf.extend(relayed(&relay, &[0x00, b'C', b'H', b'R']));
+        buf.extend(relayed(&other, &[0x41, 9, 9, 9]));
+        buf.extend(relayed(&relay, &[0x42, 2, 2, 2]));
+        buf.extend(relayed(&relay, &[0x43, 3]));
+        let len = buf.len();
+        let mut diverted = Vec::new();
+        let mut others = 0;
+        let kept = strip_relayed(&mut buf, len, 17, &relay, &mut others, |s| {
+            diverted.push(s.to_vec())
+        });
+        assert_eq!(kept, 10);
+        assert_eq!(&buf[..10], &[0x40, 1, 1, 1, 0x42, 2, 2, 2, 0x43, 3]);
+        assert_eq!(diverted, vec![b"\0CHR".to_vec()]);
+        assert_eq!(others, 1);
     }
 }

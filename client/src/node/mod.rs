@@ -23,20 +23,19 @@
 //! the pinned key. Links do not depend on the session once made: they survive
 //! the server going away and coming back.
 
-mod link_race;
+mod link_driver;
 mod options;
-mod punch_driver;
 mod report;
 mod shared;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chatr_proto::Endpoint;
 use ed25519_dalek::VerifyingKey;
 use futures_util::future::BoxFuture;
-use tokio::sync::{Mutex as AsyncMutex, mpsc, oneshot};
+use tokio::sync::{Mutex as AsyncMutex, mpsc};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
@@ -44,14 +43,14 @@ use uuid::Uuid;
 pub use options::ClientOptions;
 pub use report::{LinkReport, failure_json};
 
-use self::link_race::{Linked, RaceFailure, optimistic_target, race_link};
-use self::punch_driver::{PunchOutcome, drive_punch};
+use self::link_driver::{DriverContext, run_attempt};
 use self::shared::{Brokered, ClientInfo, ExchangeGuard, Shared};
 use crate::error::ClientError;
 use crate::identity::Identity;
-use crate::link::{ControlRx, IncomingLink, LinkEndpoint, LinkError, PeerLink, RawSender};
+use crate::link::{ControlRx, LinkEndpoint, LinkError, PeerLink, RawSender, Source};
 use crate::net::{bind_udp, resolve, wildcard_for};
-use crate::punch::{Candidate, LocalNet, Punch, PunchSuccess, Role, exchange_id_of, is_probe};
+use crate::path::{AgentConfig, LinkAgent, LocalInfo};
+use crate::punch::{exchange_id_of, is_probe};
 use crate::session::{
     DatagramOut, OnlineInfo, SessionError, SessionEvent, SessionHandle, SessionStatus,
     spawn_session,
@@ -152,8 +151,11 @@ impl Client {
                 })?;
         let socket =
             bind_udp(wildcard_for(server_addr, options.local_port)).map_err(ClientError::Socket)?;
+        let mut link_config = options.link.clone();
+        // Every link this client makes is path-managed (one virtual address per peer).
+        link_config.virtual_only = true;
         let (endpoint, control) =
-            LinkEndpoint::new(socket, options.identity.signing_key(), options.link.clone())?;
+            LinkEndpoint::new(socket, options.identity.signing_key(), link_config)?;
         let port = endpoint.local_addr().map_err(ClientError::Socket)?.port();
         let endpoint = Arc::new(endpoint);
         let raw = endpoint.raw_sender();
@@ -286,97 +288,27 @@ impl Client {
         })
     }
 
-    /// Opens a direct link to `peer`, which must prove `peer_key`: request via
-    /// the server, punch, then QUIC with the pinned key. We are the initiator.
+    /// Opens a link to `peer`, which must prove `peer_key`: request via the server,
+    /// then QUIC with the pinned key over the best path (direct where the punch opens
+    /// one, else the server's relay when it offers one). We are the initiator.
     pub async fn request_link(
         &self,
         peer: Uuid,
         peer_key: VerifyingKey,
     ) -> Result<(PeerLink, LinkReport), ClientError> {
-        let inner = &self.inner;
-        let (online, _guard, mut brokered) = self.begin_exchange(peer).await?;
-        inner
-            .session
-            .request(peer, self.private_endpoint(&online))
-            .await?;
-        tracing::info!(%peer, "link requested");
-
-        // The accept and ClientInfo can come in either order.
-        let mut deadline = tokio::time::Instant::now() + inner.options.request_timeout;
-        let mut peer_private = None;
-        let info = loop {
-            let msg = tokio::time::timeout_at(deadline, brokered.recv())
-                .await
-                .map_err(|_| ClientError::RequestTimeout {
-                    peer,
-                    secs: inner.options.request_timeout.as_secs(),
-                })?
-                .ok_or(ClientError::ShuttingDown)?;
-            match msg {
-                Brokered::Denied => return Err(ClientError::Denied { peer }),
-                Brokered::SessionLost(why) => return Err(ClientError::SessionLost(why)),
-                Brokered::Accepted(ep) => {
-                    peer_private = Some(ep);
-                    deadline = deadline
-                        .min(tokio::time::Instant::now() + inner.options.client_info_timeout);
-                }
-                Brokered::ClientInfo(info) => {
-                    if peer_private.is_none() {
-                        // Give a reordered accept a moment (it carries the LAN candidate).
-                        if let Ok(Some(Brokered::Accepted(ep))) =
-                            tokio::time::timeout(Duration::from_millis(300), brokered.recv()).await
-                        {
-                            peer_private = Some(ep);
-                        }
-                    }
-                    break info;
-                }
-            }
-        };
-        let candidates =
-            Candidate::from_endpoints(peer_private, Some(info.public_endpoint), info.tcp_endpoint);
-        let secret = info.link_secret.ok_or(ClientError::NoLinkSecret)?;
-        let local = self.private_endpoint(&online).ip;
-        let outcome = self.start_punch(Role::Initiator, peer, secret, candidates.clone(), local);
-        // Our public address as the server sees it now (the UDP binding may have completed
-        // after the request went out).
-        let ours = self
-            .wait_online(Duration::ZERO)
-            .await
-            .ok()
-            .and_then(|now| now.udp_observed.or(now.tcp_observed));
-        let optimistic = optimistic_target(ours, &candidates);
-        let Linked {
-            link,
-            remote,
-            punch,
-            pending_punch,
-        } = match race_link(&inner.endpoint, peer_key, optimistic, outcome).await {
-            Ok(linked) => linked,
-            Err(RaceFailure::PunchFailed(f)) => return Err(ClientError::PunchFailed(f)),
-            Err(RaceFailure::Link(e)) => return Err(link_error(peer, e)),
-            Err(RaceFailure::ShuttingDown) => return Err(ClientError::ShuttingDown),
-        };
-        let punch_time = info.at.elapsed();
-        // The optimistic link may have beaten the punch: its result follows shortly.
-        let punch = match (punch, pending_punch) {
-            (Some(s), _) => Some(s),
-            (None, Some(rx)) => late_punch_result(rx).await,
-            (None, None) => None,
-        };
-        // The punch describes the link only if it agreed on the path the link took; its
-        // probes were sent either way.
-        let mut report = LinkReport::new(
+        let (online, guard, brokered) = self.begin_exchange(peer).await?;
+        let agent = LinkAgent::initiate(
+            std::time::Instant::now(),
+            self.agent_config(),
+            self.local_info(&online),
             peer,
-            Role::Initiator,
-            remote,
-            punch_time,
-            punch.as_ref().filter(|s| s.remote == remote),
-            candidates,
         );
-        report.probes_sent = punch.as_ref().map_or(0, |s| s.probes_sent);
-        tracing::info!(%peer, remote = %report.remote, path = %report.path, ms = report.punch_time.as_millis(), "link up");
-        Ok((link, report))
+        run_attempt(
+            self.driver_context(peer, peer_key, &online),
+            agent,
+            (guard, brokered),
+        )
+        .await
     }
 
     /// The common start of both sides of a link attempt: wait until the
@@ -402,86 +334,68 @@ impl Client {
         peer_private: Endpoint,
         peer_key: VerifyingKey,
     ) -> Result<(PeerLink, LinkReport), ClientError> {
-        let inner = &self.inner;
-        let (online, _guard, mut brokered) = self.begin_exchange(peer).await?;
-        // Expect the QUIC link before the server can even tell the peer to start.
-        let (waiter, incoming) = inner.shared.add_quic_waiter(peer_key);
-        inner
-            .session
-            .accept(peer, self.private_endpoint(&online))
-            .await?;
-        tracing::info!(%peer, "link request accepted");
-
-        let deadline = tokio::time::Instant::now() + inner.options.client_info_timeout;
-        let info: ClientInfo = loop {
-            let msg = tokio::time::timeout_at(deadline, brokered.recv())
-                .await
-                .map_err(|_| ClientError::Timeout("the server's ClientInfo"))?
-                .ok_or(ClientError::ShuttingDown)?;
-            match msg {
-                Brokered::ClientInfo(info) => break info,
-                Brokered::SessionLost(why) => return Err(ClientError::SessionLost(why)),
-                // The requester gave up (or a stray packet): nothing to link.
-                Brokered::Denied => return Err(ClientError::Denied { peer }),
-                Brokered::Accepted(_) => {}
-            }
-        };
-        let candidates = Candidate::from_endpoints(
-            Some(peer_private),
-            Some(info.public_endpoint),
-            info.tcp_endpoint,
-        );
-        inner
-            .shared
-            .set_remotes(&waiter, candidates.iter().map(|c| c.addr).collect());
-        let secret = info.link_secret.ok_or(ClientError::NoLinkSecret)?;
-        let local = self.private_endpoint(&online).ip;
-        let mut outcome =
-            self.start_punch(Role::Responder, peer, secret, candidates.clone(), local);
-        let mut incoming = incoming;
-        let handshake_wait = inner.options.link.handshake_timeout + Duration::from_secs(2);
-
-        // The initiator connects as soon as it nominates a path, so its QUIC
-        // link may arrive before or after our punch reports success (normally
-        // just after: the Nominate goes out first on the same path).
-        let (link_in, success): (IncomingLink, Option<_>) = tokio::select! {
-            r = &mut outcome => {
-                let success = r
-                    .map_err(|_| ClientError::ShuttingDown)?
-                    .map_err(|f| ClientError::PunchFailed(Box::new(f)))?;
-                let mut remotes: Vec<SocketAddr> = candidates.iter().map(|c| c.addr).collect();
-                remotes.push(success.remote);
-                inner.shared.set_remotes(&waiter, remotes);
-                let link_in = tokio::time::timeout(handshake_wait, &mut incoming)
-                    .await
-                    .map_err(|_| ClientError::Timeout("the peer's QUIC link after punching"))?
-                    .map_err(|_| ClientError::ShuttingDown)?;
-                (link_in, Some(success))
-            }
-            r = &mut incoming => (r.map_err(|_| ClientError::ShuttingDown)?, None),
-        };
-        drop(waiter);
-        let remote = canonical(link_in.remote_addr());
-        let link = link_in
-            .accept(&peer_key)
-            .await
-            .map_err(|e| link_error(peer, e))?;
-        let punch_time = info.at.elapsed();
-        // Describe the path from the punch when it finished, else from the address.
-        let success = match success {
-            Some(s) => Some(s),
-            None => late_punch_result(outcome).await,
-        };
-        let report = LinkReport::new(
+        let (online, guard, brokered) = self.begin_exchange(peer).await?;
+        let agent = LinkAgent::respond(
+            std::time::Instant::now(),
+            self.agent_config(),
+            self.local_info(&online),
             peer,
-            Role::Responder,
-            remote,
-            punch_time,
-            success.as_ref(),
-            candidates,
+            peer_private,
         );
-        tracing::info!(%peer, remote = %report.remote, path = %report.path, ms = report.punch_time.as_millis(), "link up");
-        Ok((link, report))
+        run_attempt(
+            self.driver_context(peer, peer_key, &online),
+            agent,
+            (guard, brokered),
+        )
+        .await
+    }
+
+    fn agent_config(&self) -> AgentConfig {
+        let options = &self.inner.options;
+        AgentConfig {
+            punch: options.punch.clone(),
+            paths: options.paths.clone(),
+            request_timeout: options.request_timeout,
+            client_info_timeout: options.client_info_timeout,
+            // The QUIC handshake and the responder's confirmation, plus room for the
+            // punch's first round trips.
+            link_timeout: options.link.handshake_timeout + Duration::from_secs(2),
+            ..AgentConfig::default()
+        }
+    }
+
+    fn local_info(&self, online: &OnlineInfo) -> LocalInfo {
+        // Our public address as the server sees it now (the UDP binding may have
+        // completed after we came online).
+        let now = self
+            .inner
+            .session
+            .online()
+            .unwrap_or_else(|| online.clone());
+        LocalInfo {
+            uuid: self.inner.identity.uuid(),
+            private_ip: online.local.ip().to_canonical(),
+            public: now.udp_observed.or(now.tcp_observed),
+            server_rtt: now.server_rtt,
+        }
+    }
+
+    fn driver_context(&self, peer: Uuid, key: VerifyingKey, online: &OnlineInfo) -> DriverContext {
+        let inner = &self.inner;
+        let now = inner.session.online().unwrap_or_else(|| online.clone());
+        DriverContext {
+            peer,
+            key,
+            endpoint: Arc::clone(&inner.endpoint),
+            session: inner.session.clone(),
+            shared: Arc::clone(&inner.shared),
+            private_endpoint: self.private_endpoint(online),
+            udp_bound: now.udp_observed.is_some(),
+            tls_relay: now.tls_relay,
+            request_timeout: inner.options.request_timeout,
+            shutdown: inner.shutdown.clone(),
+            tracker: inner.tracker.clone(),
+        }
     }
 
     /// Our private endpoint: the interface address the TCP session uses, with
@@ -493,41 +407,6 @@ impl Client {
         }
     }
 
-    fn start_punch(
-        &self,
-        role: Role,
-        peer: Uuid,
-        secret: [u8; chatr_proto::LINK_SECRET_LEN],
-        candidates: Vec<Candidate>,
-        local_ip: IpAddr,
-    ) -> oneshot::Receiver<PunchOutcome> {
-        let inner = &self.inner;
-        // Our interface address (the one the session uses): only a private candidate
-        // in its network is worth the initiator's LAN grace wait.
-        let punch = Punch::new(
-            Instant::now(),
-            inner.options.punch.clone(),
-            role,
-            inner.identity.uuid(),
-            peer,
-            secret,
-            candidates,
-        )
-        .with_local_networks([LocalNet::guess(local_ip)]);
-        let (tx, rx) = mpsc::channel(64);
-        inner.shared.add_punch(punch.exchange_id(), tx);
-        let (done_tx, done_rx) = oneshot::channel();
-        inner.tracker.spawn(drive_punch(
-            punch,
-            rx,
-            inner.raw.clone(),
-            inner.shared.clone(),
-            done_tx,
-            inner.shutdown.clone(),
-        ));
-        done_rx
-    }
-
     /// Stops the client: says goodbye to the server, closes every link, and
     /// waits for the background tasks. Finish your streams first.
     pub async fn shutdown(&self) {
@@ -535,31 +414,6 @@ impl Client {
         self.inner.endpoint.close().await;
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
-    }
-}
-
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
-
-/// How long a side whose link came up before its punch finished waits for the punch's
-/// result, to describe the path in its report.
-const LATE_PUNCH_WAIT: Duration = Duration::from_millis(500);
-
-/// The punch's success, if it arrives within [`LATE_PUNCH_WAIT`].
-async fn late_punch_result(rx: oneshot::Receiver<PunchOutcome>) -> Option<PunchSuccess> {
-    tokio::time::timeout(LATE_PUNCH_WAIT, rx)
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .and_then(|r| r.ok())
-}
-
-fn link_error(peer: Uuid, e: LinkError) -> ClientError {
-    match e {
-        LinkError::KeyMismatch { .. } => ClientError::KeyMismatch { peer },
-        LinkError::Refused { reason } => ClientError::LinkRefused { peer, reason },
-        other => ClientError::Link(other),
     }
 }
 
@@ -610,12 +464,13 @@ async fn session_events(
                 public_endpoint,
                 tcp_endpoint,
                 link_secret,
+                relay_id,
             } => {
                 let info = ClientInfo {
                     public_endpoint,
                     tcp_endpoint,
                     link_secret,
-                    at: Instant::now(),
+                    relay_id,
                 };
                 let routed = shared.route_brokered(peer, Brokered::ClientInfo(info));
                 if !routed {
@@ -638,15 +493,21 @@ async fn route_control(
     shutdown: CancellationToken,
 ) {
     loop {
-        let (from, datagram) = tokio::select! {
+        let (source, datagram) = tokio::select! {
             _ = shutdown.cancelled() => break,
             d = control.recv() => match d { Some(d) => d, None => break },
         };
         if is_probe(&datagram) {
             if let Some(id) = exchange_id_of(&datagram) {
-                shared.route_probe(&id, from, datagram);
+                shared.route_probe(&id, source, datagram);
             }
-        } else if stun::is_stun(&datagram) {
+            continue;
+        }
+        // Everything else comes from the server itself, never through the relay.
+        let Source::Direct(from) = source else {
+            continue;
+        };
+        if stun::is_stun(&datagram) {
             if let Some((txid, mapped)) = stun::parse_binding_response(&datagram) {
                 shared.complete_stun(&txid, mapped);
             }

@@ -8,6 +8,7 @@ use crate::error::ClientError;
 use crate::home::Home;
 use crate::identity::Identity;
 use crate::link::LinkConfig;
+use crate::path::PathConfig;
 use crate::punch::PunchConfig;
 use crate::session::{BackoffConfig, SessionTimings};
 
@@ -30,6 +31,8 @@ pub struct ClientOptions {
     pub backoff: BackoffConfig,
     /// Hole-punching pacing and limits.
     pub punch: PunchConfig,
+    /// Path probing and selection (direct versus relayed) once a link is up.
+    pub paths: PathConfig,
     /// Peer-link (QUIC) settings.
     pub link: LinkConfig,
     /// How long a link request may wait to come online first (default 15 s).
@@ -65,6 +68,7 @@ impl ClientOptions {
             session: SessionTimings::default(),
             backoff: BackoffConfig::default(),
             punch: PunchConfig::default(),
+            paths: PathConfig::default(),
             link: LinkConfig::default(),
             online_timeout: Duration::from_secs(15),
             request_timeout: Duration::from_secs(40),

@@ -1,8 +1,8 @@
 //! What a link attempt reports: which path won and how long it took.
 //!
 //! The CLI writes this as the `--report FILE` JSON object the NAT lab reads:
-//! `{"peer", "result": "direct"|"failed", "path", "candidate", "remote",
-//! "punch_ms", "probes_sent", "error"}`.
+//! `{"peer", "result": "direct"|"relayed"|"failed", "path", "path_class", "candidate",
+//! "remote", "punch_ms", "probes_sent", "relay_reason", "error"}`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::error::ClientError;
+use crate::path::{LinkOutcome, PathClass, PathId};
 use crate::punch::{Candidate, CandidateKind, PathKind, PunchSuccess, Role};
 
 /// A successful link attempt.
@@ -22,10 +23,15 @@ pub struct LinkReport {
     pub role: Role,
     /// LAN or public path.
     pub path: PathKind,
-    /// Which of the peer's candidates carried the link.
-    pub candidate: CandidateKind,
-    /// The peer's address on the path.
+    /// Direct (LAN, public) or relayed (UDP, TLS).
+    pub class: PathClass,
+    /// Which of the peer's candidates carried the link; `None` when relayed.
+    pub candidate: Option<CandidateKind>,
+    /// Where our datagrams went: the peer's address on a direct path, the server's for
+    /// the UDP relay (unspecified for the TLS relay).
     pub remote: SocketAddr,
+    /// When relayed: why, in words for a user.
+    pub relay_reason: Option<String>,
     /// From `PacketClientInfo` to an authenticated QUIC link.
     pub punch_time: Duration,
     /// Probes (and nominations) we sent.
@@ -66,11 +72,80 @@ impl LinkReport {
             peer,
             role,
             path,
-            candidate,
+            class: if path == PathKind::Lan {
+                PathClass::DirectLan
+            } else {
+                PathClass::DirectPublic
+            },
+            candidate: Some(candidate),
             remote,
+            relay_reason: None,
             punch_time,
             probes_sent: punch.map_or(0, |s| s.probes_sent),
             candidates,
+        }
+    }
+
+    /// The report of a link that came up as `outcome` says (`relay_server`: where the
+    /// UDP relay is).
+    pub(crate) fn from_outcome(
+        peer: Uuid,
+        role: Role,
+        outcome: &LinkOutcome,
+        relay_server: Option<SocketAddr>,
+    ) -> Self {
+        match outcome.path {
+            PathId::Direct(remote) => {
+                let mut report = Self::new(
+                    peer,
+                    role,
+                    remote,
+                    outcome.elapsed,
+                    outcome.punch.as_ref(),
+                    outcome.candidates.clone(),
+                );
+                report.class = outcome.class;
+                report.path = if outcome.class == PathClass::DirectLan {
+                    PathKind::Lan
+                } else {
+                    PathKind::Public
+                };
+                report.probes_sent = outcome.probes_sent;
+                report
+            }
+            PathId::Relay(_) => Self {
+                peer,
+                role,
+                path: PathKind::Public,
+                class: outcome.class,
+                candidate: None,
+                remote: match outcome.class {
+                    PathClass::RelayUdp => relay_server,
+                    _ => None,
+                }
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                relay_reason: outcome.relay_reason.as_ref().map(ToString::to_string),
+                punch_time: outcome.elapsed,
+                probes_sent: outcome.probes_sent,
+                candidates: outcome.candidates.clone(),
+            },
+        }
+    }
+
+    /// One line for a banner: the path, and why when relayed.
+    ///
+    /// "direct (internet) to 203.0.113.5:4000 (public-udp candidate) in 84 ms", or
+    /// "relayed by the server (UDP) in 161 ms: no direct path worked (…)".
+    pub fn describe(&self) -> String {
+        let ms = self.punch_time.as_millis();
+        match (self.candidate, &self.relay_reason) {
+            (Some(kind), _) => format!(
+                "{} to {} ({kind} candidate) in {ms} ms",
+                self.class.describe(),
+                self.remote
+            ),
+            (None, Some(reason)) => format!("{} in {ms} ms: {reason}", self.class.describe()),
+            (None, None) => format!("{} in {ms} ms", self.class.describe()),
         }
     }
 
@@ -78,12 +153,14 @@ impl LinkReport {
     pub fn to_json(&self) -> Value {
         json!({
             "peer": self.peer.to_string(),
-            "result": "direct",
+            "result": if self.class.is_relayed() { "relayed" } else { "direct" },
             "path": self.path.as_str(),
-            "candidate": self.candidate.as_str(),
+            "path_class": self.class.as_str(),
+            "candidate": self.candidate.map_or("relay", CandidateKind::as_str),
             "remote": self.remote.to_string(),
             "punch_ms": u64::try_from(self.punch_time.as_millis()).unwrap_or(u64::MAX),
             "probes_sent": self.probes_sent,
+            "relay_reason": self.relay_reason,
             "role": match self.role { Role::Initiator => "initiator", Role::Responder => "responder" },
         })
     }
@@ -126,8 +203,10 @@ mod tests {
             peer: Uuid::nil(),
             role: Role::Initiator,
             path: PathKind::Lan,
-            candidate: CandidateKind::Private,
+            class: PathClass::DirectLan,
+            candidate: Some(CandidateKind::Private),
             remote: "10.0.0.2:4000".parse().unwrap(),
+            relay_reason: None,
             punch_time: Duration::from_millis(1234),
             probes_sent: 7,
             candidates: vec![],

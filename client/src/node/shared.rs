@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
 
 use bytes::Bytes;
 use chatr_proto::{Endpoint, LINK_SECRET_LEN};
@@ -20,7 +19,7 @@ use ed25519_dalek::VerifyingKey;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::link::IncomingLink;
+use crate::link::{IncomingLink, Source};
 use crate::punch::ExchangeId;
 use crate::stun::TransactionId;
 
@@ -37,27 +36,31 @@ pub(crate) enum Brokered {
     SessionLost(String),
 }
 
-/// `PacketClientInfo`, stamped with its arrival time.
+/// `PacketClientInfo`, as the link attempt needs it.
 #[derive(Debug, Clone)]
 pub(crate) struct ClientInfo {
     pub(crate) public_endpoint: Endpoint,
     pub(crate) tcp_endpoint: Option<Endpoint>,
     pub(crate) link_secret: Option<[u8; LINK_SECRET_LEN]>,
-    pub(crate) at: Instant,
+    pub(crate) relay_id: Option<chatr_proto::RelayId>,
 }
 
 struct QuicWaiter {
     id: u64,
     key: VerifyingKey,
-    remotes: Vec<SocketAddr>,
+    /// The virtual address the peer's link will come from, once its route exists.
+    virtual_addr: Option<SocketAddr>,
     tx: oneshot::Sender<IncomingLink>,
 }
+
+/// Datagrams of one exchange: a probe, and where it came from.
+pub(crate) type ExchangeDatagram = (Source, Bytes);
 
 /// The routing tables.
 #[derive(Default)]
 pub(crate) struct Shared {
     exchanges: Mutex<HashMap<Uuid, mpsc::Sender<Brokered>>>,
-    punches: Mutex<HashMap<ExchangeId, mpsc::Sender<(SocketAddr, Bytes)>>>,
+    punches: Mutex<HashMap<ExchangeId, mpsc::Sender<ExchangeDatagram>>>,
     quic_waiters: Mutex<Vec<QuicWaiter>>,
     stun_waiters: Mutex<HashMap<TransactionId, oneshot::Sender<SocketAddr>>>,
     next_id: AtomicU64,
@@ -110,8 +113,8 @@ impl Shared {
 
     // ----- punching -----
 
-    /// Routes hole-punching datagrams of exchange `id` to `tx`.
-    pub(crate) fn add_punch(&self, id: ExchangeId, tx: mpsc::Sender<(SocketAddr, Bytes)>) {
+    /// Routes the probes of exchange `id` to `tx`.
+    pub(crate) fn add_punch(&self, id: ExchangeId, tx: mpsc::Sender<ExchangeDatagram>) {
         lock(&self.punches).insert(id, tx);
     }
 
@@ -122,7 +125,7 @@ impl Shared {
 
     /// Hands a probe to its punch; dropped if unknown or its queue is full
     /// (probes are retransmitted anyway).
-    pub(crate) fn route_probe(&self, id: &ExchangeId, from: SocketAddr, datagram: Bytes) {
+    pub(crate) fn route_probe(&self, id: &ExchangeId, from: Source, datagram: Bytes) {
         if let Some(tx) = lock(&self.punches).get(id) {
             let _ = tx.try_send((from, datagram));
         }
@@ -131,7 +134,7 @@ impl Shared {
     // ----- incoming QUIC links -----
 
     /// Waits for an incoming link from the peer with `key` (or, failing a key
-    /// match, from one of the addresses later set with [`Shared::set_remotes`]).
+    /// match, at the virtual address later set with [`Shared::set_virtual`]).
     pub(crate) fn add_quic_waiter(
         self: &Arc<Self>,
         key: VerifyingKey,
@@ -141,7 +144,7 @@ impl Shared {
         lock(&self.quic_waiters).push(QuicWaiter {
             id,
             key,
-            remotes: Vec::new(),
+            virtual_addr: None,
             tx,
         });
         (
@@ -153,15 +156,14 @@ impl Shared {
         )
     }
 
-    /// The addresses the waiter's peer may connect from (its candidates, the
-    /// punched path). A link from there with another key goes to this waiter,
-    /// which refuses it as a key mismatch.
-    pub(crate) fn set_remotes(&self, guard: &WaiterGuard, remotes: Vec<SocketAddr>) {
+    /// The virtual address the waiter's peer connects from. A link from there with
+    /// another key goes to this waiter, which refuses it as a key mismatch.
+    pub(crate) fn set_virtual(&self, guard: &WaiterGuard, virtual_addr: SocketAddr) {
         if let Some(w) = lock(&self.quic_waiters)
             .iter_mut()
             .find(|w| w.id == guard.id)
         {
-            w.remotes = remotes;
+            w.virtual_addr = Some(virtual_addr);
         }
     }
 
@@ -172,8 +174,8 @@ impl Shared {
         let remote = canonical(incoming.remote_addr());
         let index = waiters
             .iter()
-            .position(|w| w.key == key)
-            .or_else(|| waiters.iter().position(|w| w.remotes.contains(&remote)));
+            .position(|w| w.virtual_addr == Some(remote))
+            .or_else(|| waiters.iter().position(|w| w.key == key));
         match index {
             Some(i) => {
                 let waiter = waiters.swap_remove(i);

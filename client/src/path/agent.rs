@@ -33,8 +33,9 @@ pub struct AgentConfig {
     /// Initiator: when ClientInfo overtakes the accept, how long to wait for the accept,
     /// which carries the peer's LAN candidate (default 300 ms).
     pub accept_grace: Duration,
-    /// With a relay: how long the QUIC handshake may take once the paths exist
-    /// (default 15 s). Without one, the punch decides failure.
+    /// How long the QUIC handshake (and the responder's confirmation) may take once the
+    /// exchange's ClientInfo arrived (default 15 s). Without a relay, a punch that finds
+    /// no path fails the attempt earlier.
     pub link_timeout: Duration,
 }
 
@@ -513,11 +514,10 @@ impl LinkAgent {
         }
         self.punch = Some(punch);
         self.paths = Some(paths);
-        // With a relay the punch may fail without failing the link; then the QUIC
-        // handshake has a deadline of its own.
-        let deadline = exchange
-            .relay
-            .map(|_| at.max(now) + self.config.link_timeout);
+        // With a relay the punch may fail without failing the link, and without one a
+        // punched path may still never carry a handshake (a wrong key, a peer that
+        // gave up): the handshake has a deadline of its own.
+        let deadline = Some(at.max(now) + self.config.link_timeout);
         self.phase = Phase::Linking { deadline };
         if self.role == Role::Initiator {
             self.actions.push_back(AgentAction::StartQuic {

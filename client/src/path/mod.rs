@@ -28,8 +28,8 @@ mod config;
 mod id;
 mod manager;
 mod reason;
+mod status;
 
-pub(crate) use agent::optimistic_target;
 pub use agent::{
     AgentAction, AgentConfig, AgentFailure, Exchange, LinkAgent, LinkOutcome, LocalInfo,
 };
@@ -37,3 +37,4 @@ pub use config::PathConfig;
 pub use id::{PathClass, PathId, RelayVia, SendPlan};
 pub use manager::{PathEvent, PathManager};
 pub use reason::RelayReason;
+pub use status::{LinkPaths, PathStatus};

@@ -165,6 +165,11 @@ pub struct OnlineInfo {
     pub udp_binding_failed: bool,
     /// How many logins this driver has completed (1 for the first).
     pub logins: u64,
+    /// A round-trip estimate to the server (the TCP connect time), a first estimate
+    /// for a new link's QUIC.
+    pub server_rtt: Option<Duration>,
+    /// Whether the server relays over TLS for this session (version 3).
+    pub tls_relay: bool,
 }
 
 /// The driver's current state.
@@ -193,6 +198,10 @@ enum Command {
     Request(Uuid, Endpoint, oneshot::Sender<Result<(), SessionError>>),
     Accept(Uuid, Endpoint, oneshot::Sender<Result<(), SessionError>>),
     Deny(Uuid, oneshot::Sender<Result<(), SessionError>>),
+    CloseRelay(
+        chatr_proto::RelayId,
+        oneshot::Sender<Result<(), SessionError>>,
+    ),
 }
 
 /// Handle to a running session driver. Cheap to clone.
@@ -302,6 +311,13 @@ impl SessionHandle {
     /// Sends `PacketConnectionRequestDenied` for `peer`.
     pub async fn deny(&self, peer: Uuid) -> Result<(), SessionError> {
         self.command(|tx| Command::Deny(peer, tx)).await
+    }
+
+    /// Tells the server we no longer need `relay` (version 3; best effort, never
+    /// waits): it can free the relay at once instead of at its idle timeout.
+    pub fn close_relay(&self, relay: chatr_proto::RelayId) {
+        let (tx, _) = oneshot::channel();
+        let _ = self.commands.try_send(Command::CloseRelay(relay, tx));
     }
 
     /// Hands a control datagram that arrived on the shared UDP socket to the
@@ -473,6 +489,8 @@ impl Driver {
             tcp_observed: None,
             udp_binding_failed: false,
             logins: self.logins,
+            server_rtt: None,
+            tls_relay: false,
         };
         self.drive(conn, session, info).await
     }
@@ -627,6 +645,10 @@ impl Driver {
                         Command::Request(peer, ep, _) => session.request(*peer, *ep),
                         Command::Accept(peer, ep, _) => session.accept(*peer, *ep),
                         Command::Deny(peer, _) => session.deny(*peer),
+                        Command::CloseRelay(relay, _) => {
+                            session.close_relay(*relay);
+                            Ok(())
+                        }
                     };
                     reply(cmd, result.map_err(|_| SessionError::Offline));
                 }
@@ -666,7 +688,10 @@ impl Driver {
 
 fn reply(cmd: Command, result: Result<(), SessionError>) {
     let tx = match cmd {
-        Command::Request(_, _, tx) | Command::Accept(_, _, tx) | Command::Deny(_, tx) => tx,
+        Command::Request(_, _, tx)
+        | Command::Accept(_, _, tx)
+        | Command::Deny(_, tx)
+        | Command::CloseRelay(_, tx) => tx,
     };
     let _ = tx.send(result);
 }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use chatr_proto::{Endpoint, LINK_SECRET_LEN, UDP_TOKEN_LEN};
+use chatr_proto::{Endpoint, LINK_SECRET_LEN, RelayId, UDP_TOKEN_LEN};
 use uuid::Uuid;
 
 /// An event surfaced by the session machine (and forwarded by its driver).
@@ -53,6 +53,8 @@ pub enum SessionEvent {
         tcp_endpoint: Option<Endpoint>,
         /// Secret shared by both parties of this exchange (extension).
         link_secret: Option<[u8; LINK_SECRET_LEN]>,
+        /// The relay the server keeps for this exchange (version 3).
+        relay_id: Option<RelayId>,
     },
     /// The session ended; the driver reconnects unless told to stop.
     Disconnected {

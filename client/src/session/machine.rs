@@ -129,6 +129,8 @@ pub struct Session {
     events: VecDeque<SessionEvent>,
     /// Where binding responses may come from (the server's UDP port), when known.
     server_udp: Option<SocketAddr>,
+    /// The version the server speaks on this session (2 unless `PacketConnected` said).
+    server_version: u32,
 }
 
 impl Session {
@@ -154,6 +156,7 @@ impl Session {
             udp_transmit: VecDeque::new(),
             events: VecDeque::new(),
             server_udp: None,
+            server_version: VERSION_2,
         };
         session.transmit.push_back(Packet::Connect(PacketConnect {
             // Version 3 (the relay) is announced once the client speaks it.
@@ -214,6 +217,7 @@ impl Session {
             }
             Packet::Connected(c) => match self.phase {
                 Phase::LoggingIn { .. } => {
+                    self.server_version = c.session.as_ref().map_or(VERSION_2, |p| p.version);
                     let binding = match c.udp_token {
                         Some(token) => Binding::Pending {
                             token,
@@ -252,6 +256,7 @@ impl Session {
                     public_endpoint: p.public_endpoint,
                     tcp_endpoint: p.tcp_endpoint,
                     link_secret: p.link_secret,
+                    relay_id: p.relay_id,
                 });
             }
             Packet::ConnectionRequest(_)
@@ -398,6 +403,18 @@ impl Session {
             PacketConnectionRequestDenied { uuid: peer },
         ));
         Ok(())
+    }
+
+    /// Tells the server we no longer need `relay`: `PacketRelayClose`, on a session the
+    /// server runs at version 3 (anything else has no relays to close).
+    pub fn close_relay(&mut self, relay: chatr_proto::RelayId) {
+        if self.is_logged_in() && self.server_version >= chatr_proto::VERSION_3 {
+            self.transmit
+                .push_back(Packet::RelayClose(chatr_proto::PacketRelayClose {
+                    relay_id: relay,
+                    reason: String::new(),
+                }));
+        }
     }
 
     /// Ends the session politely (a `PacketDisconnect` is queued).
@@ -795,6 +812,7 @@ mod tests {
                     public_endpoint: ep("203.0.113.9:5000"),
                     tcp_endpoint: Some(ep("203.0.113.9:5001")),
                     link_secret: Some([3; 32]),
+                    relay_id: None,
                 },
             ]
         );

@@ -382,26 +382,22 @@ impl LinkSim {
         let Some(&kind) = bytes.first() else { return };
         let initiator = self.sides[side].is_initiator;
         match (kind, initiator) {
-            (QUIC_INITIAL, false) => {
-                if self.sides[side].quic != QuicState::Established {
-                    self.sides[side].quic = QuicState::Handshaking {
-                        resend_at: now + FIRST_PTO,
-                        pto: FIRST_PTO,
-                        last: QUIC_HANDSHAKE,
-                    };
-                    self.send_quic(side, vec![QUIC_HANDSHAKE]);
-                }
+            (QUIC_INITIAL, false) if self.sides[side].quic != QuicState::Established => {
+                self.sides[side].quic = QuicState::Handshaking {
+                    resend_at: now + FIRST_PTO,
+                    pto: FIRST_PTO,
+                    last: QUIC_HANDSHAKE,
+                };
+                self.send_quic(side, vec![QUIC_HANDSHAKE]);
             }
-            (QUIC_HANDSHAKE, true) => {
-                if self.sides[side].quic != QuicState::Established {
-                    let pto = self.sides[side].pto;
-                    self.sides[side].quic = QuicState::Handshaking {
-                        resend_at: now + pto,
-                        pto,
-                        last: QUIC_FINISHED,
-                    };
-                    self.send_quic(side, vec![QUIC_FINISHED]);
-                }
+            (QUIC_HANDSHAKE, true) if self.sides[side].quic != QuicState::Established => {
+                let pto = self.sides[side].pto;
+                self.sides[side].quic = QuicState::Handshaking {
+                    resend_at: now + pto,
+                    pto,
+                    last: QUIC_FINISHED,
+                };
+                self.send_quic(side, vec![QUIC_FINISHED]);
             }
             (QUIC_FINISHED, false) => {
                 // Confirmation (and re-confirmation for a repeated Finished).
@@ -462,10 +458,10 @@ impl LinkSim {
         }
         self.last_via_tls[from] = Some(via_tls);
         let to = 1 - from;
-        let to_tls = match (self.last_via_tls[to], self.bound[to]) {
-            (Some(true), _) | (_, None) => true,
-            _ => false,
-        };
+        let to_tls = matches!(
+            (self.last_via_tls[to], self.bound[to]),
+            (Some(true), _) | (_, None)
+        );
         if to_tls {
             self.relayed_tls += 1;
             self.push_tls(Some(to), from, inner);
