@@ -66,8 +66,14 @@ pub struct Limits {
     pub requests_per_second: u32,
     /// Burst allowance for connection requests.
     pub request_burst: u32,
-    /// Pending (unanswered) outgoing requests one session may have.
+    /// Pending (unanswered) outgoing requests one session may have, and unanswered
+    /// incoming requests one session is shown at once.
     pub max_pending_requests: usize,
+    /// Connection requests one session may be sent per second (sustained), from all
+    /// senders together; the rest are denied on its behalf.
+    pub incoming_requests_per_second: u32,
+    /// Burst allowance for requests sent to one session.
+    pub incoming_request_burst: u32,
     /// REST API requests per second per source IP (sustained).
     pub api_requests_per_second: u32,
     /// REST API burst per source IP.
@@ -83,6 +89,8 @@ impl Default for Limits {
             requests_per_second: 10,
             request_burst: 20,
             max_pending_requests: 32,
+            incoming_requests_per_second: 20,
+            incoming_request_burst: 40,
             api_requests_per_second: 5,
             api_burst: 20,
         }

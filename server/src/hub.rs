@@ -1,13 +1,21 @@
 //! The hub: who is online, and how sessions reach each other.
 //!
 //! Every logged-in session has one entry in a `DashMap<Uuid, SessionEntry>`:
-//! the sender half of its **bounded** inbox, a kick switch, and what the
+//! the sender halves of its two **bounded** inboxes, a kick switch, and what the
 //! server observed about it (TCP source, UDP mapping, UDP token). Brokering is
 //! message passing: session A's machine asks to forward a [`PeerEvent`] to B;
 //! the hub stamps it with A's UUID and current endpoints and `try_send`s it to
-//! B's inbox. A full inbox means B's client does not read fast enough: B is
-//! kicked rather than letting it stall A (or anyone). Map guards are only held
-//! for the duration of a synchronous lookup, never across an `.await`.
+//! one of B's inboxes:
+//!
+//! - **owed**: what B is owed because of its own actions — answers to its
+//!   requests (Accept, Denied, ClientInfo) and takeover probes. At most a few
+//!   per request B made, so it cannot be filled by others.
+//! - **pushed**: what others push at B — their ConnectionRequests. When it is
+//!   full the *sender* is told B is unavailable (Denied); B is not harmed.
+//!
+//! A full inbox never disconnects anyone: a client that really stops reading is
+//! ended by its own write deadline. Map guards are only held for the duration
+//! of a synchronous lookup, never across an `.await`.
 //!
 //! Login claims go through here too ([`Hub`] decides atomically whether a UUID
 //! is free), as do duplicate-UUID probes and takeovers, admin kicks and the UDP
@@ -185,7 +193,10 @@ pub(crate) enum Mailbox {
 #[derive(Debug, Clone)]
 pub(crate) struct SessionEntry {
     pub(crate) shared: Arc<SessionShared>,
+    /// Requests others push at this session.
     pub(crate) inbox: mpsc::Sender<Mailbox>,
+    /// What this session is owed: answers to its own requests, probes.
+    pub(crate) owed: mpsc::Sender<Mailbox>,
     pub(crate) kick: Kick,
 }
 
@@ -320,7 +331,7 @@ impl Hub {
     pub(crate) fn probe(&self, uuid: &Uuid) -> Option<(u64, oneshot::Receiver<()>)> {
         let entry = self.inner.sessions.get(uuid).map(|e| e.value().clone())?;
         let (answer, answered) = oneshot::channel();
-        if entry.inbox.try_send(Mailbox::Probe(answer)).is_err() {
+        if entry.owed.try_send(Mailbox::Probe(answer)).is_err() {
             // Inbox full: not reading; treated as dead (the dropped sender
             // resolves the receiver at once).
             tracing::debug!(%uuid, "could not probe the existing session");
@@ -328,8 +339,9 @@ impl Hub {
         Some((entry.shared.id, answered))
     }
 
-    /// Delivers `event` from `from` to `to`'s session. On failure (offline,
-    /// or inbox full, in which case `to` is kicked) the event is handed back.
+    /// Delivers `event` from `from` to `to`'s session. On failure (offline, or
+    /// the inbox for that kind of event full) the event is handed back; nobody
+    /// is disconnected for it.
     pub(crate) fn forward(
         &self,
         from: &SessionShared,
@@ -339,16 +351,26 @@ impl Hub {
         let Some(target) = self.inner.sessions.get(&to).map(|e| e.value().clone()) else {
             return Err(event);
         };
+        let pushed = matches!(event, PeerEvent::Request { .. });
         let message = Mailbox::Event(Box::new(HubEvent::Peer {
             from: from.uuid,
             endpoints: from.endpoints(),
             event: event.clone(),
         }));
-        match target.inbox.try_send(message) {
+        let inbox = if pushed { &target.inbox } else { &target.owed };
+        match inbox.try_send(message) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
-                tracing::warn!(uuid = %to, "session inbox full (client not reading); disconnecting it");
-                target.kick.kick(None);
+                if pushed {
+                    tracing::debug!(uuid = %to, "too many requests queued for this session; denying");
+                    self.inner
+                        .metrics
+                        .brokered(crate::metrics::BrokerResult::Busy);
+                } else {
+                    // Only a session whose task is stuck (its client does not read) can
+                    // fall this far behind on its own answers; its write deadline ends it.
+                    tracing::warn!(uuid = %to, "session is not taking its answers; dropping one");
+                }
                 Err(event)
             }
             Err(TrySendError::Closed(_)) => Err(event),
@@ -436,7 +458,23 @@ mod tests {
         token: Option<[u8; 16]>,
         queue: usize,
     ) -> (SessionEntry, mpsc::Receiver<Mailbox>) {
+        let (entry, rx, _owed) = entry_both(hub, uuid, token, queue);
+        (entry, rx)
+    }
+
+    /// An entry, its pushed inbox and its owed inbox (both of `queue` slots).
+    fn entry_both(
+        hub: &Hub,
+        uuid: Uuid,
+        token: Option<[u8; 16]>,
+        queue: usize,
+    ) -> (
+        SessionEntry,
+        mpsc::Receiver<Mailbox>,
+        mpsc::Receiver<Mailbox>,
+    ) {
         let (inbox, rx) = mpsc::channel(queue);
+        let (owed, owed_rx) = mpsc::channel(queue);
         let shared = Arc::new(SessionShared::new(
             hub.next_id(),
             uuid,
@@ -447,9 +485,11 @@ mod tests {
             SessionEntry {
                 shared,
                 inbox,
+                owed,
                 kick: Kick::default(),
             },
             rx,
+            owed_rx,
         )
     }
 
@@ -508,10 +548,10 @@ mod tests {
     }
 
     #[test]
-    fn forward_stamps_sender_and_kicks_slow_reader() {
+    fn forward_stamps_sender_and_never_kicks_a_busy_target() {
         let (hub, _) = hub();
         let (a, _ra) = entry(&hub, Uuid::from_bytes([1; 16]), Some([7; 16]), 4);
-        let (b, mut rb) = entry(&hub, Uuid::from_bytes([2; 16]), None, 1);
+        let (b, mut rb, mut owed) = entry_both(&hub, Uuid::from_bytes([2; 16]), None, 1);
         hub.claim(a.clone());
         hub.claim(b.clone());
         let udp: SocketAddr = "198.51.100.1:5000".parse().unwrap();
@@ -536,15 +576,20 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        // Fill B's queue (capacity 1); the next forward kicks B.
-        hub.forward(&a.shared, b.shared.uuid, PeerEvent::Denied)
+        // Fill B's pushed inbox (capacity 1): the next request is handed back to its
+        // sender, and B stays.
+        hub.forward(&a.shared, b.shared.uuid, event.clone())
             .unwrap();
         assert_eq!(
-            hub.forward(&a.shared, b.shared.uuid, PeerEvent::Denied),
-            Err(PeerEvent::Denied)
+            hub.forward(&a.shared, b.shared.uuid, event.clone()),
+            Err(event)
         );
-        assert!(b.kick.token.is_cancelled());
-        assert_eq!(b.kick.reason(), None);
+        assert!(!b.kick.token.is_cancelled());
+        // Answers go to the owed inbox, which others' requests cannot fill.
+        hub.forward(&a.shared, b.shared.uuid, PeerEvent::Denied)
+            .unwrap();
+        assert!(matches!(owed.try_recv(), Ok(Mailbox::Event(_))));
+        assert!(!b.kick.token.is_cancelled());
         // Offline target.
         assert!(
             hub.forward(&a.shared, Uuid::from_bytes([9; 16]), PeerEvent::Denied)
@@ -556,9 +601,9 @@ mod tests {
     async fn probe_of_unresponsive_inbox_resolves_dead() {
         let (hub, _) = hub();
         let uuid = Uuid::from_bytes([1; 16]);
-        let (a, _ra) = entry(&hub, uuid, None, 1);
+        let (a, _ra, _owed) = entry_both(&hub, uuid, None, 1);
         hub.claim(a.clone());
-        a.inbox
+        a.owed
             .try_send(Mailbox::Event(Box::new(HubEvent::Probe)))
             .unwrap();
         let (id, answer) = hub.probe(&uuid).unwrap();

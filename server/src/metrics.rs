@@ -58,15 +58,19 @@ pub enum BrokerResult {
     Expired,
     /// Refused by the per-session rate limit.
     RateLimited,
+    /// Refused because the target already has as many requests waiting as it may
+    /// (from everyone, or a flood at it).
+    Busy,
 }
 
 impl BrokerResult {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Accepted,
         Self::Denied,
         Self::Offline,
         Self::Expired,
         Self::RateLimited,
+        Self::Busy,
     ];
 
     fn label(self) -> &'static str {
@@ -76,6 +80,7 @@ impl BrokerResult {
             Self::Offline => "offline",
             Self::Expired => "expired",
             Self::RateLimited => "rate_limited",
+            Self::Busy => "busy",
         }
     }
 }

@@ -4,9 +4,12 @@
 //!
 //! Writes are buffered into the `Framed` write buffer by the actions and
 //! flushed once per loop turn with a deadline (`write_timeout`): a client that
-//! stops reading ends its own session instead of holding the task forever.
-//! While a flush blocks, the inbox is not drained; when it fills up the hub
-//! kicks the session, which also interrupts the flush.
+//! stops reading (its TCP window stays full past the deadline) ends its own
+//! session instead of holding the task forever. While a flush blocks, the
+//! inboxes are not drained; when one fills up, the hub refuses further messages
+//! to it (their senders are told the session is busy) and nobody is kicked for it.
+//! The inbox of what the session is owed (answers to its own requests, probes) is
+//! read before the one of what others push at it.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -128,6 +131,8 @@ pub(crate) async fn run_session<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (inbox, rx) = mpsc::channel(ctx.queue.max(1));
+    // Answers to our own requests: at most a few per request we may have pending.
+    let (owed, owed_rx) = mpsc::channel(3 * ctx.session.max_pending_requests.max(1) + 4);
     let machine = Session::new(
         accepted_at,
         keys.map(|k| k.channel_binding),
@@ -143,6 +148,8 @@ pub(crate) async fn run_session<S>(
         peer,
         inbox,
         rx,
+        owed,
+        owed_rx,
         kick: Kick::default(),
         shared: None,
         probe: None,
@@ -156,6 +163,7 @@ pub(crate) async fn run_session<S>(
         ctx,
     };
     driver.run(shutdown).await;
+    driver.finish();
     if let Some(shared) = driver.shared.take() {
         driver.ctx.hub.remove(&shared);
         tracing::info!("session ended");
@@ -187,6 +195,8 @@ struct Driver<S> {
     peer: SocketAddr,
     inbox: mpsc::Sender<Mailbox>,
     rx: mpsc::Receiver<Mailbox>,
+    owed: mpsc::Sender<Mailbox>,
+    owed_rx: mpsc::Receiver<Mailbox>,
     kick: Kick,
     /// Set once the session is registered in the hub.
     shared: Option<Arc<SessionShared>>,
@@ -291,6 +301,7 @@ where
         let Self {
             framed,
             rx,
+            owed_rx,
             probe,
             relay_rx,
             ..
@@ -319,6 +330,7 @@ where
             () = shutdown, if !shutting_down => Wake::Shutdown,
             alive = probe_answer => Wake::ProbeAnswer(alive),
             () = timer => Wake::Timer,
+            mail = owed_rx.recv() => Wake::Mail(mail),
             mail = rx.recv() => Wake::Mail(mail),
             out = relayed => Wake::Relay(out),
             frame = framed.next(), if reading => Wake::Frame(frame),
@@ -348,6 +360,19 @@ where
             written += 1;
             if written < RELAY_BATCH {
                 next = self.relay_rx.as_mut().and_then(|rx| rx.try_recv().ok());
+            }
+        }
+    }
+
+    /// The connection is gone (however it ended): lets the machine close, and does what
+    /// it still owes others (it tells requesters waiting for our client's answer).
+    fn finish(&mut self) {
+        self.machine.handle_closed(now());
+        while let Some(action) = self.machine.poll_action() {
+            if let Action::Forward { to, event } = action
+                && let Some(shared) = &self.shared
+            {
+                let _ = self.ctx.hub.forward(shared, to, event);
             }
         }
     }
@@ -426,6 +451,7 @@ where
         SessionEntry {
             shared: Arc::new(shared),
             inbox: self.inbox.clone(),
+            owed: self.owed.clone(),
             kick: self.kick.clone(),
         }
     }
@@ -559,50 +585,56 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn slow_reader_is_disconnected_without_stalling_others() {
+    async fn slow_reader_is_disconnected_by_its_write_deadline_without_stalling_others() {
         let h = harness(|c| {
             c.limits.session_queue = 2;
             c.limits.request_burst = 1000;
             c.limits.requests_per_second = 1000;
             c.limits.max_pending_requests = 1000;
-            c.timings.write_timeout = Duration::from_secs(60);
+            c.timings.write_timeout = Duration::from_millis(500);
         });
         let (_a, mut alice) = spec_client(&h, 1, 1 << 16).await;
         // Bob's pipe holds a few dozen bytes and he never reads again.
         let (bob, _bob_pipe) = spec_client(&h, 2, 64).await;
-        let request = |n: u8| {
+        let (carol, mut carol_pipe) = spec_client(&h, 3, 1 << 16).await;
+        let request = |to: Uuid, n: u8| {
             Packet::ConnectionRequest(PacketConnectionRequest {
-                uuid: bob,
+                uuid: to,
                 private_endpoint: Endpoint::new(SocketAddr::from(([10, 0, 0, n], 7000))),
             })
         };
-        // Keep asking for Bob until his inbox overflows and he is dropped;
-        // Alice is then told Bob is unavailable.
-        let denied = tokio::time::timeout(Duration::from_secs(10), async {
-            let mut n = 0u8;
-            loop {
-                n = n.wrapping_add(1);
-                alice.send(request(n)).await.unwrap();
-                if let Ok(Some(Ok(packet))) =
-                    tokio::time::timeout(Duration::from_millis(20), alice.next()).await
-                {
-                    return packet;
-                }
-            }
-        })
-        .await
-        .expect("the slow reader stalled the requester");
+        // Alice asks for Bob over and over (collapsed into one pending request), and
+        // others ask for him too, until his writes stall; Alice also asks Carol, who
+        // reads: Alice is never stalled by Bob.
+        for n in 0..50u8 {
+            alice.send(request(bob, n)).await.unwrap();
+        }
+        let mut others = Vec::new();
+        for seed in 10..20u8 {
+            let (_, mut other) = spec_client(&h, seed, 1 << 16).await;
+            other.send(request(bob, seed)).await.unwrap();
+            others.push(other);
+        }
+        alice.send(request(carol, 1)).await.unwrap();
+        let asked = tokio::time::timeout(Duration::from_secs(10), carol_pipe.next())
+            .await
+            .expect("the slow reader stalled the requester")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(asked, Packet::ConnectionRequest(_)), "{asked:?}");
+        // Bob's write stalls past the deadline: he is dropped, and Alice is told at once
+        // (not when her request expires).
+        let denied = tokio::time::timeout(Duration::from_secs(10), alice.next())
+            .await
+            .expect("the requester was not told")
+            .unwrap()
+            .unwrap();
         assert_eq!(
             denied,
             Packet::ConnectionRequestDenied(PacketConnectionRequestDenied { uuid: bob })
         );
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while h.ctx.hub.is_connected(&bob) {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await
-        .expect("slow reader still registered");
+        assert!(!h.ctx.hub.is_connected(&bob));
+        assert!(h.ctx.hub.is_connected(&carol));
     }
 
     /// A PacketConnect from a spec client, padded with trailing bytes (which

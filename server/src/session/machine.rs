@@ -63,6 +63,8 @@ struct LoggedIn {
     /// A newcomer with our UUID is waiting to hear whether we are alive.
     probe_pending: bool,
     limiter: TokenBucket,
+    /// Requests others may send us (all of them together).
+    incoming_limiter: TokenBucket,
     /// Requests we sent, by target.
     outgoing: HashMap<Uuid, Outgoing>,
     /// Requests made to us that our client has not answered, by requester,
@@ -383,6 +385,11 @@ impl Session {
                 self.config.request_burst,
                 now,
             ),
+            incoming_limiter: TokenBucket::new(
+                self.config.incoming_requests_per_second,
+                self.config.incoming_request_burst,
+                now,
+            ),
             outgoing: HashMap::new(),
             incoming: HashMap::new(),
         }));
@@ -473,14 +480,23 @@ impl Session {
             ));
             return;
         }
-        // A repeated request to the same target restarts its clock.
-        s.outgoing.insert(
-            target,
-            Outgoing {
-                sent_at: now,
-                expires: now + self.config.timings.request_timeout,
-            },
-        );
+        // A repeated request to the same target restarts its clock, but is not
+        // forwarded again: the target already has it (one request per pair, however
+        // often it is sent).
+        let repeated = s
+            .outgoing
+            .insert(
+                target,
+                Outgoing {
+                    sent_at: now,
+                    expires: now + self.config.timings.request_timeout,
+                },
+            )
+            .is_some();
+        if repeated {
+            tracing::debug!(%target, "repeated request collapsed into the pending one");
+            return;
+        }
         self.actions.push_back(Action::Forward {
             to: target,
             event: PeerEvent::Request {
@@ -501,19 +517,25 @@ impl Session {
         };
         match event {
             PeerEvent::Request { private_endpoint } => {
-                if !s.incoming.contains_key(&from)
-                    && s.incoming.len() >= self.config.max_pending_requests
+                let expires = now + self.config.timings.request_timeout;
+                if let Some(pending) = s.incoming.get_mut(&from) {
+                    // Already shown to our client: only its expiry moves.
+                    *pending = expires;
+                    return;
+                }
+                if s.incoming.len() >= self.config.max_pending_requests
+                    || !s.incoming_limiter.try_take(now)
                 {
-                    // Too many unanswered requests queue up at this client:
-                    // deny on its behalf rather than grow without bound.
+                    // Too many requests for this client (from everyone together, or
+                    // a flood): deny on its behalf rather than let them crowd it.
+                    self.metrics.brokered(BrokerResult::Busy);
                     self.actions.push_back(Action::Forward {
                         to: from,
                         event: PeerEvent::Denied,
                     });
                     return;
                 }
-                s.incoming
-                    .insert(from, now + self.config.timings.request_timeout);
+                s.incoming.insert(from, expires);
                 self.send(Packet::ConnectionRequest(PacketConnectionRequest {
                     uuid: from,
                     private_endpoint,
@@ -620,6 +642,17 @@ impl Session {
     fn close(&mut self, message: Option<&str>) {
         if self.is_closed() {
             return;
+        }
+        // Whoever is waiting for our client's answer is told now, not at expiry.
+        if let State::LoggedIn(s) = &mut self.state {
+            let mut waiting: Vec<Uuid> = s.incoming.drain().map(|(from, _)| from).collect();
+            waiting.sort_unstable();
+            for from in waiting {
+                self.actions.push_back(Action::Forward {
+                    to: from,
+                    event: PeerEvent::Denied,
+                });
+            }
         }
         if let Some(message) = message {
             self.actions

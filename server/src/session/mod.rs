@@ -48,6 +48,8 @@ pub(crate) struct SessionConfig {
     pub(crate) requests_per_second: u32,
     pub(crate) request_burst: u32,
     pub(crate) max_pending_requests: usize,
+    pub(crate) incoming_requests_per_second: u32,
+    pub(crate) incoming_request_burst: u32,
     /// UDP ports that answer STUN for NAT behaviour discovery (announced to
     /// version-3 sessions).
     pub(crate) nat_probe_ports: Vec<u16>,
@@ -61,6 +63,8 @@ impl SessionConfig {
             requests_per_second: config.limits.requests_per_second,
             request_burst: config.limits.request_burst,
             max_pending_requests: config.limits.max_pending_requests,
+            incoming_requests_per_second: config.limits.incoming_requests_per_second,
+            incoming_request_burst: config.limits.incoming_request_burst,
             nat_probe_ports: Vec::new(),
         }
     }

@@ -51,6 +51,8 @@ fn config() -> SessionConfig {
         requests_per_second: 1,
         request_burst: 2,
         max_pending_requests: 3,
+        incoming_requests_per_second: 2,
+        incoming_request_burst: 4,
         nat_probe_ports: Vec::new(),
     }
 }
@@ -504,19 +506,28 @@ fn requests_are_rate_limited() {
     let t0 = Instant::now();
     let mut s = logged_in(t0);
     // Burst of 2, then 1 per second.
-    for _ in 0..2 {
-        s.handle_packet(t0, request(peer()));
+    for target in [peer(), other()] {
+        s.handle_packet(t0, request(target));
         assert!(matches!(drain(&mut s).as_slice(), [Action::Forward { .. }]));
     }
-    s.handle_packet(t0, request(peer()));
+    let third = Uuid::from_bytes([0xD; 16]);
+    s.handle_packet(t0, request(third));
+    assert_eq!(
+        drain(&mut s),
+        vec![Action::Send(Packet::ConnectionRequestDenied(
+            PacketConnectionRequestDenied { uuid: third }
+        ))]
+    );
+    s.handle_packet(t0 + SEC, request(third));
+    assert!(matches!(drain(&mut s).as_slice(), [Action::Forward { .. }]));
+    // A repeat still costs a token (it is refused when the bucket is empty)…
+    s.handle_packet(t0 + SEC, request(peer()));
     assert_eq!(
         drain(&mut s),
         vec![Action::Send(Packet::ConnectionRequestDenied(
             PacketConnectionRequestDenied { uuid: peer() }
         ))]
     );
-    s.handle_packet(t0 + SEC, request(peer()));
-    assert!(matches!(drain(&mut s).as_slice(), [Action::Forward { .. }]));
 }
 
 #[test]
@@ -539,9 +550,80 @@ fn pending_requests_are_capped() {
             PacketConnectionRequestDenied { uuid: third }
         ))]
     );
-    // Repeating a pending request is not a new one.
+    // Repeating a pending request is not a new one: it is collapsed into it (its
+    // clock restarts, nothing is forwarded again).
+    s.handle_packet(t0, request(peer()));
+    assert!(drain(&mut s).is_empty());
+}
+
+#[test]
+fn a_repeated_request_reaches_the_target_once_and_restarts_its_clock() {
+    let t0 = Instant::now();
+    let mut cfg = config();
+    cfg.request_burst = 100;
+    let mut s = session_with(t0, cfg);
+    login(&mut s, t0, connect_v2(me()));
     s.handle_packet(t0, request(peer()));
     assert!(matches!(drain(&mut s).as_slice(), [Action::Forward { .. }]));
+    for i in 1..50 {
+        s.handle_packet(t0 + SEC * i / 10, request(peer()));
+        assert!(drain(&mut s).is_empty());
+    }
+    // The expiry counts from the last repeat (t0 + 4.9 s), not from the first.
+    s.handle_timeout(t0 + 30 * SEC + SEC / 2);
+    assert!(
+        !drain(&mut s).contains(&Action::Send(Packet::ConnectionRequestDenied(
+            PacketConnectionRequestDenied { uuid: peer() }
+        )))
+    );
+}
+
+#[test]
+fn requests_to_one_client_are_shown_once_per_sender_and_rate_limited_for_all() {
+    let t0 = Instant::now();
+    let mut s = logged_in(t0);
+    // The same sender again: shown once.
+    for _ in 0..3 {
+        s.handle_hub_event(
+            t0,
+            peer_event(
+                peer(),
+                PeerEvent::Request {
+                    private_endpoint: ep("10.0.0.9:1"),
+                },
+            ),
+        );
+    }
+    let shown = drain(&mut s);
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    // Many senders at once: the target's own budget (burst 4, here one used) caps
+    // what reaches its client; the rest are denied on its behalf.
+    let mut forwarded_denials = 0;
+    let mut shown = 1;
+    for n in 0..20u8 {
+        s.handle_hub_event(
+            t0,
+            peer_event(
+                Uuid::from_bytes([0x40 + n; 16]),
+                PeerEvent::Request {
+                    private_endpoint: ep("10.0.0.9:1"),
+                },
+            ),
+        );
+        for action in drain(&mut s) {
+            match action {
+                Action::Send(Packet::ConnectionRequest(_)) => shown += 1,
+                Action::Forward {
+                    event: PeerEvent::Denied,
+                    ..
+                } => forwarded_denials += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    // max_pending_requests (3) is the tighter cap here.
+    assert_eq!(shown, 3);
+    assert_eq!(forwarded_denials, 18);
 }
 
 #[test]
