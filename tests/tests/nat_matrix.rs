@@ -7,7 +7,7 @@
 //! directions; every pair finishes with a `--report` from both clients.
 //!
 //! Needs root and the `chatr`/`chatr-server` binaries (built by `cargo test
-//! --workspace`, or `cargo build -p chatr-server -p chatr-client`; or set
+//! --workspace`, or `cargo build -p chatr-server -p chatr-cli`; or set
 //! CHATR_BIN_DIR). The rendered table is printed and written to
 //! `$CARGO_TARGET_TMPDIR/NAT-MATRIX.md`; `chatr-natlab` rewrites `docs/NAT-MATRIX.md`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -46,7 +46,7 @@ pub enum MatrixError {
     Lab(#[from] LabError),
     /// A binary is missing.
     #[error(
-        "`{name}` not found (looked in: {searched}); build it with `cargo build -p chatr-server -p chatr-client` or point CHATR_BIN_DIR at the directory holding `chatr` and `chatr-server`"
+        "`{name}` not found (looked in: {searched}); build it with `cargo build -p chatr-server -p chatr-cli` or point CHATR_BIN_DIR at the directory holding `chatr` and `chatr-server`"
     )]
     MissingBinary {
         /// Which binary.
@@ -56,7 +56,7 @@ pub enum MatrixError {
     },
     /// A binary is older than the sources it is built from.
     #[error(
-        "{} is older than its source {}; rebuild with `cargo build -p chatr-server -p chatr-client` (or run `cargo test --workspace`, which builds them)",
+        "{} is older than its source {}; rebuild with `cargo build -p chatr-server -p chatr-cli` (or run `cargo test --workspace`, which builds them)",
         binary.display(),
         changed.display()
     )]
