@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod contacts;
+mod deadline;
 pub mod error;
 pub mod home;
 pub mod identity;

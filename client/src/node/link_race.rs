@@ -35,6 +35,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use super::punch_driver::PunchOutcome;
+use crate::deadline::sleep_until_opt;
 use crate::link::{LinkEndpoint, LinkError, PeerLink};
 use crate::punch::{Candidate, CandidateKind, PunchFailure, PunchSuccess};
 
@@ -112,14 +113,6 @@ const FALLBACK_RTT_GUESS: Duration = Duration::from_millis(100);
 
 /// Scheduling and processing slack on top of the two round trips.
 const SECOND_ATTEMPT_SLACK: Duration = Duration::from_millis(25);
-
-/// Sleeps until `at`, or forever when there is no deadline.
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
 
 /// Polls an optional attempt; pending forever when there is none.
 async fn poll_attempt(slot: &mut Option<Attempt>) -> Result<PeerLink, LinkError> {

@@ -50,11 +50,11 @@ use self::shared::{Brokered, ClientInfo, ExchangeGuard, Shared};
 use crate::error::ClientError;
 use crate::identity::Identity;
 use crate::link::{ControlRx, IncomingLink, LinkEndpoint, LinkError, PeerLink, RawSender};
-use crate::net::{bind_udp, resolve, wildcard_for};
+use crate::net::{bind_udp, canonical, resolve, wildcard_for};
 use crate::punch::{Candidate, LocalNet, Punch, PunchSuccess, Role, exchange_id_of, is_probe};
 use crate::session::{
-    DatagramOut, OnlineInfo, SessionError, SessionEvent, SessionHandle, SessionStatus,
-    spawn_session,
+    ConnectError, DatagramOut, OnlineInfo, SessionError, SessionEvent, SessionHandle,
+    SessionStatus, spawn_session,
 };
 use crate::stun;
 
@@ -148,7 +148,7 @@ impl Client {
                 .await
                 .map_err(|e| SessionError::Unreachable {
                     server: options.server.to_string(),
-                    reason: format!("cannot resolve: {e}"),
+                    cause: ConnectError::Resolve(Arc::new(e)),
                 })?;
         let socket =
             bind_udp(wildcard_for(server_addr, options.local_port)).map_err(ClientError::Socket)?;
@@ -536,10 +536,6 @@ impl Client {
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
     }
-}
-
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// How long a side whose link came up before its punch finished waits for the punch's

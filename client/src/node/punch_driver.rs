@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::shared::Shared;
+use crate::deadline::sleep_until_opt;
 use crate::link::RawSender;
 use crate::punch::{Punch, PunchEvent, PunchFailure, PunchSuccess};
 
@@ -30,6 +32,22 @@ pub(crate) type PunchOutcome = Result<PunchSuccess, PunchFailure>;
 /// Runs `punch` until it is closed (or shutdown, or the caller lost interest
 /// before an outcome), sending its datagrams through `raw`.
 pub(crate) async fn drive_punch(
+    punch: Punch,
+    datagrams: mpsc::Receiver<(SocketAddr, Bytes)>,
+    raw: RawSender,
+    shared: Arc<Shared>,
+    outcome: oneshot::Sender<PunchOutcome>,
+    shutdown: CancellationToken,
+) {
+    let span = tracing::debug_span!("punch", peer = %punch.peer(), exchange = %punch.exchange_id(), role = ?punch.role());
+    // `instrument`, not `span.enter()`: an entered guard held across `.await` files
+    // other tasks' log lines under this span.
+    run_punch(punch, datagrams, raw, shared, outcome, shutdown)
+        .instrument(span)
+        .await;
+}
+
+async fn run_punch(
     mut punch: Punch,
     mut datagrams: mpsc::Receiver<(SocketAddr, Bytes)>,
     raw: RawSender,
@@ -38,9 +56,6 @@ pub(crate) async fn drive_punch(
     shutdown: CancellationToken,
 ) {
     let id = punch.exchange_id();
-    let span =
-        tracing::debug_span!("punch", peer = %punch.peer(), exchange = %id, role = ?punch.role());
-    let _enter = span.enter();
     let mut outcome = Some(outcome);
     // Round-trip times of validated paths, to describe an early (nominated) outcome.
     let mut validated: Vec<(SocketAddr, Duration)> = Vec::new();
@@ -107,11 +122,4 @@ pub(crate) async fn drive_punch(
         }
     }
     shared.remove_punch(&id);
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
 }

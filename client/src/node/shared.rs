@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::link::IncomingLink;
+use crate::net::canonical;
 use crate::punch::ExchangeId;
 use crate::stun::TransactionId;
 
@@ -203,10 +204,6 @@ impl Shared {
     pub(crate) fn cancel_stun(&self, txid: &TransactionId) {
         lock(&self.stun_waiters).remove(txid);
     }
-}
-
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Unregisters a brokering waiter when dropped.

@@ -10,6 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use chatr_proto::Endpoint;
 
+use crate::net::canonical;
+
 /// Where a candidate endpoint of the peer came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CandidateKind {
@@ -181,12 +183,6 @@ pub fn dedup(candidates: Vec<Candidate>) -> Vec<Candidate> {
         }
     }
     out
-}
-
-/// `::ffff:a.b.c.d` → `a.b.c.d`, so addresses from a dual-stack socket compare equal to
-/// announced IPv4 endpoints.
-pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 #[cfg(test)]

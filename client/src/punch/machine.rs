@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 use chatr_proto::LINK_SECRET_LEN;
 use uuid::Uuid;
 
-use super::candidate::{Candidate, CandidateKind, PathKind, canonical, dedup};
+use super::candidate::{Candidate, CandidateKind, PathKind, dedup};
 use super::config::PunchConfig;
 use super::event::{FailReason, PunchEvent, PunchFailure, PunchSuccess, Transmit};
 use super::local_net::LocalNet;
 use super::wire::{ExchangeId, FLAG_LAN, Probe, ProbeKeys, ProbeType};
+use crate::net::canonical;
 
 /// At most this many peer-reflexive candidates are learned per attempt. Only the peer can
 /// create them (they need the secret), so this only bounds a misbehaving peer.

@@ -21,17 +21,15 @@ use std::time::{Duration, Instant};
 
 use chatr_proto::udp::UdpMessage;
 use chatr_proto::{
-    CHANNEL_BINDING_EXPORTER_LEN, Endpoint, Packet, PacketConnect, PacketConnectionRequest,
-    PacketConnectionRequestAccept, PacketConnectionRequestDenied, PacketDisconnect, PacketPong,
-    UDP_TOKEN_LEN, VERSION_CURRENT, channel_binding_message,
+    CHANNEL_BINDING_EXPORTER_LEN, DisconnectReason, Endpoint, Packet, PacketConnect,
+    PacketConnectionRequest, PacketConnectionRequestAccept, PacketConnectionRequestDenied,
+    PacketDisconnect, PacketPong, UDP_TOKEN_LEN, VERSION_CURRENT, channel_binding_message,
 };
 use uuid::Uuid;
 
-use super::event::{DisconnectReason, SessionEvent};
+use super::error::TransportError;
+use super::event::{SessionEnd, SessionEvent};
 use crate::identity::Identity;
-
-/// The message we send when the server breaks the protocol (spec wording).
-const INVALID_PACKET: &str = "Invalid Packet";
 
 /// Timers of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,7 +207,7 @@ impl Session {
                 ping_id: ping.ping_id,
             })),
             Packet::Disconnect(d) => {
-                self.close_with(DisconnectReason::Server(d.message), false);
+                self.close_with(SessionEnd::Server(d.message), false);
             }
             Packet::Connected(c) => match self.phase {
                 Phase::LoggingIn { .. } => {
@@ -307,12 +305,12 @@ impl Session {
             Phase::Closed => {}
             Phase::LoggingIn { deadline } => {
                 if now >= *deadline {
-                    self.close_with(DisconnectReason::LoginTimeout, true);
+                    self.close_with(SessionEnd::LoginTimeout, true);
                 }
             }
             Phase::LoggedIn { binding } => {
                 if now >= self.last_rx + self.timings.idle_timeout {
-                    self.close_with(DisconnectReason::IdleTimeout, true);
+                    self.close_with(SessionEnd::IdleTimeout, true);
                     return;
                 }
                 match binding {
@@ -351,9 +349,9 @@ impl Session {
     }
 
     /// The connection failed or the server closed it.
-    pub fn handle_transport_closed(&mut self, why: impl Into<String>) {
+    pub fn handle_transport_closed(&mut self, why: TransportError) {
         if !self.is_closed() {
-            self.close_with(DisconnectReason::Transport(why.into()), false);
+            self.close_with(SessionEnd::Transport(why), false);
         }
     }
 
@@ -401,7 +399,7 @@ impl Session {
         if !self.is_closed() {
             self.transmit
                 .push_back(Packet::Disconnect(PacketDisconnect::new(message)));
-            self.close_with(DisconnectReason::Local, false);
+            self.close_with(SessionEnd::Local, false);
         }
     }
 
@@ -453,12 +451,14 @@ impl Session {
     fn violation(&mut self, what: &str) {
         tracing::warn!(uuid = %self.uuid, "server protocol violation: {what}");
         self.transmit
-            .push_back(Packet::Disconnect(PacketDisconnect::new(INVALID_PACKET)));
-        self.close_with(DisconnectReason::ProtocolViolation(what.to_string()), false);
+            .push_back(Packet::Disconnect(PacketDisconnect::from(
+                DisconnectReason::InvalidPacket,
+            )));
+        self.close_with(SessionEnd::ProtocolViolation(what.to_string()), false);
     }
 
     /// Moves to Closed and reports why. `say_goodbye` queues a Disconnect for the server.
-    fn close_with(&mut self, reason: DisconnectReason, say_goodbye: bool) {
+    fn close_with(&mut self, reason: SessionEnd, say_goodbye: bool) {
         if self.is_closed() {
             return;
         }
@@ -566,7 +566,7 @@ mod tests {
         assert_eq!(
             drain_events(&mut s),
             vec![SessionEvent::Disconnected {
-                reason: DisconnectReason::LoginTimeout
+                reason: SessionEnd::LoginTimeout
             }]
         );
         assert!(matches!(s.poll_transmit(), Some(Packet::Disconnect(_))));
@@ -580,7 +580,7 @@ mod tests {
         s.poll_transmit();
         s.handle_packet(
             now,
-            Packet::Disconnect(PacketDisconnect::new("Failed to verify!")),
+            Packet::Disconnect(DisconnectReason::FailedToVerify.into()),
         );
         let ev = drain_events(&mut s);
         let [SessionEvent::Disconnected { reason }] = ev.as_slice() else {
@@ -730,7 +730,7 @@ mod tests {
         s.handle_timeout(now + Duration::from_secs(35));
         assert!(s.is_closed());
         assert!(drain_events(&mut s).contains(&SessionEvent::Disconnected {
-            reason: DisconnectReason::IdleTimeout
+            reason: SessionEnd::IdleTimeout
         }));
     }
 
@@ -837,7 +837,9 @@ mod tests {
         );
         assert_eq!(
             s.poll_transmit(),
-            Some(Packet::Disconnect(PacketDisconnect::new(INVALID_PACKET)))
+            Some(Packet::Disconnect(PacketDisconnect::from(
+                DisconnectReason::InvalidPacket
+            )))
         );
         assert!(s.is_closed());
         // A second Connected.
@@ -851,7 +853,7 @@ mod tests {
         assert!(matches!(
             drain_events(&mut s).as_slice(),
             [SessionEvent::Disconnected {
-                reason: DisconnectReason::ProtocolViolation(_)
+                reason: SessionEnd::ProtocolViolation(_)
             }]
         ));
         // Nothing is handled after close.
@@ -867,12 +869,12 @@ mod tests {
     fn transport_loss_is_reported_once() {
         let now = Instant::now();
         let (mut s, _) = logged_in(now, None);
-        s.handle_transport_closed("eof");
-        s.handle_transport_closed("again");
+        s.handle_transport_closed(TransportError::Closed);
+        s.handle_transport_closed(TransportError::WriteTimeout);
         assert_eq!(
             drain_events(&mut s),
             vec![SessionEvent::Disconnected {
-                reason: DisconnectReason::Transport("eof".into())
+                reason: SessionEnd::Transport(TransportError::Closed)
             }]
         );
     }
