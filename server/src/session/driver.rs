@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chatr_proto::codec::{CodecError, ConnectCodec};
-use chatr_proto::{CHANNEL_BINDING_EXPORTER_LABEL, Packet};
+use chatr_proto::{CHANNEL_BINDING_EXPORTER_LABEL, DisconnectReason, Packet};
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -24,7 +24,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 
-use super::machine::{SHUTTING_DOWN, Session};
+use super::machine::Session;
 use super::{Action, ClaimOutcome, HubEvent, KeyLookup, SessionConfig};
 use crate::hub::{Hub, Kick, Mailbox, SessionEntry, SessionShared};
 use crate::metrics::{LoginResult, Metrics};
@@ -217,7 +217,8 @@ where
                 }
                 Wake::Shutdown => {
                     self.shutting_down = true;
-                    self.machine.handle_kick(now, Some(SHUTTING_DOWN));
+                    self.machine
+                        .handle_kick(now, Some(DisconnectReason::ServerShuttingDown.as_str()));
                 }
                 Wake::Frame(Some(Ok(packet))) => self.machine.handle_packet(now, packet),
                 Wake::Frame(Some(Err(CodecError::Decode(err)))) => {
@@ -589,9 +590,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             reply,
-            Packet::Disconnect(chatr_proto::PacketDisconnect {
-                message: "Invalid Packet".to_string()
-            })
+            Packet::Disconnect(DisconnectReason::InvalidPacket.into())
         );
         assert!(!h.ctx.hub.is_connected(&uuid));
     }

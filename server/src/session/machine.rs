@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chatr_proto::{
-    Endpoint, Packet, PacketClientInfo, PacketConnected, PacketConnectionRequest,
+    DisconnectReason, Endpoint, Packet, PacketClientInfo, PacketConnected, PacketConnectionRequest,
     PacketConnectionRequestAccept, PacketConnectionRequestDenied, PacketDisconnect, PacketPing,
 };
 use rand::RngExt;
@@ -33,17 +33,6 @@ use super::ping::{PingDue, PingTracker};
 use super::rate_limit::TokenBucket;
 use super::{KeyLookup, SessionConfig};
 use crate::metrics::{BrokerResult, LoginResult, Metrics};
-
-/// Disconnect message: a packet that is not allowed here (spec).
-pub const INVALID_PACKET: &str = "Invalid Packet";
-/// Disconnect message: unknown UUID or bad signature (spec).
-pub const FAILED_TO_VERIFY: &str = "Failed to verify!";
-/// Disconnect message: the UUID has a live session already (spec).
-pub const ALREADY_CONNECTED: &str = "Already connected!";
-/// Disconnect message: no matching pong in time (spec).
-pub const TIME_OUT: &str = "Time out";
-/// Disconnect message: the server is stopping (extension).
-pub const SHUTTING_DOWN: &str = "Server shutting down";
 
 /// A request this session made and is waiting on.
 #[derive(Debug, Clone, Copy)]
@@ -229,9 +218,10 @@ impl Session {
                 };
             }
             // Someone else took the UUID while we probed: never steal twice.
-            ClaimOutcome::Occupied => {
-                self.refuse_login(LoginResult::AlreadyConnected, ALREADY_CONNECTED)
-            }
+            ClaimOutcome::Occupied => self.refuse_login(
+                LoginResult::AlreadyConnected,
+                DisconnectReason::AlreadyConnected.as_str(),
+            ),
         }
     }
 
@@ -241,7 +231,10 @@ impl Session {
             return;
         };
         if alive {
-            self.refuse_login(LoginResult::AlreadyConnected, ALREADY_CONNECTED);
+            self.refuse_login(
+                LoginResult::AlreadyConnected,
+                DisconnectReason::AlreadyConnected.as_str(),
+            );
         } else {
             let claim = claim.clone();
             self.actions.push_back(Action::TakeOver(claim.clone()));
@@ -305,7 +298,7 @@ impl Session {
                     }
                     PingDue::TimedOut => {
                         self.metrics.ping_timeout();
-                        self.close(Some(TIME_OUT));
+                        self.close(Some(DisconnectReason::TimeOut.as_str()));
                         return;
                     }
                 }
@@ -350,7 +343,10 @@ impl Session {
                             LoginRefusal::BadSignature => "signature does not verify",
                         };
                         tracing::info!(uuid = %connect.uuid, version = connect.version, reason, "login refused");
-                        self.refuse_login(LoginResult::FailedToVerify, FAILED_TO_VERIFY);
+                        self.refuse_login(
+                            LoginResult::FailedToVerify,
+                            DisconnectReason::FailedToVerify.as_str(),
+                        );
                     }
                 }
             }
@@ -576,7 +572,7 @@ impl Session {
         if !matches!(self.state, State::LoggedIn(_)) {
             self.metrics.login(LoginResult::InvalidPacket);
         }
-        self.close(Some(INVALID_PACKET));
+        self.close(Some(DisconnectReason::InvalidPacket.as_str()));
     }
 
     fn close(&mut self, message: Option<&str>) {

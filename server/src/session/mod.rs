@@ -23,7 +23,6 @@ use uuid::Uuid;
 pub(crate) use action::Action;
 pub use action::Layout;
 pub(crate) use event::{ClaimOutcome, HubEvent, PeerEndpoints, PeerEvent};
-pub use machine::{ALREADY_CONNECTED, FAILED_TO_VERIFY, INVALID_PACKET, SHUTTING_DOWN, TIME_OUT};
 
 use crate::config::{ServerConfig, Timings};
 use crate::registry::Registry;
