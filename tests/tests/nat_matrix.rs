@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+use chatr_client::punch::PathKind;
 use chatr_tests::lab;
 use chatr_tests::lab::matrix::{self, Binaries, Expectation, MatrixConfig};
 
@@ -65,9 +66,9 @@ fn every_pair_of_nat_profiles_links_with_the_real_binaries() {
             r.pair.label()
         );
         if r.pair == matrix::Pair::SameLan {
-            let path = r.initiator.report.as_ref().and_then(|rep| rep.path.clone());
+            let path = r.initiator.report.as_ref().and_then(|rep| rep.path);
             assert_eq!(
-                path.as_deref(),
+                path.map(PathKind::as_str),
                 Some("lan"),
                 "same-lan peers must use the LAN path"
             );

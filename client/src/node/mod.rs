@@ -42,7 +42,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use options::ClientOptions;
-pub use report::{LinkReport, failure_json};
+pub use report::{AttemptReport, AttemptResult, LinkReport, TriedCandidate};
 
 use self::link_race::{Linked, RaceFailure, optimistic_target, race_link};
 use self::punch_driver::{PunchOutcome, drive_punch};

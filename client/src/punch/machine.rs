@@ -27,7 +27,8 @@ const MAX_TRANSMITS: usize = 64;
 const MAX_NOMINATIONS: usize = 32;
 
 /// Which side of the brokered exchange this machine is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Sent the PacketConnectionRequest; chooses the path (Nominate) and is the QUIC client.
     Initiator,
