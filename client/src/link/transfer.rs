@@ -28,7 +28,8 @@ use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::LinkError;
-use super::peer_link::{CloseCode, PeerLink};
+use super::close_code::CloseCode;
+use super::peer_link::PeerLink;
 use super::receive_limits::available_space;
 pub use super::receive_limits::{DEFAULT_DISK_RESERVE, LimitExceeded, ReceiveLimits};
 use super::stream::{LinkStream, StreamKind, wait_delivered};

@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use super::driver::SessionConfig;
+use super::config::SessionConfig;
 use super::error::{ConnectError, SessionError};
 use crate::net::{connect_same_port, resolve};
 use crate::trust::{is_cert_rejection, server_name};

@@ -16,7 +16,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chatr_proto::codec::{CodecError, ConnectCodec};
 use chatr_proto::udp::UdpMessage;
@@ -30,15 +29,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use super::backoff::{Backoff, BackoffConfig};
+use super::backoff::Backoff;
+use super::config::SessionConfig;
 use super::connect::{Connect, Connected, ServerTls};
-use super::error::{ConnectError, OfflineReason, SessionError, TransportError};
+use super::error::{ConnectError, OfflineReason, SessionError};
 use super::event::{SessionEnd, SessionEvent};
 use super::handle::{Command, OnlineInfo, SessionHandle, SessionStatus};
-use super::machine::{Session, SessionTimings};
-use crate::config::HostPort;
+use super::machine::Session;
+use super::transport_error::TransportError;
 use crate::deadline::sleep_until_opt;
-use crate::identity::Identity;
 
 /// Where the session driver sends UDP control datagrams: the client's shared
 /// UDP socket (port P), whoever owns it.
@@ -58,58 +57,6 @@ impl DatagramOut for tokio::net::UdpSocket {
         datagram: &'a [u8],
     ) -> BoxFuture<'a, io::Result<()>> {
         Box::pin(async move { self.send_to(datagram, to).await.map(|_| ()) })
-    }
-}
-
-/// How the driver connects.
-#[derive(Clone)]
-pub struct SessionConfig {
-    /// Who we are.
-    pub identity: Identity,
-    /// The Connect server.
-    pub server: HostPort,
-    /// TLS trust for the server.
-    pub tls: Arc<rustls::ClientConfig>,
-    /// Local port P (the port of the shared UDP socket).
-    pub local_port: u16,
-    /// Session timers.
-    pub timings: SessionTimings,
-    /// Reconnect pacing.
-    pub backoff: BackoffConfig,
-    /// TCP connect plus TLS handshake limit (default 10 s).
-    pub connect_timeout: Duration,
-    /// Writing one packet must finish within this (default 10 s).
-    pub write_timeout: Duration,
-}
-
-impl std::fmt::Debug for SessionConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionConfig")
-            .field("uuid", &self.identity.uuid())
-            .field("server", &self.server.to_string())
-            .field("local_port", &self.local_port)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SessionConfig {
-    /// Defaults for `identity` talking to `server` from port `local_port`.
-    pub fn new(
-        identity: Identity,
-        server: HostPort,
-        tls: Arc<rustls::ClientConfig>,
-        local_port: u16,
-    ) -> Self {
-        Self {
-            identity,
-            server,
-            tls,
-            local_port,
-            timings: SessionTimings::default(),
-            backoff: BackoffConfig::default(),
-            connect_timeout: Duration::from_secs(10),
-            write_timeout: Duration::from_secs(10),
-        }
     }
 }
 

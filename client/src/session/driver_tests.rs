@@ -10,6 +10,7 @@ use std::error::Error as _;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use chatr_proto::{
     Endpoint, PacketConnected, PacketConnectionRequest, PacketDisconnect, PacketPing, PacketPong,
@@ -19,8 +20,10 @@ use ed25519_dalek::{Signature, Verifier as _};
 use tokio::io::DuplexStream;
 
 use super::*;
-use crate::config::{Fingerprint, Trust};
+use crate::config::{Fingerprint, HostPort, Trust};
 use crate::home::Home;
+use crate::identity::Identity;
+use crate::session::BackoffConfig;
 use crate::session::event::SessionEnd;
 
 const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), 7777);

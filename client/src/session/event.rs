@@ -5,7 +5,7 @@ use std::fmt;
 use chatr_proto::{DisconnectReason, Endpoint, LINK_SECRET_LEN, UDP_TOKEN_LEN};
 use uuid::Uuid;
 
-use super::error::TransportError;
+use super::transport_error::TransportError;
 
 /// An event surfaced by the session machine (and forwarded by its driver).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -27,8 +27,8 @@ use chatr_proto::{
 };
 use uuid::Uuid;
 
-use super::error::TransportError;
 use super::event::{SessionEnd, SessionEvent};
+use super::transport_error::TransportError;
 use crate::identity::Identity;
 
 /// Timers of a session.

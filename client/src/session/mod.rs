@@ -14,20 +14,25 @@
 //! - [`spawn_session`] (`driver.rs`): the tokio task that runs sessions back to
 //!   back over such streams, reconnecting with backoff, and its
 //!   [`SessionHandle`] (`handle.rs`).
-//! - [`SessionError`] and the causes it keeps (`error.rs`).
+//! - [`SessionConfig`] (`config.rs`): who, where, trust, timers.
+//! - [`SessionError`] and the causes it keeps (`error.rs`, `transport_error.rs`).
 
 mod backoff;
+mod config;
 mod connect;
 mod driver;
 mod error;
 mod event;
 mod handle;
 mod machine;
+mod transport_error;
 
 pub use backoff::{Backoff, BackoffConfig};
+pub use config::SessionConfig;
 pub use connect::{Connected, connect};
-pub use driver::{DatagramOut, SessionConfig, spawn_session};
-pub use error::{ConnectError, OfflineReason, SessionError, TransportError};
+pub use driver::{DatagramOut, spawn_session};
+pub use error::{ConnectError, OfflineReason, SessionError};
 pub use event::{SessionEnd, SessionEvent};
 pub use handle::{OnlineInfo, SessionHandle, SessionStatus};
 pub use machine::{NotLoggedIn, Session, SessionTimings};
+pub use transport_error::TransportError;
