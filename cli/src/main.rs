@@ -55,7 +55,9 @@ Exit status: 0 ok, 1 other error, 2 usage, 3 server unreachable, 4 peer denied/o
 enum Command {
     /// Create an identity (ed25519 key + UUID) and record the server and how to trust it
     Init(setup::InitArgs),
-    /// Print "<uuid> <public-key-base64>"
+    /// Print this identity's UUID and base64 public key on one line.
+    // The help text shows the line's shape, which rustdoc would read as HTML tags.
+    #[command(about = "Print \"<uuid> <public-key-base64>\"")]
     Whoami,
     /// Register this identity with the server's registry
     Register(setup::TokenArgs),

@@ -3,7 +3,7 @@
 //! Every logged-in session has one entry in a `DashMap<Uuid, SessionEntry>`:
 //! the sender half of its **bounded** inbox, a kick switch, and what the
 //! server observed about it (TCP source, UDP mapping, UDP token). Brokering is
-//! message passing: session A's machine asks to forward a [`PeerEvent`] to B;
+//! message passing: session A's machine asks to forward a `PeerEvent` to B;
 //! the hub stamps it with A's UUID and current endpoints and `try_send`s it to
 //! B's inbox. A full inbox means B's client does not read fast enough: B is
 //! kicked rather than letting it stall A (or anyone). Map guards are only held

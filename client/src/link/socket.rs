@@ -9,7 +9,7 @@
 //! - **Control datagrams** start with `0x00 'C' 'H' 'R'` (server binding messages, hole-punch
 //!   probes) and **STUN** starts with `0x00`/`0x01`: neither has `0x40` set.
 //!
-//! [`DemuxSocket`] is the [`quinn::AsyncUdpSocket`] quinn drives. On every receive it keeps the
+//! `DemuxSocket` is the [`quinn::AsyncUdpSocket`] quinn drives. On every receive it keeps the
 //! QUIC datagrams for quinn and pushes every other datagram into a bounded channel read through
 //! [`ControlRx`]. A full channel drops the datagram and counts it: quinn's receive path must
 //! never wait on the orchestrator.

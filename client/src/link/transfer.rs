@@ -1,6 +1,6 @@
 //! File transfer over a peer link, checked by size and SHA-256.
 //!
-//! A file stream ([`StreamKind::File`](super::StreamKind::File)) carries one file:
+//! A file stream ([`StreamKind::File`]) carries one file:
 //!
 //! ```text
 //! sender → receiver:  name_len: u16 BE (1..=255) ‖ name: UTF-8 ‖ size: u64 BE ‖ sha256: 32 bytes
