@@ -16,7 +16,9 @@
 //! 5. [`link`]: QUIC over that path, both sides authenticated by their raw
 //!    ed25519 keys; chat, pipe and file streams.
 //!
-//! [`node::Client`] ties it together: the API other programs embed.
+//! [`node::Client`] ties it together: the API other programs embed (the `chatr`
+//! command line is one of them, in the `chatr-cli` crate; this library carries
+//! no CLI, log subscriber or server code).
 //! [`trust`] builds the TLS verifier (pinned cert, fingerprint or web roots)
 //! and [`error::ClientError`] collects every layer's errors.
 
