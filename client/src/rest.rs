@@ -128,9 +128,18 @@ pub enum RestError {
     /// characters HTTP does not allow, or the API path is not a valid URI path).
     #[error("cannot build the registry request: {0}")]
     Request(#[source] hyper::http::Error),
-    /// The response was too large or not the expected JSON.
+    /// The response was too large or its content is unusable.
     #[error("the registry sent an invalid response: {0}")]
     BadResponse(String),
+    /// The response body is not the JSON the API documents.
+    #[error("the registry sent an invalid response: {what}: {source}")]
+    Json {
+        /// Which answer.
+        what: &'static str,
+        /// What the parser said.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The API answered with an error.
     #[error("the registry refused the request ({status} {kind}): {message}")]
     Api {
@@ -265,8 +274,11 @@ impl RegistryClient {
             client_id: String,
             public_key: String,
         }
-        let parsed: Lookup = serde_json::from_slice(&resp.body)
-            .map_err(|e| RestError::BadResponse(format!("lookup JSON: {e}")))?;
+        let parsed: Lookup =
+            serde_json::from_slice(&resp.body).map_err(|source| RestError::Json {
+                what: "lookup JSON",
+                source,
+            })?;
         if Uuid::parse_str(&parsed.client_id).ok() != Some(uuid) {
             return Err(RestError::WrongClient {
                 asked: uuid,
