@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every Chatr check and test, from a clean clone, as root:
-#   formatting, clippy (warnings are errors), all unit / integration / end-to-end tests
-#   (the NAT lab included: it builds network namespaces and nftables NATs), and a smoke
-#   run of chatr-bench so the benchmark tool keeps compiling and working.
+#   formatting, clippy (warnings are errors), the docs (warnings are errors), a build with
+#   the declared minimum Rust version, a build of the fuzz target, all unit / integration /
+#   end-to-end tests (the NAT lab included: it builds network namespaces and nftables NATs),
+#   and a smoke run of chatr-bench so the benchmark tool keeps compiling and working.
 # It installs the system packages it needs when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,33 @@ echo "run-all: cargo fmt --check"
 cargo fmt --all -- --check
 echo "run-all: cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "run-all: cargo doc (warnings are errors: the docs are a newcomer's map)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+echo "run-all: MSRV check"
+# `rust-version` in Cargo.toml is the oldest toolchain we promise to build with, so it must be
+# one we actually build with. This machine has a single toolchain and cannot fetch others, so
+# the declared MSRV is that toolchain's version: build with rustup's toolchain of exactly that
+# version when one is installed, else with the active toolchain if it is that version, and fail
+# otherwise (lowering rust-version needs that older toolchain here to prove it).
+msrv=$(sed -n 's/^rust-version = "\(.*\)"$/\1/p' Cargo.toml)
+msrv_toolchain=""
+if command -v rustup >/dev/null 2>&1; then
+  msrv_toolchain=$(rustup toolchain list | awk -v v="$msrv" 'index($1, v ".") == 1 || index($1, v "-") == 1 { print $1; exit }')
+fi
+if [ -n "$msrv_toolchain" ]; then
+  cargo "+${msrv_toolchain}" check --workspace --all-targets --locked
+else
+  active=$(rustc --version | awk '{ print $2 }')
+  case "$active" in
+    "$msrv" | "$msrv".*) cargo check --workspace --all-targets --locked ;;
+    *)
+      echo "run-all: rust-version is ${msrv} but only rustc ${active} is here; install it (rustup toolchain install ${msrv}) or declare what is tested" >&2
+      exit 1
+      ;;
+  esac
+fi
+echo "run-all: fuzz target build (its own workspace; artifacts under target/fuzz)"
+CARGO_TARGET_DIR="$PWD/target/fuzz" bash fuzz/run-stable.sh --build-only
 echo "run-all: building binaries (the NAT lab runs the real ones)"
 cargo build --workspace --bins --locked
 echo "run-all: cargo test"

@@ -9,17 +9,17 @@
 
 use std::fmt;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-
-use crate::home::Home;
 
 /// Default Connect port (TLS over TCP, and UDP for endpoint discovery).
 pub const DEFAULT_CONNECT_PORT: u16 = 7777;
 /// Default registry API port.
 pub const DEFAULT_API_PORT: u16 = 7778;
+/// File name of the config inside the home directory.
+pub const CONFIG_FILE: &str = "config.toml";
 
 /// What can go wrong with the config.
 #[derive(Debug, thiserror::Error)]
@@ -256,13 +256,15 @@ impl Config {
         }
     }
 
-    /// Loads `config.toml` from the home.
-    pub fn load(home: &Home) -> Result<Self, ConfigError> {
-        let path = home.config_path();
+    /// Loads the config file at `path` (a home's `config.toml`, which
+    /// `Home::config` loads).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let path = path.to_path_buf();
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ConfigError::Missing(home.dir().to_path_buf()));
+                let dir = path.parent().unwrap_or(&path).to_path_buf();
+                return Err(ConfigError::Missing(dir));
             }
             Err(source) => return Err(ConfigError::Io { path, source }),
         };
@@ -275,7 +277,7 @@ impl Config {
     /// Parses the TOML text of a config.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from(crate::home::CONFIG_FILE),
+            path: PathBuf::from(CONFIG_FILE),
             reason: e.to_string(),
         })?;
         let trust = match raw.trust {
@@ -312,9 +314,9 @@ impl Config {
         toml::to_string(&raw).unwrap_or_default()
     }
 
-    /// Writes `config.toml` into the home.
-    pub fn save(&self, home: &Home) -> Result<(), ConfigError> {
-        let path = home.config_path();
+    /// Writes the config file to `path` (atomically: a temporary file, then a rename).
+    pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
+        let path = path.to_path_buf();
         let tmp = path.with_extension("toml.tmp");
         let io = |source| ConfigError::Io {
             path: path.clone(),

@@ -7,12 +7,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+pub use crate::config::CONFIG_FILE;
 use crate::config::{Config, ConfigError};
 use crate::contacts::{Contacts, ContactsError};
 use crate::identity::{Identity, IdentityError};
 
-/// File name of the config inside the home directory.
-pub const CONFIG_FILE: &str = "config.toml";
 /// File name of the address book inside the home directory.
 pub const CONTACTS_FILE: &str = "contacts.toml";
 /// File name of a pinned server certificate copied into the home directory.
@@ -99,7 +98,7 @@ impl Home {
 
     /// Loads the config.
     pub fn config(&self) -> Result<Config, ConfigError> {
-        Config::load(self)
+        Config::load(&self.config_path())
     }
 
     /// Loads the address book (empty when there is none yet).

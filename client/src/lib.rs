@@ -16,12 +16,15 @@
 //! 5. [`link`]: QUIC over that path, both sides authenticated by their raw
 //!    ed25519 keys; chat, pipe and file streams.
 //!
-//! [`node::Client`] ties it together: the API other programs embed.
+//! [`node::Client`] ties it together: the API other programs embed (the `chatr`
+//! command line is one of them, in the `chatr-cli` crate; this library carries
+//! no CLI, log subscriber or server code).
 //! [`trust`] builds the TLS verifier (pinned cert, fingerprint or web roots)
 //! and [`error::ClientError`] collects every layer's errors.
 
 pub mod config;
 pub mod contacts;
+mod deadline;
 pub mod error;
 pub mod home;
 pub mod identity;
@@ -36,4 +39,4 @@ pub mod stun;
 pub mod trust;
 
 pub use error::ClientError;
-pub use node::{Client, ClientOptions, IncomingRequest, LinkReport};
+pub use node::{AttemptReport, Client, ClientOptions, IncomingRequest, LinkReport};

@@ -93,6 +93,12 @@ pub fn wildcard_for(server: SocketAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
+/// `::ffff:a.b.c.d` → `a.b.c.d`, so addresses from a dual-stack socket compare equal to
+/// announced IPv4 endpoints.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// Resolves `host:port` to one socket address (IPv4 preferred).
 pub async fn resolve(target: &HostPort) -> io::Result<SocketAddr> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
@@ -180,6 +186,16 @@ async fn connect_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canonical_unmaps_v4_in_v6_only() {
+        let mapped: SocketAddr = "[::ffff:203.0.113.5]:4000".parse().unwrap();
+        assert_eq!(canonical(mapped), "203.0.113.5:4000".parse().unwrap());
+        let v6: SocketAddr = "[2001:db8::1]:4000".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
+        let v4: SocketAddr = "192.0.2.1:9".parse().unwrap();
+        assert_eq!(canonical(v4), v4);
+    }
 
     #[tokio::test]
     async fn tcp_uses_the_udp_port() {

@@ -1,4 +1,4 @@
-//! A tiny HTTPS/1.1 client for the identity registry API.
+//! The HTTPS client of the identity registry API.
 //!
 //! Before it can log in to the Connect server a client registers its UUID and
 //! ed25519 public key here; later it may rotate the key, and it looks up other
@@ -13,17 +13,23 @@
 //! * `GET /api/1/clients/{uuid}` → `{"clientId":"…","publicKey":"<b64>"}`.
 //!
 //! Errors come back as `{"error": Name, "message": …}` and become
-//! [`ApiErrorKind`]s. One request per connection (`Connection: close`), over
-//! tokio-rustls with the same trust as the Connect session; the response is
-//! parsed by a small sans-IO parser ([`parse_response`]) with a size cap.
+//! [`ApiErrorKind`]s. One request per connection (`Connection: close`): TCP,
+//! then TLS with the same trust as the Connect session (the pinned certificate
+//! or fingerprint, or web roots; see [`crate::trust`]), then hyper's HTTP/1.1
+//! client on that stream, the response body capped at [`MAX_RESPONSE`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
 use ed25519_dalek::VerifyingKey;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Body as _;
+use hyper::header::{ACCEPT, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, USER_AGENT};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use uuid::Uuid;
@@ -114,9 +120,26 @@ pub enum RestError {
     /// The request took too long.
     #[error("the registry did not answer within {0:?}")]
     Timeout(Duration),
-    /// The response was not valid HTTP or not the expected JSON.
+    /// The HTTP exchange failed: the response was not valid HTTP/1.1, or the
+    /// connection broke mid-request.
+    #[error("HTTP with the registry failed: {0}")]
+    Http(#[source] hyper::Error),
+    /// The request could not be built (a header value such as the token holds
+    /// characters HTTP does not allow, or the API path is not a valid URI path).
+    #[error("cannot build the registry request: {0}")]
+    Request(#[source] hyper::http::Error),
+    /// The response was too large or its content is unusable.
     #[error("the registry sent an invalid response: {0}")]
     BadResponse(String),
+    /// The response body is not the JSON the API documents.
+    #[error("the registry sent an invalid response: {what}: {source}")]
+    Json {
+        /// Which answer.
+        what: &'static str,
+        /// What the parser said.
+        #[source]
+        source: serde_json::Error,
+    },
     /// The API answered with an error.
     #[error("the registry refused the request ({status} {kind}): {message}")]
     Api {
@@ -164,7 +187,7 @@ pub enum Registration {
 pub struct Response {
     /// Status code.
     pub status: u16,
-    /// Body bytes (de-chunked).
+    /// Body bytes (transfer encoding removed).
     pub body: Vec<u8>,
 }
 
@@ -251,8 +274,11 @@ impl RegistryClient {
             client_id: String,
             public_key: String,
         }
-        let parsed: Lookup = serde_json::from_slice(&resp.body)
-            .map_err(|e| RestError::BadResponse(format!("lookup JSON: {e}")))?;
+        let parsed: Lookup =
+            serde_json::from_slice(&resp.body).map_err(|source| RestError::Json {
+                what: "lookup JSON",
+                source,
+            })?;
         if Uuid::parse_str(&parsed.client_id).ok() != Some(uuid) {
             return Err(RestError::WrongClient {
                 asked: uuid,
@@ -316,6 +342,7 @@ impl RegistryClient {
     ) -> Result<Response, RestError> {
         let auth = &self.api.authority;
         let name = server_name(&auth.host)?;
+        let request = build_request(method, &auth.to_string(), path, headers, body)?;
         let tcp = TcpStream::connect((auth.host.as_str(), auth.port))
             .await
             .map_err(|source| RestError::Connect {
@@ -323,38 +350,57 @@ impl RegistryClient {
                 source,
             })?;
         let connector = TlsConnector::from(self.tls.clone());
-        let mut tls =
-            connector
-                .connect(name, tcp)
-                .await
-                .map_err(|e| match is_cert_rejection(&e) {
-                    Some(why) => RestError::ServerCertMismatch(why),
-                    None => RestError::Io(e),
-                })?;
-        let request = build_request(method, &auth.to_string(), path, headers, body);
-        tls.write_all(&request).await.map_err(RestError::Io)?;
-        tls.flush().await.map_err(RestError::Io)?;
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| match is_cert_rejection(&e) {
+                Some(why) => RestError::ServerCertMismatch(why),
+                None => RestError::Io(e),
+            })?;
+        exchange(tls, request).await
+    }
+}
 
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 4096];
-        loop {
-            if let Some(resp) = parse_response(&buf)? {
-                return Ok(resp);
-            }
-            let n = match tls.read(&mut chunk).await {
-                Ok(n) => n,
-                // A server that closes without close_notify after a complete
-                // response is handled by the EOF branch of the parser.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-                Err(e) => return Err(RestError::Io(e)),
-            };
-            if n == 0 {
-                return parse_response_at_eof(&buf);
-            }
-            buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
-            if buf.len() > MAX_RESPONSE {
-                return Err(RestError::BadResponse("response too large".into()));
-            }
+/// Sends `request` on `stream` with hyper's HTTP/1.1 client and reads the
+/// whole response (TLS in use; in-memory pipes in the tests).
+async fn exchange<S>(stream: S, request: hyper::Request<Full<Bytes>>) -> Result<Response, RestError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(RestError::Http)?;
+    let exchange = async move {
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(RestError::Http)?;
+        let status = response.status().as_u16();
+        // A declared length over the cap is refused before reading any of it.
+        if response.body().size_hint().lower() > MAX_RESPONSE as u64 {
+            return Err(RestError::BadResponse("response too large".into()));
+        }
+        let body = Limited::new(response.into_body(), MAX_RESPONSE)
+            .collect()
+            .await
+            .map_err(|e| match e.downcast::<hyper::Error>() {
+                Ok(e) => RestError::Http(*e),
+                // The only other error `Limited` has: the cap.
+                Err(_) => RestError::BadResponse("response too large".into()),
+            })?
+            .to_bytes()
+            .to_vec();
+        Ok(Response { status, body })
+    };
+    // The connection future moves the bytes; it ends once the exchange is over
+    // (`Connection: close`) or has failed, which the exchange then reports.
+    let mut connection = std::pin::pin!(connection);
+    let mut exchange = std::pin::pin!(exchange);
+    let mut connection_done = false;
+    loop {
+        tokio::select! {
+            result = &mut exchange => return result,
+            _ = &mut connection, if !connection_done => connection_done = true,
         }
     }
 }
@@ -383,163 +429,32 @@ fn api_error(resp: &Response) -> RestError {
     }
 }
 
-/// Serialises an HTTP/1.1 request.
-pub fn build_request(
+/// The request: one per connection, JSON both ways.
+fn build_request(
     method: &str,
     host: &str,
     path: &str,
     headers: &[(&str, String)],
     body: &[u8],
-) -> Vec<u8> {
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: chatr/{}\r\nAccept: application/json\r\nConnection: close\r\n",
-        env!("CARGO_PKG_VERSION")
-    );
+) -> Result<hyper::Request<Full<Bytes>>, RestError> {
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(HOST, host)
+        .header(USER_AGENT, concat!("chatr/", env!("CARGO_PKG_VERSION")))
+        .header(ACCEPT, "application/json")
+        .header(CONNECTION, "close");
     if !body.is_empty() || method != "GET" {
-        head.push_str("Content-Type: application/json\r\n");
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        request = request
+            .header(CONTENT_TYPE, "application/json")
+            .header(CONTENT_LENGTH, body.len());
     }
     for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
+        request = request.header(*name, value.as_str());
     }
-    head.push_str("\r\n");
-    let mut out = head.into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
-enum BodyKind {
-    Length(usize),
-    Chunked,
-    UntilEof,
-}
-
-struct Head {
-    status: u16,
-    body_start: usize,
-    kind: BodyKind,
-}
-
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, RestError> {
-    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return Ok(None);
-    };
-    let head = std::str::from_utf8(buf.get(..end).unwrap_or_default())
-        .map_err(|_| RestError::BadResponse("non-UTF-8 header".into()))?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(RestError::BadResponse(format!(
-            "status line {status_line:?}"
-        )));
-    }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
-        .filter(|s| (100..600).contains(s))
-        .ok_or_else(|| RestError::BadResponse(format!("status line {status_line:?}")))?;
-    let mut kind = BodyKind::UntilEof;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(RestError::BadResponse(format!("header line {line:?}")));
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
-            kind = BodyKind::Chunked;
-        } else if name.eq_ignore_ascii_case("content-length") && !matches!(kind, BodyKind::Chunked)
-        {
-            let len: usize = value
-                .parse()
-                .map_err(|_| RestError::BadResponse("bad Content-Length".into()))?;
-            if len > MAX_RESPONSE {
-                return Err(RestError::BadResponse("response too large".into()));
-            }
-            kind = BodyKind::Length(len);
-        }
-    }
-    // 1xx, 204 and 304 have no body.
-    if status < 200 || status == 204 || status == 304 {
-        kind = BodyKind::Length(0);
-    }
-    Ok(Some(Head {
-        status,
-        body_start: end + 4,
-        kind,
-    }))
-}
-
-/// Parses a complete response from `buf`; `Ok(None)` means more bytes are needed.
-pub fn parse_response(buf: &[u8]) -> Result<Option<Response>, RestError> {
-    let Some(head) = parse_head(buf)? else {
-        return Ok(None);
-    };
-    let rest = buf.get(head.body_start..).unwrap_or_default();
-    match head.kind {
-        BodyKind::Length(n) => Ok(rest.get(..n).map(|b| Response {
-            status: head.status,
-            body: b.to_vec(),
-        })),
-        BodyKind::Chunked => Ok(dechunk(rest)?.map(|body| Response {
-            status: head.status,
-            body,
-        })),
-        BodyKind::UntilEof => Ok(None),
-    }
-}
-
-/// Parses the response once the server closed the connection.
-fn parse_response_at_eof(buf: &[u8]) -> Result<Response, RestError> {
-    if let Some(resp) = parse_response(buf)? {
-        return Ok(resp);
-    }
-    match parse_head(buf)? {
-        Some(Head {
-            status,
-            body_start,
-            kind: BodyKind::UntilEof,
-        }) => Ok(Response {
-            status,
-            body: buf.get(body_start..).unwrap_or_default().to_vec(),
-        }),
-        _ => Err(RestError::BadResponse(
-            "connection closed mid-response".into(),
-        )),
-    }
-}
-
-/// Decodes a chunked body; `Ok(None)` when incomplete.
-fn dechunk(mut rest: &[u8]) -> Result<Option<Vec<u8>>, RestError> {
-    let mut body = Vec::new();
-    loop {
-        let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
-            return Ok(None);
-        };
-        let line = std::str::from_utf8(rest.get(..line_end).unwrap_or_default())
-            .map_err(|_| RestError::BadResponse("bad chunk size".into()))?;
-        let size_str = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_str, 16)
-            .map_err(|_| RestError::BadResponse("bad chunk size".into()))?;
-        if size > MAX_RESPONSE {
-            return Err(RestError::BadResponse("response too large".into()));
-        }
-        rest = rest.get(line_end + 2..).unwrap_or_default();
-        if size == 0 {
-            // Trailers are ignored; the final CRLF may or may not have arrived,
-            // but the body is complete.
-            return Ok(Some(body));
-        }
-        let Some(data) = rest.get(..size) else {
-            return Ok(None);
-        };
-        body.extend_from_slice(data);
-        rest = match rest.get(size..size + 2) {
-            Some(b"\r\n") => rest.get(size + 2..).unwrap_or_default(),
-            Some(_) => return Err(RestError::BadResponse("bad chunk terminator".into())),
-            None => return Ok(None),
-        };
-    }
+    request
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .map_err(RestError::Request)
 }
 
 #[cfg(test)]
@@ -555,57 +470,147 @@ mod tests {
         assert_eq!(v["key"], id.public_key_base64());
     }
 
-    #[test]
-    fn request_has_headers_and_body() {
-        let req = build_request(
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    fn test_request() -> hyper::Request<Full<Bytes>> {
+        build_request(
             "PUT",
             "h:1",
             "/api/1/clients/x",
             &[(SIGNATURE_HEADER, "c2ln".into())],
             b"{}",
-        );
-        let text = String::from_utf8(req).unwrap();
-        assert!(text.starts_with("PUT /api/1/clients/x HTTP/1.1\r\nHost: h:1\r\n"));
-        assert!(text.contains("Content-Length: 2\r\n"));
-        assert!(text.contains("Chatr-PublicKey-Signature: c2ln\r\n"));
-        assert!(text.ends_with("\r\n\r\n{}"));
+        )
+        .unwrap()
     }
 
-    #[test]
-    fn content_length_response() {
+    /// Runs one exchange against a server that reads the request, answers
+    /// `raw` and closes; returns the result and the request bytes it read.
+    async fn exchange_with(raw: &[u8]) -> (Result<Response, RestError>, String) {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let raw = raw.to_vec();
+        let serve = async move {
+            let mut seen = Vec::new();
+            let mut chunk = [0u8; 1024];
+            // The test request's body is the 2 bytes after the head.
+            let complete = |seen: &[u8]| {
+                seen.windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .is_some_and(|end| seen.len() >= end + 4 + 2)
+            };
+            while !complete(&seen) {
+                let n = server.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "request ended early: {seen:?}");
+                seen.extend_from_slice(&chunk[..n]);
+            }
+            server.write_all(&raw).await.unwrap();
+            server.shutdown().await.unwrap();
+            String::from_utf8(seen).unwrap()
+        };
+        let wait = std::time::Duration::from_secs(10);
+        let (result, seen) = tokio::time::timeout(wait, async {
+            tokio::join!(exchange(client, test_request()), serve)
+        })
+        .await
+        .expect("the exchange ends (answer or error), never hangs");
+        (result, seen)
+    }
+
+    #[tokio::test]
+    async fn request_has_headers_and_body() {
+        let (_, text) = exchange_with(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+        // Header names are case-insensitive; hyper writes them in lower case.
+        let lower = text.to_ascii_lowercase();
+        assert!(
+            text.starts_with("PUT /api/1/clients/x HTTP/1.1\r\n"),
+            "{text}"
+        );
+        assert!(lower.contains("\r\nhost: h:1\r\n"), "{text}");
+        assert!(lower.contains("\r\ncontent-length: 2\r\n"), "{text}");
+        assert!(
+            lower.contains("\r\ncontent-type: application/json\r\n"),
+            "{text}"
+        );
+        assert!(lower.contains("\r\nconnection: close\r\n"), "{text}");
+        assert!(
+            lower.contains("\r\nchatr-publickey-signature: c2ln\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\n{}"), "{text}");
+        // What HTTP cannot carry is refused instead of sent.
+        let bad = build_request(
+            "PUT",
+            "h:1",
+            "/x",
+            &[(TOKEN_HEADER, "a\r\nX: y".into())],
+            b"",
+        );
+        assert!(matches!(bad, Err(RestError::Request(_))));
+    }
+
+    #[tokio::test]
+    async fn content_length_response() {
         let raw = b"HTTP/1.1 201 Created\r\ncontent-length: 5\r\n\r\nhello";
+        // Cut anywhere and closed: an error, never a short or empty answer.
         for cut in 0..raw.len() {
-            assert_eq!(parse_response(&raw[..cut]).unwrap(), None, "cut {cut}");
+            let (result, _) = exchange_with(&raw[..cut]).await;
+            assert!(result.is_err(), "cut {cut}: {result:?}");
         }
-        let r = parse_response(raw).unwrap().unwrap();
+        let r = exchange_with(raw).await.0.unwrap();
         assert_eq!(r.status, 201);
         assert_eq!(r.body, b"hello");
     }
 
-    #[test]
-    fn chunked_response() {
+    #[tokio::test]
+    async fn chunked_response() {
         let raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
-        let r = parse_response(raw).unwrap().unwrap();
+        let r = exchange_with(raw).await.0.unwrap();
         assert_eq!(r.body, b"abcde");
-        assert_eq!(parse_response(&raw[..raw.len() - 8]).unwrap(), None);
+        assert!(exchange_with(&raw[..raw.len() - 8]).await.0.is_err());
         let bad = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
-        assert!(parse_response(bad).is_err());
+        assert!(exchange_with(bad).await.0.is_err());
     }
 
-    #[test]
-    fn until_eof_response() {
-        let raw = b"HTTP/1.0 200 OK\r\n\r\nbody";
-        assert_eq!(parse_response(raw).unwrap(), None);
-        assert_eq!(parse_response_at_eof(raw).unwrap().body, b"body");
-        assert!(parse_response_at_eof(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab").is_err());
+    #[tokio::test]
+    async fn until_eof_response() {
+        let r = exchange_with(b"HTTP/1.0 200 OK\r\n\r\nbody")
+            .await
+            .0
+            .unwrap();
+        assert_eq!(r.body, b"body");
+        let truncated = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab";
+        assert!(exchange_with(truncated).await.0.is_err());
     }
 
-    #[test]
-    fn garbage_is_rejected() {
-        assert!(parse_response(b"SMTP 220\r\n\r\n").is_err());
-        assert!(parse_response(b"HTTP/1.1 abc OK\r\n\r\n").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nnocolon\r\n\r\n").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n").is_err());
+    #[tokio::test]
+    async fn garbage_is_rejected() {
+        for raw in [
+            &b"SMTP 220\r\n\r\n"[..],
+            b"HTTP/1.1 abc OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nnocolon\r\n\r\n",
+        ] {
+            let (result, _) = exchange_with(raw).await;
+            assert!(
+                matches!(result, Err(RestError::Http(_))),
+                "{raw:?}: {result:?}"
+            );
+        }
+        let (result, _) =
+            exchange_with(b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n").await;
+        assert!(
+            matches!(result, Err(RestError::BadResponse(ref m)) if m.contains("too large")),
+            "{result:?}"
+        );
+        // A chunked body that grows past the cap is cut off too.
+        let mut big = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..20 {
+            big.extend_from_slice(format!("1000\r\n{}\r\n", "x".repeat(0x1000)).as_bytes());
+        }
+        big.extend_from_slice(b"0\r\n\r\n");
+        let (result, _) = exchange_with(&big).await;
+        assert!(
+            matches!(result, Err(RestError::BadResponse(ref m)) if m.contains("too large")),
+            "{result:?}"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use chatr_client::home::Home;
 use chatr_client::identity::Identity;
 use chatr_client::net::bind_udp;
 use chatr_client::session::{
-    DatagramOut, DisconnectReason, SessionError, SessionEvent, SessionHandle, SessionStatus,
+    DatagramOut, SessionEnd, SessionError, SessionEvent, SessionHandle, SessionStatus,
     spawn_session,
 };
 use chatr_proto::udp::UdpMessage;
@@ -44,7 +44,7 @@ impl TestClient {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let out: Arc<dyn DatagramOut> = udp.clone();
-        let session = spawn_session(config, out, tx, shutdown.clone(), &tracker);
+        let session = spawn_session(config, out, None, tx, shutdown.clone(), &tracker);
         // Route control datagrams from the UDP socket to the session (the
         // orchestrator's job in the real client).
         let router_session = session.clone();
@@ -281,8 +281,8 @@ async fn reconnects_with_backoff_after_a_server_restart_on_the_same_port() {
     .await
     .unwrap();
     assert!(
-        matches!(&reason, DisconnectReason::Server(m) if m == "Server shutting down")
-            || matches!(reason, DisconnectReason::Transport(_)),
+        matches!(&reason, SessionEnd::Server(m) if m == "Server shutting down")
+            || matches!(reason, SessionEnd::Transport(_)),
         "{reason:?}"
     );
     // While the server is down, the driver keeps retrying (Offline/Connecting).

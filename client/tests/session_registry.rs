@@ -87,6 +87,7 @@ async fn login(server: &TestServer, id: Identity) -> Result<(), SessionError> {
     let session = spawn_session(
         server.session_config(id, port),
         out,
+        None,
         tx,
         shutdown.clone(),
         &tracker,

@@ -6,7 +6,8 @@
 //!    [`VERSION_CURRENT`], its UUID, and an ed25519 signature over
 //!    [`channel_binding_message`], or over [`v1_signed_message`] for version 1).
 //! 2. The server verifies it and answers [`PacketConnected`] (with a `udp_token`
-//!    extension for v2), or [`PacketDisconnect`] with the reason, and closes.
+//!    extension for v2), or [`PacketDisconnect`] with the reason (the defined messages
+//!    are [`DisconnectReason`]s), and closes.
 //! 3. A v2 client sends a [`udp::UdpMessage::BindingRequest`] carrying the token from
 //!    its UDP socket, so the server learns its public UDP mapping.
 //! 4. The server pings ([`PacketPing`]) and the client answers ([`PacketPong`]).
@@ -47,6 +48,7 @@
 pub mod channel_binding;
 #[cfg(feature = "codec")]
 pub mod codec;
+mod disconnect;
 mod endpoint;
 mod error;
 mod frame;
@@ -63,6 +65,7 @@ pub use channel_binding::{
     CHANNEL_BINDING_MESSAGE_LEN, UDP_BINDING_EXPORTER_LABEL, VERSION_2, VERSION_3, VERSION_CURRENT,
     VERSION_SPEC, channel_binding_message, v1_signed_message,
 };
+pub use disconnect::DisconnectReason;
 pub use endpoint::Endpoint;
 pub use error::DecodeError;
 pub use frame::{decode_frame, frame_len};

@@ -3,7 +3,7 @@
 //! Every logged-in session has one entry in a `DashMap<Uuid, SessionEntry>`:
 //! the sender halves of its two **bounded** inboxes, a kick switch, and what the
 //! server observed about it (TCP source, UDP mapping, UDP token). Brokering is
-//! message passing: session A's machine asks to forward a [`PeerEvent`] to B;
+//! message passing: session A's machine asks to forward a `PeerEvent` to B;
 //! the hub stamps it with A's UUID and current endpoints and `try_send`s it to
 //! one of B's inboxes:
 //!
@@ -25,8 +25,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use chatr_proto::UDP_TOKEN_LEN;
 use chatr_proto::udp::{BINDING_KEY_LEN, UdpMessage};
+use chatr_proto::{DisconnectReason, UDP_TOKEN_LEN};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::mpsc::error::TrySendError;
@@ -36,7 +36,7 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 use crate::relay::RelayOut;
-use crate::session::{ClaimOutcome, HubEvent, PeerEndpoints, PeerEvent, TIME_OUT};
+use crate::session::{ClaimOutcome, HubEvent, PeerEndpoints, PeerEvent};
 
 /// What the server knows about one logged-in session, shared between its
 /// driver, the hub and the UDP endpoint.
@@ -316,7 +316,7 @@ impl Hub {
         if let Some(old) = replaced {
             tracing::info!(%uuid, "dead session replaced by a new login");
             self.forget_token(&old.shared);
-            old.kick.kick(Some(TIME_OUT));
+            old.kick.kick(Some(DisconnectReason::TimeOut.as_str()));
         }
         if let Some(token) = new_shared.udp_token {
             self.inner.tokens.insert(token, new_shared);
@@ -530,7 +530,10 @@ mod tests {
             ClaimOutcome::Admitted
         );
         assert!(old.kick.token.is_cancelled());
-        assert_eq!(old.kick.reason().as_deref(), Some(TIME_OUT));
+        assert_eq!(
+            old.kick.reason().as_deref(),
+            Some(DisconnectReason::TimeOut.as_str())
+        );
         // The old token no longer binds; the new one does.
         let addr: SocketAddr = "198.51.100.1:9".parse().unwrap();
         assert_eq!(hub.bind_udp(&[1; 16], addr), None);

@@ -11,7 +11,7 @@
 //!    the [`registry`] (channel-bound for version 2), the UUID is claimed in
 //!    the [`hub`] (probing a previous session with the same UUID), and the
 //!    client gets PacketConnected with a UDP token.
-//! 3. The client sends the token over UDP ([`udp`]); the server records the
+//! 3. The client sends the token over UDP (`udp.rs`); the server records the
 //!    observed mapping. Standard STUN requests are answered too ([`stun`]).
 //! 4. The session pings its client; connection requests are brokered between
 //!    sessions through the hub's bounded per-session queues; after an accept

@@ -5,21 +5,44 @@
 //! 1. command-line flags (`--listen 0.0.0.0:7777`),
 //! 2. `CHATR_*` environment variables (`CHATR_LISTEN=0.0.0.0:7777`),
 //! 3. the TOML file named by `--config` / `CHATR_CONFIG` (`listen = "0.0.0.0:7777"`),
-//! 4. built-in defaults.
+//! 4. built-in defaults ([`Settings::defaults`]: the library's [`ServerConfig`] defaults).
 //!
 //! Every key has the same name in all three places: the flag is the key with
 //! `-` for `_`, the variable is `CHATR_` + the key in upper case. The environment
 //! is passed in as a function so tests can layer settings without touching the
 //! process environment.
+//!
+//! # Adding a setting
+//!
+//! Each setting is declared once, as a row of the table below (the
+//! `settings_table!` macro generates the flag, the variable, the file key and the
+//! merge from it):
+//!
+//! 1. give the value a home with its default: a field of [`ServerConfig`] (or
+//!    its `Timings` / `Limits`), or of [`Settings`] for what only the binary uses;
+//! 2. add the row: help text, key and type, where the value lands, the `CHATR_*`
+//!    variable and its parser, and any clap/serde attributes the type needs
+//!    (durations take `parse_duration` and `de_duration`, as the rows above do);
+//! 3. add it to `deploy/chatr-server.toml` (the example file lists every key) and
+//!    to the `every_key_parses_in_every_layer` test.
+
+mod cli;
+mod table;
+mod values;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use serde::Deserialize;
+pub use cli::{AdminTarget, CertAction, Cli, Command, IdentityAction, TokenAction};
+pub use values::{LogFormat, parse_duration, parse_policy};
 
 use crate::config::{RegistrationPolicy, ServerConfig};
+use table::settings_table;
+use values::{
+    ShowDefault, de_duration, parse_addr, parse_bool, parse_list, parse_log_format, parse_number,
+    parse_path, parse_text,
+};
 
 /// Data directory used when none is configured (relative to the working directory).
 pub const DEFAULT_DATA_DIR: &str = "chatr-data";
@@ -27,244 +50,98 @@ pub const DEFAULT_DATA_DIR: &str = "chatr-data";
 /// Name of the admin socket inside the data directory.
 pub const ADMIN_SOCKET: &str = "admin.sock";
 
-const ENV_HELP: &str = "\
-Every serve flag can also be set through a CHATR_* environment variable (the flag name in upper case,
-'-' replaced by '_', e.g. CHATR_API_LISTEN, CHATR_DATA_DIR, CHATR_REGISTRATION; CHATR_SAN takes a
-comma-separated list) or in the TOML file given by --config / CHATR_CONFIG (same names with '_', e.g.
-api_listen = \"0.0.0.0:7778\"). Precedence: command line > environment > config file > defaults.
-Durations are written like 500ms, 5s, 2m or 1h.";
-
-/// `chatr-server`: the Chatr Connect server and its admin tools.
-#[derive(Debug, Parser)]
-#[command(
-    name = "chatr-server",
-    version,
-    about = "Chatr Connect server: TLS rendezvous, UDP endpoint discovery and the identity registry",
-    args_conflicts_with_subcommands = true,
-    after_help = ENV_HELP
-)]
-pub struct Cli {
-    /// What to do; `serve` when omitted.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Flags of the default `serve` subcommand.
-    #[command(flatten)]
-    pub serve: ServeArgs,
-}
-
-impl Cli {
-    /// The subcommand to run, with `serve` filled in when none was named.
-    pub fn into_command(self) -> Command {
-        self.command.unwrap_or(Command::Serve(self.serve))
-    }
-}
-
-/// Subcommands.
-// Parsed once at start-up: the size difference between variants costs nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the server (the default).
-    #[command(after_help = ENV_HELP)]
-    Serve(ServeArgs),
-    /// Manage registered identities of a running server (or of a stopped one's data dir).
-    Identity {
-        /// What to do.
-        #[command(subcommand)]
-        action: IdentityAction,
-        /// Which server.
-        #[command(flatten)]
-        target: AdminTarget,
-    },
-    /// Manage registration tokens (for `--registration token`).
-    Token {
-        /// What to do.
-        #[command(subcommand)]
-        action: TokenAction,
-        /// Which server.
-        #[command(flatten)]
-        target: AdminTarget,
-    },
-    /// Create a development CA and server certificates, or fingerprint a certificate.
-    Cert {
-        /// What to do.
-        #[command(subcommand)]
-        action: CertAction,
-    },
-}
-
-/// `identity …`
-#[derive(Debug, Subcommand)]
-pub enum IdentityAction {
-    /// Register (or replace) the key of a UUID.
-    Add {
-        /// Client UUID.
-        uuid: String,
-        /// Base64 of the 32-byte ed25519 public key (as `chatr whoami` prints it).
-        public_key: String,
-    },
-    /// List registered identities (`<uuid> <public-key-base64>` per line).
-    List,
-    /// Forget a UUID and disconnect its session.
-    Remove {
-        /// Client UUID.
-        uuid: String,
-    },
-}
-
-/// `token …`
-#[derive(Debug, Subcommand)]
-pub enum TokenAction {
-    /// Issue a single-use registration token and print it.
-    Issue,
-}
-
-/// `cert …`
-#[derive(Debug, Subcommand)]
-pub enum CertAction {
-    /// Create a development CA: `<out>/ca.pem` and `<out>/ca-key.pem`.
-    Ca {
-        /// Output directory.
-        #[arg(long, default_value = "certs/dev")]
-        out: PathBuf,
-        /// Common name of the CA.
-        #[arg(long, default_value = "Chatr development CA")]
-        name: String,
-        /// Validity in days.
-        #[arg(long, default_value_t = 3650)]
-        days: u32,
-    },
-    /// Issue a server certificate signed by a CA: `<out>/cert.pem` (chain) and `<out>/key.pem`.
-    Server {
-        /// CA certificate (PEM), from `cert ca`.
-        #[arg(long, default_value = "certs/dev/ca.pem")]
-        ca_cert: PathBuf,
-        /// CA private key (PEM), from `cert ca`.
-        #[arg(long, default_value = "certs/dev/ca-key.pem")]
-        ca_key: PathBuf,
-        /// The CA's name as given to `cert ca --name`.
-        #[arg(long, default_value = "Chatr development CA")]
-        ca_name: String,
-        /// Output directory.
-        #[arg(long, default_value = "certs/dev")]
-        out: PathBuf,
-        /// Subject alternative names: DNS names or IP addresses (repeatable).
-        #[arg(long = "san", required = true)]
-        sans: Vec<String>,
-        /// Validity in days.
-        #[arg(long, default_value_t = 825)]
-        days: u32,
-    },
-    /// Print the SHA-256 fingerprint (hex) of the first certificate in a PEM file.
-    Fingerprint {
-        /// PEM file.
-        file: PathBuf,
-    },
-}
-
-/// Locates the admin socket of a server.
-#[derive(Debug, Clone, Default, Args)]
-pub struct AdminTarget {
-    /// Data directory of the server (its admin socket is `<data-dir>/admin.sock`).
-    #[arg(long, global = true)]
-    pub data_dir: Option<PathBuf>,
-    /// The server's config file (only `data_dir` is read from it).
-    #[arg(long, global = true)]
-    pub config: Option<PathBuf>,
-    /// Admin socket path, overriding the data directory.
-    #[arg(long, global = true)]
-    pub admin_socket: Option<PathBuf>,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Human,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Flags of `serve`; also the shape of the TOML config file (every key optional).
-#[derive(Debug, Clone, Default, Args, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServeArgs {
-    /// TOML config file (keys as below, with `_`).
-    #[arg(long, value_name = "FILE")]
-    #[serde(skip)]
-    pub config: Option<PathBuf>,
-    /// TCP (TLS) and UDP (endpoint discovery, STUN) address [default: 0.0.0.0:7777].
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<SocketAddr>,
-    /// HTTPS registry API address [default: 0.0.0.0:7778].
-    #[arg(long, value_name = "ADDR")]
-    pub api_listen: Option<SocketAddr>,
-    /// Where the registry, generated certificate and admin socket live [default: ./chatr-data].
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
+settings_table! {
+    /// TCP (TLS) and UDP (endpoint discovery, STUN) address.
+    listen: SocketAddr => server.listen,
+        env "CHATR_LISTEN" parse parse_addr,
+        arg(value_name = "ADDR");
+    /// HTTPS registry API address.
+    api_listen: SocketAddr => server.api_listen,
+        env "CHATR_API_LISTEN" parse parse_addr,
+        arg(value_name = "ADDR");
+    /// Where the registry, generated certificate and admin socket live.
+    data_dir: PathBuf => server.data_dir,
+        env "CHATR_DATA_DIR" parse parse_path,
+        arg(value_name = "DIR");
     /// PEM certificate chain (e.g. Let's Encrypt fullchain.pem); default: self-signed in the data dir.
-    #[arg(long, value_name = "FILE")]
-    pub cert: Option<PathBuf>,
+    cert: PathBuf => server.cert,
+        env "CHATR_CERT" parse parse_path,
+        arg(value_name = "FILE");
     /// PEM private key for --cert (e.g. Let's Encrypt privkey.pem).
-    #[arg(long, value_name = "FILE")]
-    pub key: Option<PathBuf>,
+    key: PathBuf => server.key,
+        env "CHATR_KEY" parse parse_path,
+        arg(value_name = "FILE");
     /// Extra DNS name or IP for the self-signed certificate (repeatable).
-    #[arg(long, value_name = "NAME")]
-    pub san: Option<Vec<String>>,
-    /// Who may register over the REST API [default: open].
-    #[arg(long, value_parser = parse_policy, value_name = "open|token|closed")]
-    pub registration: Option<RegistrationPolicy>,
+    san: Vec<String> => server.san,
+        env "CHATR_SAN" parse parse_list,
+        arg(value_name = "NAME");
+    /// Who may register over the REST API.
+    registration: RegistrationPolicy => server.registration,
+        env "CHATR_REGISTRATION" parse parse_policy,
+        arg(value_parser = parse_policy, value_name = "open|token|closed");
     /// Refuse version-1 logins (signature not bound to the TLS session).
-    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true",
-          value_parser = parse_bool, value_name = "BOOL")]
-    pub require_channel_binding: Option<bool>,
-    /// Log format [default: human].
-    #[arg(long, value_enum)]
-    pub log_format: Option<LogFormat>,
-    /// Log filter, e.g. `info` or `chatr_server=debug` [default: info].
-    #[arg(long, value_name = "FILTER")]
-    pub log_level: Option<String>,
+    require_channel_binding: bool => server.require_channel_binding,
+        env "CHATR_REQUIRE_CHANNEL_BINDING" parse parse_bool,
+        arg(num_args = 0..=1, require_equals = true, default_missing_value = "true",
+            value_parser = parse_bool, value_name = "BOOL");
+    /// Log format.
+    log_format: LogFormat => log_format,
+        env "CHATR_LOG_FORMAT" parse parse_log_format,
+        arg(value_enum);
+    /// Log filter, e.g. `info` or `chatr_server=debug`.
+    log_level: String => log_level,
+        env "CHATR_LOG_LEVEL" parse parse_text,
+        arg(value_name = "FILTER");
     /// Once listening, write `{"connect":…,"api":…,"fingerprint":…}` to this file.
-    #[arg(long, value_name = "FILE")]
-    pub ready_file: Option<PathBuf>,
-    /// Ping a session this long after its last pong [default: 5s].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    #[serde(default, deserialize_with = "de_duration")]
-    pub ping_interval: Option<Duration>,
-    /// Drop a session with "Time out" this long after an unanswered ping [default: 15s].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    #[serde(default, deserialize_with = "de_duration")]
-    pub ping_timeout: Option<Duration>,
-    /// TLS handshake plus PacketConnect must finish within this [default: 10s].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    #[serde(default, deserialize_with = "de_duration")]
-    pub login_timeout: Option<Duration>,
-    /// Unanswered connection requests expire after this [default: 30s].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    #[serde(default, deserialize_with = "de_duration")]
-    pub request_timeout: Option<Duration>,
-    /// Time an existing session has to answer before a same-UUID newcomer takes over [default: 2s].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    #[serde(default, deserialize_with = "de_duration")]
-    pub takeover_probe: Option<Duration>,
-    /// A write to a client slower than this ends its session [default: 10s].
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    #[serde(default, deserialize_with = "de_duration")]
-    pub write_timeout: Option<Duration>,
-    /// Maximum simultaneous connections [default: 200000].
-    #[arg(long, value_name = "N")]
-    pub max_connections: Option<usize>,
-    /// Maximum simultaneous connections per source IP [default: 64].
-    #[arg(long, value_name = "N")]
-    pub max_connections_per_ip: Option<usize>,
-    /// REST API requests per second per source IP, sustained [default: 5].
-    #[arg(long, value_name = "N")]
-    pub api_rate: Option<u32>,
-    /// REST API burst per source IP [default: 20].
-    #[arg(long, value_name = "N")]
-    pub api_burst: Option<u32>,
+    ready_file: PathBuf => ready_file,
+        env "CHATR_READY_FILE" parse parse_path,
+        arg(value_name = "FILE");
+    /// Ping a session this long after its last pong.
+    ping_interval: Duration => server.timings.ping_interval,
+        env "CHATR_PING_INTERVAL" parse parse_duration,
+        arg(value_parser = parse_duration, value_name = "DURATION"),
+        serde(default, deserialize_with = "de_duration");
+    /// Drop a session with "Time out" this long after an unanswered ping.
+    ping_timeout: Duration => server.timings.ping_timeout,
+        env "CHATR_PING_TIMEOUT" parse parse_duration,
+        arg(value_parser = parse_duration, value_name = "DURATION"),
+        serde(default, deserialize_with = "de_duration");
+    /// TLS handshake plus PacketConnect must finish within this.
+    login_timeout: Duration => server.timings.login_timeout,
+        env "CHATR_LOGIN_TIMEOUT" parse parse_duration,
+        arg(value_parser = parse_duration, value_name = "DURATION"),
+        serde(default, deserialize_with = "de_duration");
+    /// Unanswered connection requests expire after this.
+    request_timeout: Duration => server.timings.request_timeout,
+        env "CHATR_REQUEST_TIMEOUT" parse parse_duration,
+        arg(value_parser = parse_duration, value_name = "DURATION"),
+        serde(default, deserialize_with = "de_duration");
+    /// Time an existing session has to answer before a same-UUID newcomer takes over.
+    takeover_probe: Duration => server.timings.takeover_probe,
+        env "CHATR_TAKEOVER_PROBE" parse parse_duration,
+        arg(value_parser = parse_duration, value_name = "DURATION"),
+        serde(default, deserialize_with = "de_duration");
+    /// A write to a client slower than this ends its session.
+    write_timeout: Duration => server.timings.write_timeout,
+        env "CHATR_WRITE_TIMEOUT" parse parse_duration,
+        arg(value_parser = parse_duration, value_name = "DURATION"),
+        serde(default, deserialize_with = "de_duration");
+    /// Maximum simultaneous connections.
+    max_connections: usize => server.limits.max_connections,
+        env "CHATR_MAX_CONNECTIONS" parse parse_number,
+        arg(value_name = "N");
+    /// Maximum simultaneous connections per source IP.
+    max_connections_per_ip: usize => server.limits.max_connections_per_ip,
+        env "CHATR_MAX_CONNECTIONS_PER_IP" parse parse_number,
+        arg(value_name = "N");
+    /// REST API requests per second per source IP, sustained.
+    api_rate: u32 => server.limits.api_requests_per_second,
+        env "CHATR_API_RATE" parse parse_number,
+        arg(value_name = "N");
+    /// REST API burst per source IP.
+    api_burst: u32 => server.limits.api_burst,
+        env "CHATR_API_BURST" parse parse_number,
+        arg(value_name = "N");
 }
 
 /// Why the settings could not be resolved.
@@ -317,105 +194,58 @@ pub struct Settings {
     pub ready_file: Option<PathBuf>,
 }
 
-impl ServeArgs {
-    /// Reads every `CHATR_*` variable through `env` into a layer.
-    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
-        fn get<T>(
-            env: &dyn Fn(&str) -> Option<String>,
-            var: &'static str,
-            parse: impl Fn(&str) -> Result<T, String>,
-        ) -> Result<Option<T>, SettingsError> {
-            match env(var) {
-                None => Ok(None),
-                Some(value) if value.trim().is_empty() => Ok(None),
-                Some(value) => {
-                    parse(value.trim())
-                        .map(Some)
-                        .map_err(|message| SettingsError::Env {
-                            var,
-                            value,
-                            message,
-                        })
-                }
-            }
+impl Settings {
+    /// What `serve` runs with when no layer sets anything.
+    pub fn defaults() -> Self {
+        Self {
+            server: ServerConfig::new(DEFAULT_DATA_DIR),
+            log_format: LogFormat::default(),
+            log_level: "info".to_owned(),
+            ready_file: None,
         }
-        let text = |s: &str| Ok::<_, String>(s.to_owned());
-        let path = |s: &str| Ok::<_, String>(PathBuf::from(s));
-        let addr = |s: &str| {
-            s.parse::<SocketAddr>()
-                .map_err(|e| format!("{e}; expected IP:PORT"))
-        };
-        let num = |s: &str| s.parse::<usize>().map_err(|e| e.to_string());
-        let num32 = |s: &str| s.parse::<u32>().map_err(|e| e.to_string());
-        Ok(Self {
-            config: get(env, "CHATR_CONFIG", path)?,
-            listen: get(env, "CHATR_LISTEN", addr)?,
-            api_listen: get(env, "CHATR_API_LISTEN", addr)?,
-            data_dir: get(env, "CHATR_DATA_DIR", path)?,
-            cert: get(env, "CHATR_CERT", path)?,
-            key: get(env, "CHATR_KEY", path)?,
-            san: get(env, "CHATR_SAN", |s| {
-                Ok(s.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect())
-            })?,
-            registration: get(env, "CHATR_REGISTRATION", parse_policy)?,
-            require_channel_binding: get(env, "CHATR_REQUIRE_CHANNEL_BINDING", parse_bool)?,
-            log_format: get(env, "CHATR_LOG_FORMAT", |s| LogFormat::from_str(s, true))?,
-            log_level: get(env, "CHATR_LOG_LEVEL", text)?,
-            ready_file: get(env, "CHATR_READY_FILE", path)?,
-            ping_interval: get(env, "CHATR_PING_INTERVAL", parse_duration)?,
-            ping_timeout: get(env, "CHATR_PING_TIMEOUT", parse_duration)?,
-            login_timeout: get(env, "CHATR_LOGIN_TIMEOUT", parse_duration)?,
-            request_timeout: get(env, "CHATR_REQUEST_TIMEOUT", parse_duration)?,
-            takeover_probe: get(env, "CHATR_TAKEOVER_PROBE", parse_duration)?,
-            write_timeout: get(env, "CHATR_WRITE_TIMEOUT", parse_duration)?,
-            max_connections: get(env, "CHATR_MAX_CONNECTIONS", num)?,
-            max_connections_per_ip: get(env, "CHATR_MAX_CONNECTIONS_PER_IP", num)?,
-            api_rate: get(env, "CHATR_API_RATE", num32)?,
-            api_burst: get(env, "CHATR_API_BURST", num32)?,
-        })
     }
+}
 
+/// Reads one variable; unset or blank is `None`, a bad value an error naming the variable.
+fn env_value<T>(
+    env: &dyn Fn(&str) -> Option<String>,
+    var: &'static str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, SettingsError> {
+    match env(var) {
+        None => Ok(None),
+        Some(value) if value.trim().is_empty() => Ok(None),
+        Some(value) => parse(value.trim())
+            .map(Some)
+            .map_err(|message| SettingsError::Env {
+                var,
+                value,
+                message,
+            }),
+    }
+}
+
+/// A row's `--help` line: its doc text (without the closing period) and the default.
+fn help_for(doc: &[&str], default: Option<String>) -> String {
+    let text = doc
+        .iter()
+        .map(|line| line.trim())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let text = text.strip_suffix('.').unwrap_or(&text);
+    match default {
+        Some(default) => format!("{text} [default: {default}]"),
+        None => text.to_owned(),
+    }
+}
+
+impl ServeArgs {
     /// Parses a TOML config file's text.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, SettingsError> {
         toml::from_str(text).map_err(|err| SettingsError::ParseConfig {
             path: path.display().to_string(),
             message: err.to_string(),
         })
-    }
-
-    /// Field by field: `self` where set, else `lower`.
-    #[must_use]
-    pub fn or(self, lower: Self) -> Self {
-        Self {
-            config: self.config.or(lower.config),
-            listen: self.listen.or(lower.listen),
-            api_listen: self.api_listen.or(lower.api_listen),
-            data_dir: self.data_dir.or(lower.data_dir),
-            cert: self.cert.or(lower.cert),
-            key: self.key.or(lower.key),
-            san: self.san.or(lower.san),
-            registration: self.registration.or(lower.registration),
-            require_channel_binding: self
-                .require_channel_binding
-                .or(lower.require_channel_binding),
-            log_format: self.log_format.or(lower.log_format),
-            log_level: self.log_level.or(lower.log_level),
-            ready_file: self.ready_file.or(lower.ready_file),
-            ping_interval: self.ping_interval.or(lower.ping_interval),
-            ping_timeout: self.ping_timeout.or(lower.ping_timeout),
-            login_timeout: self.login_timeout.or(lower.login_timeout),
-            request_timeout: self.request_timeout.or(lower.request_timeout),
-            takeover_probe: self.takeover_probe.or(lower.takeover_probe),
-            write_timeout: self.write_timeout.or(lower.write_timeout),
-            max_connections: self.max_connections.or(lower.max_connections),
-            max_connections_per_ip: self.max_connections_per_ip.or(lower.max_connections_per_ip),
-            api_rate: self.api_rate.or(lower.api_rate),
-            api_burst: self.api_burst.or(lower.api_burst),
-        }
     }
 
     /// Layers CLI (`self`) over the environment over the config file, then
@@ -439,56 +269,12 @@ impl ServeArgs {
 
     /// Fills defaults for whatever no layer set.
     pub fn finish(self) -> Result<Settings, SettingsError> {
-        let mut server =
-            ServerConfig::new(self.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
-        if let Some(listen) = self.listen {
-            server.listen = listen;
+        let mut settings = Settings::defaults();
+        self.apply(&mut settings);
+        if settings.server.cert.is_some() != settings.server.key.is_some() {
+            return Err(SettingsError::CertWithoutKey);
         }
-        if let Some(api_listen) = self.api_listen {
-            server.api_listen = api_listen;
-        }
-        match (self.cert, self.key) {
-            (Some(cert), Some(key)) => {
-                server.cert = Some(cert);
-                server.key = Some(key);
-            }
-            (None, None) => {}
-            _ => return Err(SettingsError::CertWithoutKey),
-        }
-        server.san = self.san.unwrap_or_default();
-        server.registration = self.registration.unwrap_or_default();
-        server.require_channel_binding = self.require_channel_binding.unwrap_or(false);
-        let t = &mut server.timings;
-        let set = |slot: &mut Duration, value: Option<Duration>| {
-            if let Some(v) = value {
-                *slot = v;
-            }
-        };
-        set(&mut t.ping_interval, self.ping_interval);
-        set(&mut t.ping_timeout, self.ping_timeout);
-        set(&mut t.login_timeout, self.login_timeout);
-        set(&mut t.request_timeout, self.request_timeout);
-        set(&mut t.takeover_probe, self.takeover_probe);
-        set(&mut t.write_timeout, self.write_timeout);
-        let l = &mut server.limits;
-        if let Some(v) = self.max_connections {
-            l.max_connections = v;
-        }
-        if let Some(v) = self.max_connections_per_ip {
-            l.max_connections_per_ip = v;
-        }
-        if let Some(v) = self.api_rate {
-            l.api_requests_per_second = v;
-        }
-        if let Some(v) = self.api_burst {
-            l.api_burst = v;
-        }
-        Ok(Settings {
-            server,
-            log_format: self.log_format.unwrap_or_default(),
-            log_level: self.log_level.unwrap_or_else(|| "info".to_owned()),
-            ready_file: self.ready_file,
-        })
+        Ok(settings)
     }
 }
 
@@ -513,58 +299,10 @@ impl AdminTarget {
     }
 }
 
-/// Parses `open`, `token` or `closed`.
-pub fn parse_policy(s: &str) -> Result<RegistrationPolicy, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "open" => Ok(RegistrationPolicy::Open),
-        "token" => Ok(RegistrationPolicy::Token),
-        "closed" => Ok(RegistrationPolicy::Closed),
-        _ => Err("expected open, token or closed".to_owned()),
-    }
-}
-
-fn parse_bool(s: &str) -> Result<bool, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err("expected true or false".to_owned()),
-    }
-}
-
-/// Parses `250ms`, `5s`, `2m`, `1h` (a bare number means seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 5s, 2m or 1h"))?;
-    let scale = match unit.trim() {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        other => {
-            return Err(format!(
-                "unknown duration unit {other:?}; use ms, s, m or h"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(value * scale).map_err(|e| format!("{s:?}: {e}"))
-}
-
-fn de_duration<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Duration>, D::Error> {
-    let text = String::deserialize(de)?;
-    parse_duration(&text)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
     use std::collections::HashMap;
 
     fn cli(args: &[&str]) -> ServeArgs {
@@ -802,6 +540,44 @@ mod tests {
         assert!(matches!(err, SettingsError::CertWithoutKey));
         assert!(Cli::try_parse_from(["chatr-server", "--registration", "maybe"]).is_err());
         assert!(Cli::try_parse_from(["chatr-server", "--ping-interval", "5 parsecs"]).is_err());
+    }
+
+    #[test]
+    fn every_variable_is_chatr_and_the_key_in_upper_case() {
+        assert_eq!(ServeArgs::KEYS.len(), 21);
+        for (key, var) in ServeArgs::KEYS {
+            assert_eq!(*var, format!("CHATR_{}", key.to_ascii_uppercase()), "{key}");
+        }
+    }
+
+    #[test]
+    fn help_shows_the_library_defaults() {
+        use clap::CommandFactory as _;
+        let help = Cli::command().render_long_help().to_string();
+        for line in [
+            "address [default: 0.0.0.0:7777]",
+            "HTTPS registry API address [default: 0.0.0.0:7778]",
+            "admin socket live [default: chatr-data]",
+            "Who may register over the REST API [default: open]",
+            "Ping a session this long after its last pong [default: 5s]",
+            "unanswered ping [default: 15s]",
+            "Maximum simultaneous connections [default: 200000]",
+            "REST API burst per source IP [default: 20]",
+        ] {
+            assert!(help.contains(line), "{line:?} missing from:\n{help}");
+        }
+        // Nothing set means no default to show.
+        assert!(help.contains("PEM private key for --cert (e.g. Let's Encrypt privkey.pem)\n"));
+        let mut config = Settings::defaults();
+        config.server.timings.ping_interval = Duration::from_millis(1500);
+        assert_eq!(
+            ShowDefault::show(&config.server.timings.ping_interval).as_deref(),
+            Some("1500ms")
+        );
+        assert_eq!(
+            ShowDefault::show(&Duration::from_secs(120)).as_deref(),
+            Some("2m")
+        );
     }
 
     #[test]

@@ -211,7 +211,7 @@ pub fn fingerprint(der: &[u8]) -> String {
 
 /// The rustls configuration every Chatr TLS server uses: ring, TLS 1.3 only,
 /// no client certificates, the server's cipher-suite order (see
-/// [`suite_rank`]).
+/// `suite_rank`).
 pub fn rustls_server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,

@@ -28,7 +28,7 @@ if [ "${1:-}" = "--sweep" ]; then
     exec cargo run -q -p chatr-tests --bin chatr-natlab -- --sweep
 fi
 
-cargo build -p chatr-server -p chatr-client
+cargo build -p chatr-server -p chatr-cli
 cargo test -p chatr-tests --test nat_profiles --test nat_matrix
 
 if [ "${1:-}" = "--write-matrix" ]; then

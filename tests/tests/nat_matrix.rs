@@ -7,13 +7,14 @@
 //! directions; every pair finishes with a `--report` from both clients.
 //!
 //! Needs root and the `chatr`/`chatr-server` binaries (built by `cargo test
-//! --workspace`, or `cargo build -p chatr-server -p chatr-client`; or set
+//! --workspace`, or `cargo build -p chatr-server -p chatr-cli`; or set
 //! CHATR_BIN_DIR). The rendered table is printed and written to
 //! `$CARGO_TARGET_TMPDIR/NAT-MATRIX.md`; `chatr-natlab` rewrites `docs/NAT-MATRIX.md`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::time::Duration;
 
+use chatr_client::punch::PathKind;
 use chatr_tests::lab;
 use chatr_tests::lab::matrix::{self, Binaries, Expectation, MatrixConfig};
 
@@ -65,9 +66,9 @@ fn every_pair_of_nat_profiles_links_with_the_real_binaries() {
             r.pair.label()
         );
         if r.pair == matrix::Pair::SameLan {
-            let path = r.initiator.report.as_ref().and_then(|rep| rep.path.clone());
+            let path = r.initiator.report.as_ref().and_then(|rep| rep.path);
             assert_eq!(
-                path.as_deref(),
+                path.map(PathKind::as_str),
                 Some("lan"),
                 "same-lan peers must use the LAN path"
             );

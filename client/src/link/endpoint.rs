@@ -29,8 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::LinkError;
+use super::close_code::CloseCode;
 use super::config::LinkConfig;
-use super::peer_link::{CloseCode, PeerLink};
+use super::peer_link::PeerLink;
 use super::routes::{Route, Routes};
 use super::rpk::{self, SeenKey};
 use super::socket::{ControlRx, PathSocket, RawSender, TlsRelayPort};

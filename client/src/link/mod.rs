@@ -24,6 +24,7 @@
 #![deny(clippy::indexing_slicing)]
 
 pub mod chat;
+mod close_code;
 mod config;
 mod endpoint;
 mod error;
@@ -36,12 +37,13 @@ pub mod socket;
 mod stream;
 pub mod transfer;
 
+pub use close_code::CloseCode;
 pub use config::LinkConfig;
 pub use endpoint::{
     IncomingLink, LinkEndpoint, MAX_INITIAL_RTT, MAX_QUIC_PAYLOAD, MIN_INITIAL_RTT,
 };
 pub use error::LinkError;
-pub use peer_link::{CloseCode, PeerLink};
+pub use peer_link::PeerLink;
 pub use socket::{ControlRx, RawSender, Source, TlsRelayPort, TlsRelayed};
 pub use stream::{LinkStream, StreamKind};
 

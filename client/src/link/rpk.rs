@@ -5,10 +5,10 @@
 //! sides send a bare `SubjectPublicKeyInfo` (RFC 7250 `RawPublicKey` certificate type) and prove
 //! possession of the matching private key with the TLS 1.3 `CertificateVerify` signature.
 //!
-//! - The **initiator** (QUIC client) uses a [`PinnedServerKey`] verifier: any key other than
+//! - The **initiator** (QUIC client) uses a `PinnedServerKey` verifier: any key other than
 //!   the one it expects fails the handshake. The key seen is recorded, so the caller can report
 //!   `LinkError::KeyMismatch { expected, got }`.
-//! - The **responder** (QUIC server) uses [`AnyEd25519ClientKey`]: the client must present *an*
+//! - The **responder** (QUIC server) uses `AnyEd25519ClientKey`: the client must present *an*
 //!   ed25519 key and sign with it. Which key is acceptable is decided right after the handshake
 //!   by [`IncomingLink::accept`](super::IncomingLink::accept), which knows who the responder
 //!   agreed to talk to.

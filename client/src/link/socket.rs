@@ -11,13 +11,13 @@
 //!   and path probes, relayed datagrams) and **STUN** starts with `0x00`/`0x01`: neither
 //!   has `0x40` set.
 //!
-//! [`PathSocket`] is the [`quinn::AsyncUdpSocket`] quinn drives. On every receive it keeps
+//! `PathSocket` is the [`quinn::AsyncUdpSocket`] quinn drives. On every receive it keeps
 //! the QUIC datagrams for quinn and pushes every other datagram into a bounded channel
 //! read through [`ControlRx`]. A full channel drops the datagram and counts it: quinn's
 //! receive path must never wait on the orchestrator.
 //!
 //! **Paths.** A link set up by the node talks to a virtual address of the peer
-//! ([`super::routes`]). A datagram quinn sends there goes out on every path of the link's
+//! (`link::routes`). A datagram quinn sends there goes out on every path of the link's
 //! current plan: straight to one of the peer's addresses, to the server's UDP port behind
 //! a relay header (`00 'C' 'H' 'R' 30 ‖ relay id`), or into the Connect TLS session (the
 //! TLS relay, through a bounded channel to the session driver). Datagrams that arrive from

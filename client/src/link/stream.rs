@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::LinkError;
-use super::peer_link::CloseCode;
+use super::close_code::CloseCode;
 
 /// What a bidirectional stream carries; its byte is the first byte the opener sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

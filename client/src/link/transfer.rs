@@ -1,6 +1,6 @@
 //! File transfer over a peer link, checked by size and SHA-256.
 //!
-//! A file stream ([`StreamKind::File`](super::StreamKind::File)) carries one file:
+//! A file stream ([`StreamKind::File`]) carries one file:
 //!
 //! ```text
 //! sender → receiver:  name_len: u16 BE (1..=255) ‖ name: UTF-8 ‖ size: u64 BE ‖ sha256: 32 bytes
@@ -28,7 +28,8 @@ use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::LinkError;
-use super::peer_link::{CloseCode, PeerLink};
+use super::close_code::CloseCode;
+use super::peer_link::PeerLink;
 use super::receive_limits::available_space;
 pub use super::receive_limits::{DEFAULT_DISK_RESERVE, LimitExceeded, ReceiveLimits};
 use super::stream::{LinkStream, StreamKind, wait_delivered};

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::report::LinkReport;
-use super::shared::{Brokered, ExchangeDatagram, ExchangeGuard, Shared, WaiterGuard};
+use super::shared::{Brokered, ExchangeGuard, LinkInput, Shared, WaiterGuard};
 use crate::error::ClientError;
 use crate::link::routes::Route;
 use crate::link::{IncomingLink, LinkEndpoint, LinkError, PeerLink, Source};
@@ -54,7 +54,7 @@ struct Attempt {
     _exchange: ExchangeGuard,
     route: Option<Arc<Route>>,
     exchange_id: Option<ExchangeId>,
-    probes: Option<mpsc::Receiver<ExchangeDatagram>>,
+    probes: Option<mpsc::Receiver<LinkInput>>,
     /// Initiator: the QUIC connection being set up.
     connecting: Option<BoxFuture<'static, Result<PeerLink, LinkError>>>,
     /// Responder: where the initiator's QUIC link will arrive.
@@ -153,9 +153,7 @@ impl Attempt {
                     Some(msg) => self.on_brokered(msg)?,
                     None => return Err(ClientError::ShuttingDown),
                 },
-                Some((source, datagram)) = recv_opt(&mut self.probes) => {
-                    self.agent.handle_datagram(Instant::now(), path_of(source), &datagram);
-                }
+                Some(input) = recv_opt(&mut self.probes) => feed(&mut self.agent, input),
                 r = poll_opt(&mut self.connecting) => {
                     self.connecting = None;
                     self.on_quic(r);
@@ -232,7 +230,7 @@ impl Attempt {
             self.ctx.shared.set_virtual(guard, route.virtual_addr);
         }
         let (tx, rx) = mpsc::channel(PROBE_QUEUE);
-        self.ctx.shared.add_punch(id, tx);
+        self.ctx.shared.add_punch(id, relay, tx);
         self.exchange_id = Some(id);
         self.probes = Some(rx);
         self.route = Some(route);
@@ -335,7 +333,7 @@ struct Keeper {
     shared: Arc<Shared>,
     route: Option<Arc<Route>>,
     exchange_id: Option<ExchangeId>,
-    probes: Option<mpsc::Receiver<ExchangeDatagram>>,
+    probes: Option<mpsc::Receiver<LinkInput>>,
     connection: Option<quinn::Connection>,
     users: CancellationToken,
     idle_timeout: Duration,
@@ -378,9 +376,7 @@ impl Keeper {
                         break true;
                     }
                 }
-                Some((source, datagram)) = recv_opt(&mut self.probes) => {
-                    self.agent.handle_datagram(Instant::now(), path_of(source), &datagram);
-                }
+                Some(input) = recv_opt(&mut self.probes) => feed(&mut self.agent, input),
                 Some(pin) = self.pin.recv() => self.agent.pin(Instant::now(), pin),
                 () = sleep_until_opt(timer) => self.agent.handle_timeout(Instant::now()),
             }
@@ -449,6 +445,17 @@ fn publish_plan(agent: &LinkAgent, endpoint: &LinkEndpoint, route: Option<&Route
         return;
     };
     endpoint.set_plan(route, paths.plan(), paths.direct_addrs());
+}
+
+/// Hands what arrived for the link to its agent.
+fn feed(agent: &mut LinkAgent, input: LinkInput) {
+    let now = Instant::now();
+    match input {
+        LinkInput::Datagram(source, datagram) => {
+            agent.handle_datagram(now, path_of(source), &datagram);
+        }
+        LinkInput::RelayClosed => agent.handle_relay_closed(now),
+    }
 }
 
 fn path_of(source: Source) -> PathId {

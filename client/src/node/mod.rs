@@ -1,27 +1,30 @@
 //! The orchestrator: the library API that programs embed (and the CLI uses).
 //!
 //! A [`Client`] owns one UDP socket on port P, wrapped by the link layer's
-//! [`LinkEndpoint`] (QUIC plus a side channel for every non-QUIC datagram),
-//! and one Connect session from the same port P. Its background tasks:
+//! [`LinkEndpoint`] (QUIC, the relay paths, and a side channel for every non-QUIC
+//! datagram), and one Connect session from the same port P. Its background tasks:
 //!
 //! * **session events** → brokering packets go to the link attempt waiting for
 //!   that peer; incoming requests queue up for [`Client::next_request`];
-//! * **control datagrams** from the socket → hole-punching probes go to the
-//!   [`Punch`] of their exchange id, binding responses to the session, STUN
-//!   answers to [`Client::stun_probe`];
-//! * **incoming QUIC links** → to the responder attempt expecting that key.
+//! * **control datagrams** from the socket (direct or relayed) → punch and path
+//!   probes go to the link of their exchange id, binding responses to the session,
+//!   STUN answers to [`Client::stun_probe`];
+//! * **incoming QUIC links** → to the responder attempt expecting them (by the
+//!   link's virtual address, else by key).
 //!
-//! A link attempt, initiator side ([`Client::request_link`]): send
-//! `PacketConnectionRequest` with our private endpoint (interface address and
-//! port P), wait for the accept and `PacketClientInfo`, build the peer's
-//! candidates (private, UDP-observed, TCP-observed), punch, then QUIC-connect
-//! to the nominated path pinning the peer's key (at once, while the punch keeps
-//! nominating until the responder acknowledges). A first QUIC attempt already
-//! starts on the peer's UDP-observed endpoint when ClientInfo arrives, raced
-//! against the punched one (`link_race`). The responder side
-//! ([`IncomingRequest::accept`]) mirrors it and accepts the QUIC link only from
-//! the pinned key. Links do not depend on the session once made: they survive
-//! the server going away and coming back.
+//! A link attempt ([`Client::request_link`] as initiator, [`IncomingRequest::accept`]
+//! as responder) is a sans-IO [`LinkAgent`] driven by a thin
+//! task (`link_driver`): it sends the request or the accept, waits for the server's
+//! answers, punches, and (initiator) opens one QUIC connection to the peer's virtual
+//! address at once when ClientInfo arrives. The socket sends that connection's
+//! datagrams on the paths the agent chooses — the relay and the peer's plausible
+//! direct addresses while it is set up, then the confirmed direct path, else the
+//! relay — so the first packets never wait for a punch that may fail, and a working
+//! direct path is still used within about 2 RTT. The responder accepts the link only
+//! from the pinned key. After link-up the agent keeps the link's paths in a
+//! background task (heartbeats, fall back to the relay, move to a direct path that
+//! opens). Direct links do not depend on the session once made: they survive the
+//! server going away and coming back.
 
 mod link_driver;
 mod options;
@@ -41,7 +44,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use options::ClientOptions;
-pub use report::{LinkReport, failure_json};
+pub use report::{AttemptReport, AttemptResult, LinkReport, TriedCandidate};
 
 use self::link_driver::{DriverContext, run_attempt};
 use self::shared::{Brokered, ClientInfo, ExchangeGuard, Shared};
@@ -52,8 +55,8 @@ use crate::net::{bind_udp, resolve, wildcard_for};
 use crate::path::{AgentConfig, LinkAgent, LocalInfo};
 use crate::punch::{exchange_id_of, is_probe};
 use crate::session::{
-    DatagramOut, OnlineInfo, SessionError, SessionEvent, SessionHandle, SessionStatus,
-    spawn_session,
+    ConnectError, DatagramOut, OnlineInfo, SessionError, SessionEvent, SessionHandle,
+    SessionStatus, spawn_session,
 };
 use crate::stun;
 
@@ -147,7 +150,7 @@ impl Client {
                 .await
                 .map_err(|e| SessionError::Unreachable {
                     server: options.server.to_string(),
-                    reason: format!("cannot resolve: {e}"),
+                    cause: ConnectError::Resolve(Arc::new(e)),
                 })?;
         let socket =
             bind_udp(wildcard_for(server_addr, options.local_port)).map_err(ClientError::Socket)?;
@@ -175,6 +178,7 @@ impl Client {
         let session = spawn_session(
             session_config,
             out,
+            endpoint.take_tls_relay(),
             events_tx,
             shutdown.child_token(),
             &tracker,
@@ -458,6 +462,10 @@ async fn session_events(
             }
             SessionEvent::Denied { peer } => {
                 shared.route_brokered(peer, Brokered::Denied);
+            }
+            SessionEvent::RelayClosed { relay, reason } => {
+                tracing::debug!(%relay, %reason, "the server closed a relay");
+                shared.relay_closed(&relay);
             }
             SessionEvent::ClientInfo {
                 peer,

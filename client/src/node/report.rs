@@ -1,13 +1,19 @@
 //! What a link attempt reports: which path won and how long it took.
 //!
-//! The CLI writes this as the `--report FILE` JSON object the NAT lab reads:
-//! `{"peer", "result": "direct"|"relayed"|"failed", "path", "path_class", "candidate",
-//! "remote", "punch_ms", "probes_sent", "relay_reason", "error"}`.
+//! [`LinkReport`] is what the library returns with a link. [`AttemptReport`] is
+//! the `--report FILE` JSON object the CLI writes after every attempt and the
+//! NAT lab reads back, one serde type for both ends:
+//! `{"candidate", "error", "path", "path_class", "peer", "probes_sent", "punch_ms",
+//! "relay_reason", "remote", "result": "direct"|"relayed"|"failed", "role"}` (keys in
+//! this order; absent ones left out, except `peer`, which is `null` when the peer was
+//! never known), and on a failed punch `"candidates_tried": [{"candidate", "probes",
+//! "remote"}]`. `path_class` is `direct-lan`, `direct-public`, `relay-udp` or
+//! `relay-tls`; a relayed link has no `candidate`, and `relay_reason` says why.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::error::ClientError;
@@ -149,57 +155,152 @@ impl LinkReport {
         }
     }
 
-    /// The `--report` JSON object.
-    pub fn to_json(&self) -> Value {
-        json!({
-            "peer": self.peer.to_string(),
-            "result": if self.class.is_relayed() { "relayed" } else { "direct" },
-            "path": self.path.as_str(),
-            "path_class": self.class.as_str(),
-            "candidate": self.candidate.map_or("relay", CandidateKind::as_str),
-            "remote": self.remote.to_string(),
-            "punch_ms": u64::try_from(self.punch_time.as_millis()).unwrap_or(u64::MAX),
-            "probes_sent": self.probes_sent,
-            "relay_reason": self.relay_reason,
-            "role": match self.role { Role::Initiator => "initiator", Role::Responder => "responder" },
-        })
+    /// The `--report` object of this link.
+    pub fn to_attempt(&self) -> AttemptReport {
+        AttemptReport {
+            candidate: self.candidate,
+            path: Some(self.path),
+            path_class: Some(self.class),
+            peer: Some(self.peer),
+            probes_sent: Some(self.probes_sent),
+            punch_ms: Some(millis(self.punch_time)),
+            relay_reason: self.relay_reason.clone(),
+            remote: Some(self.remote),
+            result: if self.class.is_relayed() {
+                AttemptResult::Relayed
+            } else {
+                AttemptResult::Direct
+            },
+            role: Some(self.role),
+            ..AttemptReport::default()
+        }
     }
 }
 
-/// The `--report` JSON object of a failed attempt.
-pub fn failure_json(peer: Option<Uuid>, error: &ClientError) -> Value {
-    let mut value = json!({
-        "peer": peer.map(|p| p.to_string()),
-        "result": "failed",
-        "error": error.to_string(),
-    });
-    if let (ClientError::PunchFailed(failure), Some(obj)) = (error, value.as_object_mut()) {
-        obj.insert("probes_sent".into(), json!(failure.probes_sent));
-        obj.insert(
-            "punch_ms".into(),
-            json!(u64::try_from(failure.elapsed.as_millis()).unwrap_or(u64::MAX)),
-        );
-        obj.insert(
-            "candidates_tried".into(),
-            json!(
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptResult {
+    /// A direct, authenticated link came up.
+    Direct,
+    /// An authenticated link came up through the server's relay.
+    Relayed,
+    /// No link.
+    #[default]
+    Failed,
+}
+
+/// The `--report FILE` JSON object: one link attempt, direct or failed (see the
+/// module docs for the shape). Fields are in key order, which keeps the file
+/// byte for byte what earlier versions wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AttemptReport {
+    /// Which of the peer's candidates carried the link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<CandidateKind>,
+    /// A failed punch: every candidate tried, with the probes sent to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidates_tried: Option<Vec<TriedCandidate>>,
+    /// Why it failed, as the CLI printed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// LAN or public path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathKind>,
+    /// Direct (LAN, public) or relayed (UDP, TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_class: Option<PathClass>,
+    /// The peer (`null` when the attempt failed before the peer was known).
+    pub peer: Option<Uuid>,
+    /// Probes (and nominations) this side sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes_sent: Option<u32>,
+    /// ClientInfo → authenticated QUIC link (or → giving up), in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub punch_ms: Option<u64>,
+    /// When relayed: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_reason: Option<String>,
+    /// The peer's address on the path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<SocketAddr>,
+    /// Direct, relayed or failed.
+    pub result: AttemptResult,
+    /// This side's role.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+}
+
+/// One candidate a failed punch tried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriedCandidate {
+    /// Its kind.
+    pub candidate: CandidateKind,
+    /// Probes sent to it.
+    pub probes: u32,
+    /// Its address.
+    pub remote: SocketAddr,
+}
+
+impl AttemptReport {
+    /// The report of a failed attempt with `peer` (if it was known).
+    pub fn failure(peer: Option<Uuid>, error: &ClientError) -> Self {
+        let mut report = Self {
+            error: Some(error.to_string()),
+            peer,
+            result: AttemptResult::Failed,
+            ..Self::default()
+        };
+        if let ClientError::PunchFailed(failure) = error {
+            report.probes_sent = Some(failure.probes_sent);
+            report.punch_ms = Some(millis(failure.elapsed));
+            report.candidates_tried = Some(
                 failure
                     .tried
                     .iter()
-                    .map(|(c, n)| json!({"remote": c.addr.to_string(), "candidate": c.kind.as_str(), "probes": n}))
-                    .collect::<Vec<_>>()
-            ),
-        );
+                    .map(|(c, probes)| TriedCandidate {
+                        candidate: c.kind,
+                        probes: *probes,
+                        remote: c.addr,
+                    })
+                    .collect(),
+            );
+        }
+        report
     }
-    value
+
+    /// Whether a direct link came up.
+    pub fn is_direct(&self) -> bool {
+        self.result == AttemptResult::Direct
+    }
+
+    /// Whether a link came up at all (direct or relayed).
+    pub fn is_linked(&self) -> bool {
+        matches!(self.result, AttemptResult::Direct | AttemptResult::Relayed)
+    }
+
+    /// The file's text: one line of JSON.
+    pub fn to_json_line(&self) -> String {
+        // Serialising plain data to a String cannot fail; an empty object is the
+        // safe answer should serde ever disagree.
+        let mut line = serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned());
+        line.push('\n');
+        line
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::punch::{FailReason, PunchFailure};
 
-    #[test]
-    fn success_json_has_the_contract_fields() {
-        let r = LinkReport {
+    fn lan_report() -> LinkReport {
+        LinkReport {
             peer: Uuid::nil(),
             role: Role::Initiator,
             path: PathKind::Lan,
@@ -210,8 +311,12 @@ mod tests {
             punch_time: Duration::from_millis(1234),
             probes_sent: 7,
             candidates: vec![],
-        };
-        let v = r.to_json();
+        }
+    }
+
+    #[test]
+    fn success_json_has_the_contract_fields() {
+        let v = serde_json::to_value(lan_report().to_attempt()).unwrap();
         assert_eq!(v["peer"], Uuid::nil().to_string());
         assert_eq!(v["result"], "direct");
         assert_eq!(v["path"], "lan");
@@ -224,9 +329,122 @@ mod tests {
     #[test]
     fn failure_json_names_the_error() {
         let peer = Uuid::new_v4();
-        let v = failure_json(Some(peer), &ClientError::Denied { peer });
+        let v = serde_json::to_value(AttemptReport::failure(
+            Some(peer),
+            &ClientError::Denied { peer },
+        ))
+        .unwrap();
         assert_eq!(v["result"], "failed");
         assert_eq!(v["peer"], peer.to_string());
         assert!(v["error"].as_str().unwrap().contains("denied"));
+    }
+
+    /// The bytes earlier versions wrote with `serde_json::json!` (keys sorted), with
+    /// the path class added (version 3).
+    #[test]
+    fn files_are_byte_for_byte_what_they_were() {
+        assert_eq!(
+            lan_report().to_attempt().to_json_line(),
+            "{\"candidate\":\"private\",\"path\":\"lan\",\"path_class\":\"direct-lan\",\
+             \"peer\":\"00000000-0000-0000-0000-000000000000\",\
+             \"probes_sent\":7,\"punch_ms\":1234,\"remote\":\"10.0.0.2:4000\",\"result\":\"direct\",\
+             \"role\":\"initiator\"}\n"
+        );
+        let mut relayed = lan_report();
+        relayed.class = PathClass::RelayUdp;
+        relayed.path = PathKind::Public;
+        relayed.candidate = None;
+        relayed.relay_reason = Some("no direct path worked".into());
+        relayed.remote = "198.51.100.1:7777".parse().unwrap();
+        assert_eq!(
+            relayed.to_attempt().to_json_line(),
+            "{\"path\":\"public\",\"path_class\":\"relay-udp\",\
+             \"peer\":\"00000000-0000-0000-0000-000000000000\",\"probes_sent\":7,\"punch_ms\":1234,\
+             \"relay_reason\":\"no direct path worked\",\"remote\":\"198.51.100.1:7777\",\
+             \"result\":\"relayed\",\"role\":\"initiator\"}\n"
+        );
+        let mut responder = lan_report();
+        responder.role = Role::Responder;
+        responder.path = PathKind::Public;
+        responder.class = PathClass::DirectPublic;
+        responder.candidate = Some(CandidateKind::PeerReflexive);
+        responder.remote = "[2001:db8::1]:9".parse().unwrap();
+        let line = responder.to_attempt().to_json_line();
+        assert!(
+            line.contains("\"candidate\":\"peer-reflexive\",\"path\":\"public\""),
+            "{line}"
+        );
+        assert!(line.contains("\"remote\":\"[2001:db8::1]:9\""), "{line}");
+        assert!(line.ends_with("\"role\":\"responder\"}\n"), "{line}");
+
+        let offline = AttemptReport::failure(None, &ClientError::UnknownPeer("bob".into()));
+        assert_eq!(
+            offline.to_json_line(),
+            format!(
+                "{{\"error\":{},\"peer\":null,\"result\":\"failed\"}}\n",
+                serde_json::to_string(&ClientError::UnknownPeer("bob".into()).to_string()).unwrap()
+            )
+        );
+
+        let failure = PunchFailure {
+            reason: FailReason::NoPathValidated,
+            tried: vec![(
+                Candidate::new(
+                    "203.0.113.9:5000".parse().unwrap(),
+                    CandidateKind::PublicUdp,
+                ),
+                12,
+            )],
+            probes_sent: 12,
+            elapsed: Duration::from_millis(8000),
+        };
+        let error = ClientError::PunchFailed(Box::new(failure));
+        let line = AttemptReport::failure(Some(Uuid::nil()), &error).to_json_line();
+        assert_eq!(
+            line,
+            format!(
+                "{{\"candidates_tried\":[{{\"candidate\":\"public-udp\",\"probes\":12,\"remote\":\"203.0.113.9:5000\"}}],\
+                 \"error\":{},\"peer\":\"00000000-0000-0000-0000-000000000000\",\"probes_sent\":12,\
+                 \"punch_ms\":8000,\"result\":\"failed\"}}\n",
+                serde_json::to_string(&error.to_string()).unwrap()
+            )
+        );
+    }
+
+    #[test]
+    fn the_lab_reads_back_what_the_cli_writes() {
+        let written = lan_report().to_attempt();
+        let read: AttemptReport = serde_json::from_str(&written.to_json_line()).unwrap();
+        assert_eq!(read, written);
+        assert!(read.is_direct());
+        // Names in the file are the kinds' report names.
+        for kind in [
+            CandidateKind::Private,
+            CandidateKind::PublicUdp,
+            CandidateKind::PublicTcp,
+            CandidateKind::PeerReflexive,
+        ] {
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::Value::from(kind.as_str())
+            );
+        }
+        for path in [PathKind::Lan, PathKind::Public] {
+            assert_eq!(
+                serde_json::to_value(path).unwrap(),
+                serde_json::Value::from(path.as_str())
+            );
+        }
+        for class in [
+            PathClass::DirectLan,
+            PathClass::DirectPublic,
+            PathClass::RelayUdp,
+            PathClass::RelayTls,
+        ] {
+            assert_eq!(
+                serde_json::to_value(class).unwrap(),
+                serde_json::Value::from(class.as_str())
+            );
+        }
     }
 }

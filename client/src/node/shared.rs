@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::link::{IncomingLink, Source};
+use crate::net::canonical;
 use crate::punch::ExchangeId;
 use crate::stun::TransactionId;
 
@@ -53,14 +54,21 @@ struct QuicWaiter {
     tx: oneshot::Sender<IncomingLink>,
 }
 
-/// Datagrams of one exchange: a probe, and where it came from.
-pub(crate) type ExchangeDatagram = (Source, Bytes);
+/// What reaches one link's agent from outside its own attempt.
+#[derive(Debug)]
+pub(crate) enum LinkInput {
+    /// A probe of its exchange, and where it came from.
+    Datagram(Source, Bytes),
+    /// The server closed the exchange's relay.
+    RelayClosed,
+}
 
 /// The routing tables.
 #[derive(Default)]
 pub(crate) struct Shared {
     exchanges: Mutex<HashMap<Uuid, mpsc::Sender<Brokered>>>,
-    punches: Mutex<HashMap<ExchangeId, mpsc::Sender<ExchangeDatagram>>>,
+    punches: Mutex<HashMap<ExchangeId, mpsc::Sender<LinkInput>>>,
+    relays: Mutex<HashMap<chatr_proto::RelayId, ExchangeId>>,
     quic_waiters: Mutex<Vec<QuicWaiter>>,
     stun_waiters: Mutex<HashMap<TransactionId, oneshot::Sender<SocketAddr>>>,
     next_id: AtomicU64,
@@ -113,21 +121,40 @@ impl Shared {
 
     // ----- punching -----
 
-    /// Routes the probes of exchange `id` to `tx`.
-    pub(crate) fn add_punch(&self, id: ExchangeId, tx: mpsc::Sender<ExchangeDatagram>) {
+    /// Routes the probes of exchange `id` (and news of its `relay`) to `tx`.
+    pub(crate) fn add_punch(
+        &self,
+        id: ExchangeId,
+        relay: Option<chatr_proto::RelayId>,
+        tx: mpsc::Sender<LinkInput>,
+    ) {
         lock(&self.punches).insert(id, tx);
+        if let Some(relay) = relay {
+            lock(&self.relays).insert(relay, id);
+        }
     }
 
     /// Stops routing exchange `id`.
     pub(crate) fn remove_punch(&self, id: &ExchangeId) {
         lock(&self.punches).remove(id);
+        lock(&self.relays).retain(|_, exchange| exchange != id);
+    }
+
+    /// Tells the link whose relay is `relay` that the server closed it.
+    pub(crate) fn relay_closed(&self, relay: &chatr_proto::RelayId) {
+        let id = lock(&self.relays).get(relay).copied();
+        if let Some(id) = id
+            && let Some(tx) = lock(&self.punches).get(&id)
+        {
+            let _ = tx.try_send(LinkInput::RelayClosed);
+        }
     }
 
     /// Hands a probe to its punch; dropped if unknown or its queue is full
     /// (probes are retransmitted anyway).
     pub(crate) fn route_probe(&self, id: &ExchangeId, from: Source, datagram: Bytes) {
         if let Some(tx) = lock(&self.punches).get(id) {
-            let _ = tx.try_send((from, datagram));
+            let _ = tx.try_send(LinkInput::Datagram(from, datagram));
         }
     }
 
@@ -205,10 +232,6 @@ impl Shared {
     pub(crate) fn cancel_stun(&self, txid: &TransactionId) {
         lock(&self.stun_waiters).remove(txid);
     }
-}
-
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Unregisters a brokering waiter when dropped.

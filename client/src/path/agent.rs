@@ -372,6 +372,14 @@ impl LinkAgent {
         }
     }
 
+    /// The server closed the exchange's relay: the link can no longer use it.
+    pub fn handle_relay_closed(&mut self, now: Instant) {
+        if let Some(paths) = self.paths.as_mut() {
+            paths.relay_closed(now);
+        }
+        self.after_input(now);
+    }
+
     /// The link closed: nothing more to keep up.
     pub fn handle_link_closed(&mut self, _now: Instant) {
         self.phase = Phase::Over;

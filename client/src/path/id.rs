@@ -39,7 +39,8 @@ impl fmt::Display for PathId {
 }
 
 /// What a user is told about the path in use (reports, `chatr status`, banners).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PathClass {
     /// Directly, inside one LAN.
     DirectLan,

@@ -243,6 +243,13 @@ impl PathManager {
         self.select(now, "pinned");
     }
 
+    /// The server closed the exchange's relay: it is no path any more.
+    pub fn relay_closed(&mut self, now: Instant) {
+        if self.relay.take().is_some() {
+            self.select(now, "the server closed the relay");
+        }
+    }
+
     /// The hole punch is over; the manager probes and answers on the direct paths now.
     pub fn punch_finished(&mut self, now: Instant) {
         if !self.punching {

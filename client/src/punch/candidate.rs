@@ -10,8 +10,11 @@ use std::net::{IpAddr, SocketAddr};
 
 use chatr_proto::Endpoint;
 
+use crate::net::canonical;
+
 /// Where a candidate endpoint of the peer came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum CandidateKind {
     /// The peer's own socket address (the private endpoint it announced). Works on a
     /// shared LAN, where the peers can reach each other without a NAT in between.
@@ -69,7 +72,8 @@ impl std::fmt::Display for CandidateKind {
 }
 
 /// Whether a working path stays inside a LAN or crosses the public internet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PathKind {
     /// Directly to the peer's private endpoint (both on one LAN, no NAT in between).
     Lan,
@@ -181,12 +185,6 @@ pub fn dedup(candidates: Vec<Candidate>) -> Vec<Candidate> {
         }
     }
     out
-}
-
-/// `::ffff:a.b.c.d` → `a.b.c.d`, so addresses from a dual-stack socket compare equal to
-/// announced IPv4 endpoints.
-pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 #[cfg(test)]

@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 use chatr_proto::LINK_SECRET_LEN;
 use uuid::Uuid;
 
-use super::candidate::{Candidate, CandidateKind, PathKind, canonical, dedup};
+use super::candidate::{Candidate, CandidateKind, PathKind, dedup};
 use super::config::PunchConfig;
 use super::event::{FailReason, PunchEvent, PunchFailure, PunchSuccess, Transmit};
 use super::local_net::LocalNet;
 use super::wire::{ExchangeId, FLAG_LAN, Probe, ProbeKeys, ProbeType};
+use crate::net::canonical;
 
 /// At most this many peer-reflexive candidates are learned per attempt. Only the peer can
 /// create them (they need the secret), so this only bounds a misbehaving peer.
@@ -26,7 +27,8 @@ const MAX_TRANSMITS: usize = 64;
 const MAX_NOMINATIONS: usize = 32;
 
 /// Which side of the brokered exchange this machine is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Sent the PacketConnectionRequest; chooses the path (Nominate) and is the QUIC client.
     Initiator,

@@ -2,8 +2,10 @@
 
 use std::fmt;
 
-use chatr_proto::{Endpoint, LINK_SECRET_LEN, RelayId, UDP_TOKEN_LEN};
+use chatr_proto::{DisconnectReason, Endpoint, LINK_SECRET_LEN, RelayId, UDP_TOKEN_LEN};
 use uuid::Uuid;
+
+use super::transport_error::TransportError;
 
 /// An event surfaced by the session machine (and forwarded by its driver).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,17 +58,24 @@ pub enum SessionEvent {
         /// The relay the server keeps for this exchange (version 3).
         relay_id: Option<RelayId>,
     },
+    /// The server ended a relay (version 3): the link that used it cannot any more.
+    RelayClosed {
+        /// The relay.
+        relay: RelayId,
+        /// The server's reason ("idle", "closed by peer", …).
+        reason: String,
+    },
     /// The session ended; the driver reconnects unless told to stop.
     Disconnected {
         /// Why.
-        reason: DisconnectReason,
+        reason: SessionEnd,
     },
 }
 
 /// Why a session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum DisconnectReason {
+pub enum SessionEnd {
     /// The server sent `PacketDisconnect` with this message.
     Server(String),
     /// `PacketConnected` did not arrive in time.
@@ -76,25 +85,42 @@ pub enum DisconnectReason {
     /// The server broke the protocol (we sent "Invalid Packet").
     ProtocolViolation(String),
     /// The connection failed or was closed.
-    Transport(String),
+    Transport(TransportError),
     /// We closed it.
     Local,
 }
 
-impl DisconnectReason {
+impl SessionEnd {
+    /// The defined reason the server gave, if it sent one of those messages.
+    pub fn server_reason(&self) -> Option<DisconnectReason> {
+        match self {
+            Self::Server(message) => DisconnectReason::from_message(message),
+            _ => None,
+        }
+    }
+
     /// The server refused our login signature ("Failed to verify!"): not
     /// registered, or registered with another key.
     pub fn is_login_rejected(&self) -> bool {
-        matches!(self, Self::Server(m) if m == "Failed to verify!")
+        self.server_reason() == Some(DisconnectReason::FailedToVerify)
     }
 
     /// Another session with our UUID is online ("Already connected!").
     pub fn is_already_connected(&self) -> bool {
-        matches!(self, Self::Server(m) if m == "Already connected!")
+        self.server_reason() == Some(DisconnectReason::AlreadyConnected)
     }
 }
 
-impl fmt::Display for DisconnectReason {
+impl std::error::Error for SessionEnd {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Transport(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SessionEnd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Server(m) => write!(f, "server closed the session: {m}"),

@@ -21,17 +21,16 @@ use std::time::{Duration, Instant};
 
 use chatr_proto::udp::UdpMessage;
 use chatr_proto::{
-    CHANNEL_BINDING_EXPORTER_LEN, Endpoint, Packet, PacketConnect, PacketConnectionRequest,
-    PacketConnectionRequestAccept, PacketConnectionRequestDenied, PacketDisconnect, PacketPong,
-    UDP_TOKEN_LEN, VERSION_2, channel_binding_message,
+    CHANNEL_BINDING_EXPORTER_LEN, DisconnectReason, Endpoint, Packet, PacketConnect,
+    PacketConnectionRequest, PacketConnectionRequestAccept, PacketConnectionRequestDenied,
+    PacketDisconnect, PacketPong, SessionFeatures, UDP_TOKEN_LEN, VERSION_2, VERSION_CURRENT,
+    channel_binding_message,
 };
 use uuid::Uuid;
 
-use super::event::{DisconnectReason, SessionEvent};
+use super::event::{SessionEnd, SessionEvent};
+use super::transport_error::TransportError;
 use crate::identity::Identity;
-
-/// The message we send when the server breaks the protocol (spec wording).
-const INVALID_PACKET: &str = "Invalid Packet";
 
 /// Timers of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +130,14 @@ pub struct Session {
     server_udp: Option<SocketAddr>,
     /// The version the server speaks on this session (2 unless `PacketConnected` said).
     server_version: u32,
+    /// What a version-3 server offers this session.
+    features: SessionFeatures,
+    /// NAT probe ports a version-3 server announced.
+    nat_probe_ports: Vec<u16>,
+    /// The key that authenticates our binding requests to a version-3 server
+    /// (exported from this TLS connection), and the last counter used.
+    binding_key: Option<[u8; chatr_proto::udp::BINDING_KEY_LEN]>,
+    binding_counter: u64,
 }
 
 impl Session {
@@ -157,14 +164,38 @@ impl Session {
             events: VecDeque::new(),
             server_udp: None,
             server_version: VERSION_2,
+            features: SessionFeatures::default(),
+            nat_probe_ports: Vec::new(),
+            binding_key: None,
+            binding_counter: 0,
         };
         session.transmit.push_back(Packet::Connect(PacketConnect {
-            // Version 3 (the relay) is announced once the client speaks it.
-            version: VERSION_2,
+            version: VERSION_CURRENT,
             uuid,
             signature: signature.to_bytes().to_vec(),
         }));
         session
+    }
+
+    /// Authenticates binding requests with `key` when the server speaks version 3 (the
+    /// TLS exporter value for `EXPORTER-chatr-udp-binding-v3`).
+    pub fn set_binding_key(&mut self, key: [u8; chatr_proto::udp::BINDING_KEY_LEN]) {
+        self.binding_key = Some(key);
+    }
+
+    /// The version the server speaks on this session (known once logged in).
+    pub fn server_version(&self) -> u32 {
+        self.server_version
+    }
+
+    /// What the server offers this session (version 3; empty before).
+    pub fn features(&self) -> SessionFeatures {
+        self.features
+    }
+
+    /// The NAT probe ports the server announced (version 3).
+    pub fn nat_probe_ports(&self) -> &[u16] {
+        &self.nat_probe_ports
     }
 
     /// Only accept binding responses from this address (the server's UDP port).
@@ -213,11 +244,15 @@ impl Session {
                 ping_id: ping.ping_id,
             })),
             Packet::Disconnect(d) => {
-                self.close_with(DisconnectReason::Server(d.message), false);
+                self.close_with(SessionEnd::Server(d.message), false);
             }
             Packet::Connected(c) => match self.phase {
                 Phase::LoggingIn { .. } => {
-                    self.server_version = c.session.as_ref().map_or(VERSION_2, |p| p.version);
+                    if let Some(params) = &c.session {
+                        self.server_version = params.version;
+                        self.features = params.features;
+                        self.nat_probe_ports = params.nat_probe_ports.clone();
+                    }
                     let binding = match c.udp_token {
                         Some(token) => Binding::Pending {
                             token,
@@ -266,6 +301,16 @@ impl Session {
             Packet::Connect(_) | Packet::Pong(_) => {
                 self.violation("client-only packet from server")
             }
+            Packet::RelayClose(p)
+                if self.is_logged_in() && self.server_version >= chatr_proto::VERSION_3 =>
+            {
+                self.events.push_back(SessionEvent::RelayClosed {
+                    relay: p.relay_id,
+                    reason: p.reason,
+                });
+            }
+            // Relayed data of a version-3 session never reaches the machine (the driver
+            // hands it to the link socket).
             Packet::RelayData(_) | Packet::RelayClose(_) => {
                 self.violation("version-3 packet on a version-2 session")
             }
@@ -316,12 +361,12 @@ impl Session {
             Phase::Closed => {}
             Phase::LoggingIn { deadline } => {
                 if now >= *deadline {
-                    self.close_with(DisconnectReason::LoginTimeout, true);
+                    self.close_with(SessionEnd::LoginTimeout, true);
                 }
             }
             Phase::LoggedIn { binding } => {
                 if now >= self.last_rx + self.timings.idle_timeout {
-                    self.close_with(DisconnectReason::IdleTimeout, true);
+                    self.close_with(SessionEnd::IdleTimeout, true);
                     return;
                 }
                 match binding {
@@ -337,8 +382,12 @@ impl Session {
                             };
                             self.events.push_back(SessionEvent::UdpBindingFailed);
                         } else {
-                            self.udp_transmit
-                                .push_back(UdpMessage::BindingRequest { token: *token });
+                            self.udp_transmit.push_back(binding_request(
+                                self.server_version,
+                                self.binding_key.as_ref(),
+                                &mut self.binding_counter,
+                                *token,
+                            ));
                             *sent += 1;
                             *next_at = now + self.timings.binding_interval;
                         }
@@ -349,8 +398,12 @@ impl Session {
                     | Binding::GaveUp { token, refresh_at }
                         if now >= *refresh_at =>
                     {
-                        self.udp_transmit
-                            .push_back(UdpMessage::BindingRequest { token: *token });
+                        self.udp_transmit.push_back(binding_request(
+                            self.server_version,
+                            self.binding_key.as_ref(),
+                            &mut self.binding_counter,
+                            *token,
+                        ));
                         *refresh_at = now + self.timings.binding_refresh;
                     }
                     _ => {}
@@ -360,9 +413,9 @@ impl Session {
     }
 
     /// The connection failed or the server closed it.
-    pub fn handle_transport_closed(&mut self, why: impl Into<String>) {
+    pub fn handle_transport_closed(&mut self, why: TransportError) {
         if !self.is_closed() {
-            self.close_with(DisconnectReason::Transport(why.into()), false);
+            self.close_with(SessionEnd::Transport(why), false);
         }
     }
 
@@ -422,7 +475,7 @@ impl Session {
         if !self.is_closed() {
             self.transmit
                 .push_back(Packet::Disconnect(PacketDisconnect::new(message)));
-            self.close_with(DisconnectReason::Local, false);
+            self.close_with(SessionEnd::Local, false);
         }
     }
 
@@ -474,12 +527,14 @@ impl Session {
     fn violation(&mut self, what: &str) {
         tracing::warn!(uuid = %self.uuid, "server protocol violation: {what}");
         self.transmit
-            .push_back(Packet::Disconnect(PacketDisconnect::new(INVALID_PACKET)));
-        self.close_with(DisconnectReason::ProtocolViolation(what.to_string()), false);
+            .push_back(Packet::Disconnect(PacketDisconnect::from(
+                DisconnectReason::InvalidPacket,
+            )));
+        self.close_with(SessionEnd::ProtocolViolation(what.to_string()), false);
     }
 
     /// Moves to Closed and reports why. `say_goodbye` queues a Disconnect for the server.
-    fn close_with(&mut self, reason: DisconnectReason, say_goodbye: bool) {
+    fn close_with(&mut self, reason: SessionEnd, say_goodbye: bool) {
         if self.is_closed() {
             return;
         }
@@ -491,6 +546,23 @@ impl Session {
         }
         self.phase = Phase::Closed;
         self.events.push_back(SessionEvent::Disconnected { reason });
+    }
+}
+
+/// The binding request to send: authenticated (with the next counter) to a version-3
+/// server when we have the key, the plain form otherwise.
+fn binding_request(
+    server_version: u32,
+    key: Option<&[u8; chatr_proto::udp::BINDING_KEY_LEN]>,
+    counter: &mut u64,
+    token: [u8; UDP_TOKEN_LEN],
+) -> UdpMessage {
+    match key {
+        Some(key) if server_version >= chatr_proto::VERSION_3 => {
+            *counter = counter.saturating_add(1);
+            UdpMessage::binding_request_auth(key, token, *counter)
+        }
+        _ => UdpMessage::BindingRequest { token },
     }
 }
 
@@ -539,14 +611,15 @@ mod tests {
     }
 
     #[test]
-    fn login_is_v2_with_channel_binding_signature() {
+    fn login_is_v3_with_channel_binding_signature() {
         let now = Instant::now();
         let id = Identity::generate();
         let mut s = Session::new(now, &id, &EXPORTER, timings());
         let Some(Packet::Connect(c)) = s.poll_transmit() else {
             panic!("no PacketConnect");
         };
-        assert_eq!(c.version, 2);
+        // Version 3 signs the same channel-bound message as version 2.
+        assert_eq!(c.version, 3);
         assert_eq!(c.uuid, id.uuid());
         let sig = Signature::from_slice(&c.signature).unwrap();
         let msg = channel_binding_message(&id.uuid(), &EXPORTER);
@@ -593,7 +666,7 @@ mod tests {
         assert_eq!(
             drain_events(&mut s),
             vec![SessionEvent::Disconnected {
-                reason: DisconnectReason::LoginTimeout
+                reason: SessionEnd::LoginTimeout
             }]
         );
         assert!(matches!(s.poll_transmit(), Some(Packet::Disconnect(_))));
@@ -607,7 +680,7 @@ mod tests {
         s.poll_transmit();
         s.handle_packet(
             now,
-            Packet::Disconnect(PacketDisconnect::new("Failed to verify!")),
+            Packet::Disconnect(DisconnectReason::FailedToVerify.into()),
         );
         let ev = drain_events(&mut s);
         let [SessionEvent::Disconnected { reason }] = ev.as_slice() else {
@@ -757,7 +830,7 @@ mod tests {
         s.handle_timeout(now + Duration::from_secs(35));
         assert!(s.is_closed());
         assert!(drain_events(&mut s).contains(&SessionEvent::Disconnected {
-            reason: DisconnectReason::IdleTimeout
+            reason: SessionEnd::IdleTimeout
         }));
     }
 
@@ -866,7 +939,9 @@ mod tests {
         );
         assert_eq!(
             s.poll_transmit(),
-            Some(Packet::Disconnect(PacketDisconnect::new(INVALID_PACKET)))
+            Some(Packet::Disconnect(PacketDisconnect::from(
+                DisconnectReason::InvalidPacket
+            )))
         );
         assert!(s.is_closed());
         // A second Connected.
@@ -880,7 +955,7 @@ mod tests {
         assert!(matches!(
             drain_events(&mut s).as_slice(),
             [SessionEvent::Disconnected {
-                reason: DisconnectReason::ProtocolViolation(_)
+                reason: SessionEnd::ProtocolViolation(_)
             }]
         ));
         // Nothing is handled after close.
@@ -896,13 +971,117 @@ mod tests {
     fn transport_loss_is_reported_once() {
         let now = Instant::now();
         let (mut s, _) = logged_in(now, None);
-        s.handle_transport_closed("eof");
-        s.handle_transport_closed("again");
+        s.handle_transport_closed(TransportError::Closed);
+        s.handle_transport_closed(TransportError::WriteTimeout);
         assert_eq!(
             drain_events(&mut s),
             vec![SessionEvent::Disconnected {
-                reason: DisconnectReason::Transport("eof".into())
+                reason: SessionEnd::Transport(TransportError::Closed)
             }]
+        );
+    }
+
+    /// Logged in to a version-3 server that offers both relays.
+    fn logged_in_v3(now: Instant, key: [u8; 32]) -> Session {
+        let id = Identity::generate();
+        let mut s = Session::new(now, &id, &EXPORTER, timings());
+        s.set_binding_key(key);
+        assert!(matches!(s.poll_transmit(), Some(Packet::Connect(_))));
+        s.handle_packet(
+            now,
+            Packet::Connected(PacketConnected {
+                udp_token: Some([4; 16]),
+                session: Some(chatr_proto::SessionParams {
+                    version: 3,
+                    features: SessionFeatures::RELAY_UDP.with(SessionFeatures::RELAY_TLS),
+                    nat_probe_ports: vec![7778],
+                }),
+            }),
+        );
+        s
+    }
+
+    #[test]
+    fn a_version3_server_gets_authenticated_bindings_with_rising_counters() {
+        let now = Instant::now();
+        let key = [0x42; 32];
+        let mut s = logged_in_v3(now, key);
+        assert_eq!(s.server_version(), 3);
+        assert!(s.features().contains(SessionFeatures::RELAY_TLS));
+        assert_eq!(s.nat_probe_ports(), &[7778]);
+        let first = s.poll_udp_transmit().unwrap();
+        assert!(first.verify_binding_auth(&key), "{first:?}");
+        let UdpMessage::BindingRequestAuth {
+            counter: c1, token, ..
+        } = first
+        else {
+            panic!("{first:?}");
+        };
+        assert_eq!(token, [4; 16]);
+        s.handle_timeout(now + timings().binding_interval);
+        let UdpMessage::BindingRequestAuth { counter: c2, .. } = s.poll_udp_transmit().unwrap()
+        else {
+            panic!("a retry must be authenticated too");
+        };
+        assert!(c2 > c1);
+    }
+
+    #[test]
+    fn a_version2_server_gets_the_plain_binding_even_with_a_key() {
+        let now = Instant::now();
+        let id = Identity::generate();
+        let mut s = Session::new(now, &id, &EXPORTER, timings());
+        s.set_binding_key([1; 32]);
+        s.poll_transmit();
+        s.handle_packet(
+            now,
+            Packet::Connected(PacketConnected {
+                udp_token: Some([4; 16]),
+                session: None,
+            }),
+        );
+        assert_eq!(
+            s.poll_udp_transmit(),
+            Some(UdpMessage::BindingRequest { token: [4; 16] })
+        );
+        // Relay packets do not exist on such a session.
+        s.handle_packet(
+            now,
+            Packet::RelayClose(chatr_proto::PacketRelayClose {
+                relay_id: chatr_proto::RelayId([1; 8]),
+                reason: "idle".into(),
+            }),
+        );
+        assert!(s.is_closed());
+    }
+
+    #[test]
+    fn a_relay_the_server_closes_is_reported_and_ours_are_closed_on_request() {
+        let now = Instant::now();
+        let mut s = logged_in_v3(now, [2; 32]);
+        drain_events(&mut s);
+        s.handle_packet(
+            now,
+            Packet::RelayClose(chatr_proto::PacketRelayClose {
+                relay_id: chatr_proto::RelayId([1; 8]),
+                reason: "idle".into(),
+            }),
+        );
+        assert_eq!(
+            drain_events(&mut s),
+            vec![SessionEvent::RelayClosed {
+                relay: chatr_proto::RelayId([1; 8]),
+                reason: "idle".into()
+            }]
+        );
+        while s.poll_transmit().is_some() {}
+        s.close_relay(chatr_proto::RelayId([3; 8]));
+        assert_eq!(
+            s.poll_transmit(),
+            Some(Packet::RelayClose(chatr_proto::PacketRelayClose {
+                relay_id: chatr_proto::RelayId([3; 8]),
+                reason: String::new(),
+            }))
         );
     }
 }

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use chatr_proto::DisconnectReason;
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
@@ -40,8 +41,6 @@ use protocol::{AdminRequest, AdminResponse, IdentityEntry, MAX_LINE};
 
 /// File name of the admin socket inside the data directory.
 pub const SOCKET_FILE: &str = "admin.sock";
-/// Message of the PacketDisconnect sent to a session whose identity was removed.
-pub const REMOVED_MESSAGE: &str = "Identity removed";
 /// Most simultaneous admin connections.
 const MAX_CONNECTIONS: usize = 16;
 /// An admin connection idle this long is closed.
@@ -315,7 +314,7 @@ pub async fn execute(ctx: &AdminContext, request: AdminRequest) -> AdminResponse
             let disconnected = ctx
                 .sessions
                 .as_ref()
-                .is_some_and(|s| s.disconnect(&uuid, REMOVED_MESSAGE));
+                .is_some_and(|s| s.disconnect(&uuid, DisconnectReason::IdentityRemoved.as_str()));
             tracing::info!(%uuid, removed, disconnected, "identity removed by admin");
             AdminResponse {
                 removed: Some(removed),

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use chatr_proto::codec::{CodecError, ConnectCodec};
 use chatr_proto::{
-    CHANNEL_BINDING_EXPORTER_LABEL, Packet, PacketRelayClose, PacketRelayData,
+    CHANNEL_BINDING_EXPORTER_LABEL, DisconnectReason, Packet, PacketRelayClose, PacketRelayData,
     UDP_BINDING_EXPORTER_LABEL,
 };
 use futures_util::{SinkExt, StreamExt};
@@ -30,7 +30,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tracing::Instrument;
 
-use super::machine::{SHUTTING_DOWN, Session};
+use super::machine::Session;
 use super::{Action, ClaimOutcome, HubEvent, KeyLookup, SessionConfig};
 use crate::hub::{Hub, Kick, Mailbox, SessionEntry, SessionShared, SessionV3};
 use crate::metrics::{LoginResult, Metrics};
@@ -256,7 +256,8 @@ where
                 }
                 Wake::Shutdown => {
                     self.shutting_down = true;
-                    self.machine.handle_kick(now, Some(SHUTTING_DOWN));
+                    self.machine
+                        .handle_kick(now, Some(DisconnectReason::ServerShuttingDown.as_str()));
                 }
                 Wake::Frame(Some(Ok(packet))) => self.machine.handle_packet(now, packet),
                 Wake::Frame(Some(Err(CodecError::Decode(err)))) => {
@@ -715,9 +716,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             reply,
-            Packet::Disconnect(chatr_proto::PacketDisconnect {
-                message: "Invalid Packet".to_string()
-            })
+            Packet::Disconnect(DisconnectReason::InvalidPacket.into())
         );
         assert!(!h.ctx.hub.is_connected(&uuid));
     }

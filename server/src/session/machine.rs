@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chatr_proto::{
-    Endpoint, Packet, PacketClientInfo, PacketConnected, PacketConnectionRequest,
+    DisconnectReason, Endpoint, Packet, PacketClientInfo, PacketConnected, PacketConnectionRequest,
     PacketConnectionRequestAccept, PacketConnectionRequestDenied, PacketDisconnect, PacketPing,
     RelayId, SessionParams, VERSION_3,
 };
@@ -35,17 +35,6 @@ use super::rate_limit::TokenBucket;
 use super::{KeyLookup, SessionConfig};
 use crate::metrics::{BrokerResult, LoginResult, Metrics};
 use crate::relay::{NoRelay, RelayBroker};
-
-/// Disconnect message: a packet that is not allowed here (spec).
-pub const INVALID_PACKET: &str = "Invalid Packet";
-/// Disconnect message: unknown UUID or bad signature (spec).
-pub const FAILED_TO_VERIFY: &str = "Failed to verify!";
-/// Disconnect message: the UUID has a live session already (spec).
-pub const ALREADY_CONNECTED: &str = "Already connected!";
-/// Disconnect message: no matching pong in time (spec).
-pub const TIME_OUT: &str = "Time out";
-/// Disconnect message: the server is stopping (extension).
-pub const SHUTTING_DOWN: &str = "Server shutting down";
 
 /// A request this session made and is waiting on.
 #[derive(Debug, Clone, Copy)]
@@ -242,9 +231,10 @@ impl Session {
                 };
             }
             // Someone else took the UUID while we probed: never steal twice.
-            ClaimOutcome::Occupied => {
-                self.refuse_login(LoginResult::AlreadyConnected, ALREADY_CONNECTED)
-            }
+            ClaimOutcome::Occupied => self.refuse_login(
+                LoginResult::AlreadyConnected,
+                DisconnectReason::AlreadyConnected.as_str(),
+            ),
         }
     }
 
@@ -254,7 +244,10 @@ impl Session {
             return;
         };
         if alive {
-            self.refuse_login(LoginResult::AlreadyConnected, ALREADY_CONNECTED);
+            self.refuse_login(
+                LoginResult::AlreadyConnected,
+                DisconnectReason::AlreadyConnected.as_str(),
+            );
         } else {
             let claim = claim.clone();
             self.actions.push_back(Action::TakeOver(claim.clone()));
@@ -318,7 +311,7 @@ impl Session {
                     }
                     PingDue::TimedOut => {
                         self.metrics.ping_timeout();
-                        self.close(Some(TIME_OUT));
+                        self.close(Some(DisconnectReason::TimeOut.as_str()));
                         return;
                     }
                 }
@@ -360,7 +353,10 @@ impl Session {
                             LoginRefusal::BadSignature => "signature does not verify",
                         };
                         tracing::info!(uuid = %connect.uuid, version = connect.version, reason, "login refused");
-                        self.refuse_login(LoginResult::FailedToVerify, FAILED_TO_VERIFY);
+                        self.refuse_login(
+                            LoginResult::FailedToVerify,
+                            DisconnectReason::FailedToVerify.as_str(),
+                        );
                     }
                 }
             }
@@ -636,7 +632,7 @@ impl Session {
         if !matches!(self.state, State::LoggedIn(_)) {
             self.metrics.login(LoginResult::InvalidPacket);
         }
-        self.close(Some(INVALID_PACKET));
+        self.close(Some(DisconnectReason::InvalidPacket.as_str()));
     }
 
     fn close(&mut self, message: Option<&str>) {

@@ -1,9 +1,9 @@
 //! One client connection, from TCP accept to close.
 //!
-//! The protocol logic is the sans-IO [`machine::Session`]: login (PacketConnect
+//! The protocol logic is the sans-IO `machine::Session`: login (PacketConnect
 //! first, signature check, duplicate-UUID probe and takeover), ping/pong, and
 //! this client's half of brokering (rate limit, pending requests and their
-//! expiry, dropping answers nobody asked for). [`driver`] is the one tokio task
+//! expiry, dropping answers nobody asked for). `driver` is the one tokio task
 //! per connection that owns the TLS stream and the session's bounded inbox
 //! from the [`crate::hub::Hub`], and executes the machine's actions.
 
@@ -23,7 +23,6 @@ use uuid::Uuid;
 pub(crate) use action::Action;
 pub use action::Layout;
 pub(crate) use event::{ClaimOutcome, HubEvent, PeerEndpoints, PeerEvent};
-pub use machine::{ALREADY_CONNECTED, FAILED_TO_VERIFY, INVALID_PACKET, SHUTTING_DOWN, TIME_OUT};
 
 use crate::config::{ServerConfig, Timings};
 use crate::registry::Registry;

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chatr_proto::{
-    Endpoint, Packet, PacketClientInfo, PacketConnect, PacketConnected, PacketConnectionRequest,
-    PacketConnectionRequestAccept, PacketConnectionRequestDenied, PacketDisconnect, PacketPing,
-    PacketPong, channel_binding_message,
+    DisconnectReason, Endpoint, Packet, PacketClientInfo, PacketConnect, PacketConnected,
+    PacketConnectionRequest, PacketConnectionRequestAccept, PacketConnectionRequestDenied,
+    PacketDisconnect, PacketPing, PacketPong, channel_binding_message,
 };
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use rand::SeedableRng;
@@ -78,10 +78,10 @@ fn drain(s: &mut Session) -> Vec<Action> {
     std::iter::from_fn(|| s.poll_action()).collect()
 }
 
-fn disconnect(message: &str) -> Vec<Action> {
+fn disconnect(reason: DisconnectReason) -> Vec<Action> {
     vec![
         Action::Send(Packet::Disconnect(PacketDisconnect {
-            message: message.into(),
+            message: reason.as_str().into(),
         })),
         Action::Close,
     ]
@@ -161,7 +161,7 @@ fn first_packet_must_be_connect() {
     ] {
         let mut s = session(t0);
         s.handle_packet(t0, first);
-        assert_eq!(drain(&mut s), disconnect(INVALID_PACKET));
+        assert_eq!(drain(&mut s), disconnect(DisconnectReason::InvalidPacket));
         assert!(s.is_closed());
         // Nothing after close.
         s.handle_packet(t0, connect_v2(me()));
@@ -174,7 +174,7 @@ fn unknown_uuid_and_bad_signature_fail_to_verify() {
     let t0 = Instant::now();
     let mut s = session(t0);
     s.handle_packet(t0, connect_v2(other()));
-    assert_eq!(drain(&mut s), disconnect(FAILED_TO_VERIFY));
+    assert_eq!(drain(&mut s), disconnect(DisconnectReason::FailedToVerify));
 
     let mut s = session(t0);
     let Packet::Connect(mut c) = connect_v2(me()) else {
@@ -182,7 +182,7 @@ fn unknown_uuid_and_bad_signature_fail_to_verify() {
     };
     c.signature[0] ^= 1;
     s.handle_packet(t0, Packet::Connect(c));
-    assert_eq!(drain(&mut s), disconnect(FAILED_TO_VERIFY));
+    assert_eq!(drain(&mut s), disconnect(DisconnectReason::FailedToVerify));
 
     let mut s = session(t0);
     s.handle_packet(
@@ -193,7 +193,7 @@ fn unknown_uuid_and_bad_signature_fail_to_verify() {
             signature: vec![1, 2, 3],
         }),
     );
-    assert_eq!(drain(&mut s), disconnect(FAILED_TO_VERIFY));
+    assert_eq!(drain(&mut s), disconnect(DisconnectReason::FailedToVerify));
 }
 
 #[test]
@@ -210,7 +210,7 @@ fn v2_signature_from_another_connection_is_refused() {
         StdRng::seed_from_u64(1),
     );
     s.handle_packet(t0, connect_v2(me()));
-    assert_eq!(drain(&mut s), disconnect(FAILED_TO_VERIFY));
+    assert_eq!(drain(&mut s), disconnect(DisconnectReason::FailedToVerify));
 }
 
 #[test]
@@ -255,7 +255,7 @@ fn channel_binding_can_be_required() {
     cfg.require_channel_binding = true;
     let mut s = session_with(t0, cfg.clone());
     s.handle_packet(t0, connect_v1(me()));
-    assert_eq!(drain(&mut s), disconnect(FAILED_TO_VERIFY));
+    assert_eq!(drain(&mut s), disconnect(DisconnectReason::FailedToVerify));
     let mut s = session_with(t0, cfg);
     assert!(login(&mut s, t0, connect_v2(me())).udp_token.is_some());
 }
@@ -265,7 +265,7 @@ fn connect_after_login_is_invalid() {
     let t0 = Instant::now();
     let mut s = logged_in(t0);
     s.handle_packet(t0 + SEC, connect_v2(me()));
-    assert_eq!(drain(&mut s), disconnect(INVALID_PACKET));
+    assert_eq!(drain(&mut s), disconnect(DisconnectReason::InvalidPacket));
 }
 
 #[test]
@@ -284,7 +284,7 @@ fn server_side_packets_from_the_client_are_invalid() {
     ] {
         let mut s = logged_in(t0);
         s.handle_packet(t0, packet);
-        assert_eq!(drain(&mut s), disconnect(INVALID_PACKET));
+        assert_eq!(drain(&mut s), disconnect(DisconnectReason::InvalidPacket));
     }
 }
 
@@ -293,7 +293,7 @@ fn malformed_frame_is_invalid_packet() {
     let t0 = Instant::now();
     let mut s = session(t0);
     s.handle_malformed(t0);
-    assert_eq!(drain(&mut s), disconnect(INVALID_PACKET));
+    assert_eq!(drain(&mut s), disconnect(DisconnectReason::InvalidPacket));
 }
 
 #[test]
@@ -350,7 +350,10 @@ fn duplicate_uuid_probes_then_refuses_a_live_session() {
     assert!(!s.wants_packets());
     assert_eq!(s.poll_timeout(), Some(t0 + 2 * SEC));
     s.handle_probe_result(t0 + SEC, true);
-    assert_eq!(drain(&mut s), disconnect(ALREADY_CONNECTED));
+    assert_eq!(
+        drain(&mut s),
+        disconnect(DisconnectReason::AlreadyConnected)
+    );
 }
 
 #[test]
@@ -390,7 +393,10 @@ fn takeover_losing_the_race_is_already_connected() {
     s.handle_probe_result(t0, false);
     assert!(matches!(drain(&mut s).as_slice(), [Action::TakeOver(_)]));
     s.handle_claim(t0, ClaimOutcome::Occupied);
-    assert_eq!(drain(&mut s), disconnect(ALREADY_CONNECTED));
+    assert_eq!(
+        drain(&mut s),
+        disconnect(DisconnectReason::AlreadyConnected)
+    );
 }
 
 #[test]
@@ -450,7 +456,7 @@ fn no_matching_pong_times_out_and_other_ids_are_ignored() {
     s.handle_timeout(t0 + 19 * SEC);
     assert!(drain(&mut s).is_empty());
     s.handle_timeout(t0 + 20 * SEC);
-    assert_eq!(drain(&mut s), disconnect(TIME_OUT));
+    assert_eq!(drain(&mut s), disconnect(DisconnectReason::TimeOut));
 }
 
 // ----- brokering: requester side -----
@@ -995,8 +1001,11 @@ fn spec_client_never_gets_extension_fields() {
 fn kick_with_and_without_message() {
     let t0 = Instant::now();
     let mut s = logged_in(t0);
-    s.handle_kick(t0, Some(SHUTTING_DOWN));
-    assert_eq!(drain(&mut s), disconnect(SHUTTING_DOWN));
+    s.handle_kick(t0, Some(DisconnectReason::ServerShuttingDown.as_str()));
+    assert_eq!(
+        drain(&mut s),
+        disconnect(DisconnectReason::ServerShuttingDown)
+    );
     s.handle_kick(t0, Some("again"));
     assert!(drain(&mut s).is_empty());
 
@@ -1212,7 +1221,7 @@ fn relay_packets_are_for_v3_sessions_only() {
             let mut s = v3_session(t0, &relays);
             login(&mut s, t0, connect.clone());
             s.handle_packet(t0, packet);
-            assert_eq!(drain(&mut s), disconnect(INVALID_PACKET));
+            assert_eq!(drain(&mut s), disconnect(DisconnectReason::InvalidPacket));
         }
     }
 }

@@ -301,7 +301,7 @@ async fn hold_session(
                 last = Instant::now();
             }
             Ok(Some(Packet::Disconnect(d))) => {
-                let timeout = d.message == chatr_server::session::TIME_OUT;
+                let timeout = d.reason() == Some(chatr_proto::DisconnectReason::TimeOut);
                 lost(
                     counters,
                     format!("server disconnected: {:?}", d.message),

@@ -26,11 +26,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use chatr_client::AttemptReport;
+
 use crate::bench::BenchError;
 use crate::bench::report::{Table, pct};
 use crate::bench::stats::median;
 use crate::bench::sys::Machine;
-use crate::lab::matrix::{Binaries, LinkReport};
+use crate::lab::matrix::Binaries;
 use crate::lab::{Host, Lab, LinkCondition, NatProfile};
 
 const CONNECT_PORT: u16 = 7777;
@@ -268,8 +270,8 @@ fn enrol_pair(
 
 /// What one `chatr pipe` pair run produced.
 struct PipeRun {
-    alice_report: Option<LinkReport>,
-    bob_report: Option<LinkReport>,
+    alice_report: Option<AttemptReport>,
+    bob_report: Option<AttemptReport>,
     alice_status: Option<ExitStatus>,
     bob_status: Option<ExitStatus>,
     /// First byte → last byte at Alice's stdout, when `expect_bytes` arrived.
@@ -339,7 +341,7 @@ fn pipe_run(
     let read = |p: &Path| {
         std::fs::read_to_string(p)
             .ok()
-            .and_then(|t| serde_json::from_str::<LinkReport>(&t).ok())
+            .and_then(|t| serde_json::from_str::<AttemptReport>(&t).ok())
     };
     Ok(PipeRun {
         alice_report: read(&alice_report),
@@ -517,11 +519,13 @@ pub fn punch_time(args: &PunchArgs) -> Result<PunchReport, BenchError> {
             args.delay_ms,
             Duration::from_secs(60),
         )?;
-        let punch = |r: &Option<LinkReport>| r.as_ref().and_then(|r| r.punch_ms);
-        let direct = [&run.alice_report, &run.bob_report].iter().all(|r| {
-            r.as_ref()
-                .is_some_and(|r| r.result.as_deref() == Some("direct"))
-        }) && run.alice_status.is_some_and(|s| s.success())
+        // Whole milliseconds: exact in an f64.
+        let punch =
+            |r: &Option<AttemptReport>| r.as_ref().and_then(|r| r.punch_ms).map(|ms| ms as f64);
+        let direct = [&run.alice_report, &run.bob_report]
+            .iter()
+            .all(|r| r.as_ref().is_some_and(AttemptReport::is_direct))
+            && run.alice_status.is_some_and(|s| s.success())
             && run.bob_status.is_some_and(|s| s.success());
         let error = (!direct).then(|| {
             [&run.alice_report, &run.bob_report]

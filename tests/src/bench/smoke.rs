@@ -73,7 +73,7 @@ async fn login_checks(report: &mut SmokeReport) -> Result<(), BenchError> {
     let answer = tokio::time::timeout(Duration::from_secs(10), conn.recv()).await;
     let refused = matches!(
         &answer,
-        Ok(Ok(Some(Packet::Disconnect(d)))) if d.message == chatr_server::session::FAILED_TO_VERIFY
+        Ok(Ok(Some(Packet::Disconnect(d)))) if d.reason() == Some(chatr_proto::DisconnectReason::FailedToVerify)
     );
     report.check(
         refused,

@@ -1,7 +1,7 @@
 //! `chatr-natlab`: runs the NAT matrix with the real binaries and rewrites `docs/NAT-MATRIX.md`.
 //!
 //! ```text
-//! cargo build -p chatr-server -p chatr-client
+//! cargo build -p chatr-server -p chatr-cli
 //! sudo cargo run -p chatr-tests --bin chatr-natlab -- [--delay-ms 20] [--loss 0] [--out docs/NAT-MATRIX.md]
 //! ```
 //! Exits 1 when a pair that must be direct was not (after writing the table).

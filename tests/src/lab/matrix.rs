@@ -20,7 +20,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Deserialize;
+use chatr_client::AttemptReport;
+use chatr_client::punch::{CandidateKind, PathKind};
 
 use super::error::LabError;
 use super::nat::NatProfile;
@@ -46,7 +47,7 @@ pub enum MatrixError {
     Lab(#[from] LabError),
     /// A binary is missing.
     #[error(
-        "`{name}` not found (looked in: {searched}); build it with `cargo build -p chatr-server -p chatr-client` or point CHATR_BIN_DIR at the directory holding `chatr` and `chatr-server`"
+        "`{name}` not found (looked in: {searched}); build it with `cargo build -p chatr-server -p chatr-cli` or point CHATR_BIN_DIR at the directory holding `chatr` and `chatr-server`"
     )]
     MissingBinary {
         /// Which binary.
@@ -56,7 +57,7 @@ pub enum MatrixError {
     },
     /// A binary is older than the sources it is built from.
     #[error(
-        "{} is older than its source {}; rebuild with `cargo build -p chatr-server -p chatr-client` (or run `cargo test --workspace`, which builds them)",
+        "{} is older than its source {}; rebuild with `cargo build -p chatr-server -p chatr-cli` (or run `cargo test --workspace`, which builds them)",
         binary.display(),
         changed.display()
     )]
@@ -295,39 +296,11 @@ impl MatrixConfig {
     }
 }
 
-/// The JSON object `chatr --report FILE` writes after a link attempt.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(default)]
-pub struct LinkReport {
-    /// The peer's UUID.
-    pub peer: Option<String>,
-    /// `direct` or `failed`.
-    pub result: Option<String>,
-    /// `lan` or `public`.
-    pub path: Option<String>,
-    /// Which candidate won: `private`, `public-udp`, `public-tcp`, `peer-reflexive`.
-    pub candidate: Option<String>,
-    /// The peer's address on the winning path.
-    pub remote: Option<String>,
-    /// ClientInfo received → authenticated QUIC link, in milliseconds.
-    pub punch_ms: Option<f64>,
-    /// Probes this side sent.
-    pub probes_sent: Option<u64>,
-    /// Why it failed.
-    pub error: Option<String>,
-}
-
-impl LinkReport {
-    fn is_direct(&self) -> bool {
-        self.result.as_deref() == Some("direct")
-    }
-}
-
 /// What one side of the pipe did.
 #[derive(Debug, Clone, Default)]
 pub struct PeerOutcome {
     /// Its `--report`, if it wrote one.
-    pub report: Option<LinkReport>,
+    pub report: Option<AttemptReport>,
     /// How the process ended (`None`: killed at the time limit or never started).
     pub exit: Option<String>,
     /// Its output matched the SHA-256 of what the other side read in.
@@ -767,7 +740,7 @@ impl PairContext<'_> {
         result.listener = self.outcome("alice", &alice_done, &bob_sum);
         result.initiator = self.outcome("bob", &bob_done, &alice_sum);
         result.direct = [&result.listener, &result.initiator].iter().all(|side| {
-            side.report.as_ref().is_some_and(LinkReport::is_direct)
+            side.report.as_ref().is_some_and(AttemptReport::is_direct)
                 && side.exit.as_deref() == Some("0")
                 && side.data_ok
         });
@@ -791,7 +764,7 @@ impl PairContext<'_> {
     fn outcome(&self, who: &str, done: &Finished, expected_sum: &str) -> PeerOutcome {
         let report = std::fs::read_to_string(self.dir.join(format!("{who}.report.json")))
             .ok()
-            .and_then(|text| serde_json::from_str::<LinkReport>(&text).ok());
+            .and_then(|text| serde_json::from_str::<AttemptReport>(&text).ok());
         let data_ok = sha256_file(&done.stdout).is_ok_and(|sum| sum == expected_sum);
         PeerOutcome {
             report,
@@ -928,11 +901,11 @@ fn utc_timestamp(at: SystemTime) -> String {
     )
 }
 
-fn fmt_ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "–".into(), |ms| format!("{ms:.0}"))
+fn fmt_ms(v: Option<u64>) -> String {
+    v.map_or_else(|| "–".into(), |ms| ms.to_string())
 }
 
-fn fmt_count(v: Option<u64>) -> String {
+fn fmt_count(v: Option<u32>) -> String {
     v.map_or_else(|| "–".into(), |n| n.to_string())
 }
 
@@ -1018,8 +991,8 @@ impl MatrixRun {
                 } else {
                     "no (recorded)"
                 },
-                cell(lb.path.as_deref().or(la.path.as_deref()).unwrap_or("–")),
-                cell(lb.candidate.as_deref().unwrap_or("–")),
+                cell(lb.path.or(la.path).map_or("–", PathKind::as_str)),
+                cell(lb.candidate.map_or("–", CandidateKind::as_str)),
                 fmt_ms(la.punch_ms.filter(|_| la.is_direct())),
                 fmt_ms(lb.punch_ms.filter(|_| lb.is_direct())),
                 fmt_count(la.probes_sent),
@@ -1090,14 +1063,14 @@ mod tests {
 
     #[test]
     fn report_json_contract() {
-        let r: LinkReport = serde_json::from_str(
-            r#"{"peer":"u","result":"direct","path":"lan","candidate":"private","remote":"192.168.1.3:5000","punch_ms":12,"probes_sent":4}"#,
+        let r: AttemptReport = serde_json::from_str(
+            r#"{"peer":"9b2f6d3e-0c4a-4f0e-8a53-2d4f7a1c9e10","result":"direct","path":"lan","candidate":"private","remote":"192.168.1.3:5000","punch_ms":12,"probes_sent":4}"#,
         )
         .unwrap();
         assert!(r.is_direct());
-        assert_eq!(r.punch_ms, Some(12.0));
+        assert_eq!(r.punch_ms, Some(12));
         assert_eq!(r.probes_sent, Some(4));
-        let failed: LinkReport =
+        let failed: AttemptReport =
             serde_json::from_str(r#"{"result":"failed","error":"punch timed out"}"#).unwrap();
         assert!(!failed.is_direct());
     }

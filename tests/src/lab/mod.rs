@@ -4,7 +4,7 @@
 //! pairs: a public segment (a bridge holding the `chatr-server` host and any
 //! other public hosts) and *sites*, each a NAT router (or two, for CGNAT) of a
 //! given [`NatProfile`] with hosts on its LAN. Each site's uplink can carry a
-//! [`LinkCondition`]: latency from a userspace [delay wire](wire) (this kernel
+//! [`LinkCondition`]: latency from a userspace delay wire, `wire.rs` (this kernel
 //! has no `netem`) and loss from nftables `numgen`. Processes run inside a
 //! host with [`Netns::command`]; Rust code with [`Netns::run_in`].
 //!

@@ -3,6 +3,8 @@
 //! errors people can act on — against an in-process server on loopback.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+// One copy of the in-process test server, shared with the library's own tests.
+#[path = "../../client/tests/session_support/mod.rs"]
 mod session_support;
 
 use std::path::{Path, PathBuf};

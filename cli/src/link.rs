@@ -4,8 +4,9 @@
 use chatr_client::contacts::Contacts;
 use chatr_client::identity::public_key_base64;
 use chatr_client::link::PeerLink;
-use chatr_client::node::failure_json;
-use chatr_client::{Client, ClientError, ClientOptions, IncomingRequest, LinkReport};
+use chatr_client::{
+    AttemptReport, Client, ClientError, ClientOptions, IncomingRequest, LinkReport,
+};
 use ed25519_dalek::VerifyingKey;
 use uuid::Uuid;
 
@@ -109,11 +110,11 @@ pub(crate) async fn request(
     match attempt {
         Ok((link, report)) => {
             announce(peer, &report);
-            write_report(g, &report.to_json());
+            write_report(g, &report.to_attempt());
             Ok(link)
         }
         Err(e) => {
-            write_report(g, &failure_json(Some(peer.uuid), &e));
+            write_report(g, &AttemptReport::failure(Some(peer.uuid), &e));
             Err(e.into())
         }
     }
@@ -181,11 +182,11 @@ pub(crate) async fn accept_one(
         match attempt {
             Ok((link, report)) => {
                 announce(&peer, &report);
-                write_report(g, &report.to_json());
+                write_report(g, &report.to_attempt());
                 return Ok((link, peer));
             }
             Err(e) => {
-                write_report(g, &failure_json(Some(peer.uuid), &e));
+                write_report(g, &AttemptReport::failure(Some(peer.uuid), &e));
                 if stop_on_failure {
                     return Err(e.into());
                 }
@@ -200,12 +201,11 @@ fn announce(peer: &Peer, report: &LinkReport) {
 }
 
 /// Writes the `--report` file, if one was asked for.
-pub(crate) fn write_report(g: &Globals, value: &serde_json::Value) {
-    if let Some(path) = &g.report {
-        let text = format!("{value}\n");
-        if let Err(e) = std::fs::write(path, text) {
-            eprintln!("chatr: cannot write the report to {}: {e}", path.display());
-        }
+pub(crate) fn write_report(g: &Globals, report: &AttemptReport) {
+    if let Some(path) = &g.report
+        && let Err(e) = std::fs::write(path, report.to_json_line())
+    {
+        eprintln!("chatr: cannot write the report to {}: {e}", path.display());
     }
 }
 

@@ -1,8 +1,13 @@
-//! The `chatr` command line: a thin layer over the `chatr_client` library.
+//! `chatr`, the command-line client (crate `chatr-cli`): a thin layer over the
+//! `chatr_client` library, one module per command.
 //!
 //! Every command loads what it needs from the home directory (`--home`, else
 //! the XDG config dir), does one job and exits with a status that says what
-//! went wrong (see [`ExitCode`]s below), printing an actionable message.
+//! went wrong (see the exit codes in `--help`), printing an actionable message.
+//!
+//! The CLI lives in its own crate so that programs embedding `chatr-client`
+//! don't pay for what only the command line needs: argument parsing, a log
+//! subscriber, and the in-process server `chatr demo` starts (`chatr-server`).
 
 mod byte_size;
 mod chat;
@@ -50,7 +55,9 @@ Exit status: 0 ok, 1 other error, 2 usage, 3 server unreachable, 4 peer denied/o
 enum Command {
     /// Create an identity (ed25519 key + UUID) and record the server and how to trust it
     Init(setup::InitArgs),
-    /// Print "<uuid> <public-key-base64>"
+    /// Print this identity's UUID and base64 public key on one line.
+    // The help text shows the line's shape, which rustdoc would read as HTML tags.
+    #[command(about = "Print \"<uuid> <public-key-base64>\"")]
     Whoami,
     /// Register this identity with the server's registry
     Register(setup::TokenArgs),
@@ -161,7 +168,7 @@ fn client_exit_code(e: &ClientError) -> u8 {
 }
 
 /// Runs the CLI: parses arguments, runs the command, maps errors to exit codes.
-pub(crate) fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let globals = Globals {

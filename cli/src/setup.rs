@@ -83,7 +83,7 @@ pub(crate) async fn init(g: &Globals, args: InitArgs) -> Result<(), CliError> {
     let old_alias = home.config().ok().and_then(|c| c.alias);
     config.alias = args.alias.or(old_alias);
     config.local_port = args.port.filter(|p| *p != 0);
-    config.save(home)?;
+    config.save(&home.config_path())?;
 
     println!("uuid:       {}", identity.uuid());
     println!("public key: {}", identity.public_key_base64());
