@@ -265,6 +265,20 @@ pub struct ServeArgs {
     /// REST API burst per source IP [default: 20].
     #[arg(long, value_name = "N")]
     pub api_burst: Option<u32>,
+    /// REST API: TLS handshake, request headers (or the next request on a kept-alive
+    /// connection) and request body must each arrive within this [default: 10s].
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub api_timeout: Option<Duration>,
+    /// Maximum simultaneous REST API connections; when full, the longest-idle one is evicted [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub api_max_connections: Option<usize>,
+    /// Maximum simultaneous REST API connections per source IP (IPv6: per /64) [default: 8].
+    #[arg(long, value_name = "N")]
+    pub api_max_connections_per_ip: Option<usize>,
+    /// Listen backlog of the Connect and API listeners, capped by net.core.somaxconn [default: 4096].
+    #[arg(long, value_name = "N")]
+    pub listen_backlog: Option<u32>,
 }
 
 /// Why the settings could not be resolved.
@@ -376,6 +390,10 @@ impl ServeArgs {
             max_connections_per_ip: get(env, "CHATR_MAX_CONNECTIONS_PER_IP", num)?,
             api_rate: get(env, "CHATR_API_RATE", num32)?,
             api_burst: get(env, "CHATR_API_BURST", num32)?,
+            api_timeout: get(env, "CHATR_API_TIMEOUT", parse_duration)?,
+            api_max_connections: get(env, "CHATR_API_MAX_CONNECTIONS", num)?,
+            api_max_connections_per_ip: get(env, "CHATR_API_MAX_CONNECTIONS_PER_IP", num)?,
+            listen_backlog: get(env, "CHATR_LISTEN_BACKLOG", num32)?,
         })
     }
 
@@ -415,6 +433,12 @@ impl ServeArgs {
             max_connections_per_ip: self.max_connections_per_ip.or(lower.max_connections_per_ip),
             api_rate: self.api_rate.or(lower.api_rate),
             api_burst: self.api_burst.or(lower.api_burst),
+            api_timeout: self.api_timeout.or(lower.api_timeout),
+            api_max_connections: self.api_max_connections.or(lower.api_max_connections),
+            api_max_connections_per_ip: self
+                .api_max_connections_per_ip
+                .or(lower.api_max_connections_per_ip),
+            listen_backlog: self.listen_backlog.or(lower.listen_backlog),
         }
     }
 
@@ -470,6 +494,7 @@ impl ServeArgs {
         set(&mut t.request_timeout, self.request_timeout);
         set(&mut t.takeover_probe, self.takeover_probe);
         set(&mut t.write_timeout, self.write_timeout);
+        set(&mut t.api_timeout, self.api_timeout);
         let l = &mut server.limits;
         if let Some(v) = self.max_connections {
             l.max_connections = v;
@@ -482,6 +507,15 @@ impl ServeArgs {
         }
         if let Some(v) = self.api_burst {
             l.api_burst = v;
+        }
+        if let Some(v) = self.api_max_connections {
+            l.api_max_connections = v;
+        }
+        if let Some(v) = self.api_max_connections_per_ip {
+            l.api_max_connections_per_ip = v;
+        }
+        if let Some(v) = self.listen_backlog {
+            l.listen_backlog = v;
         }
         Ok(Settings {
             server,
@@ -679,6 +713,10 @@ mod tests {
             max_connections_per_ip = 2
             api_rate = 7
             api_burst = 9
+            api_timeout = "3s"
+            api_max_connections = 11
+            api_max_connections_per_ip = 3
+            listen_backlog = 512
             "#,
         );
         let from_file = cli(&["--config", config.to_str().unwrap()])
@@ -707,6 +745,10 @@ mod tests {
                 ("CHATR_MAX_CONNECTIONS_PER_IP", "2"),
                 ("CHATR_API_RATE", "7"),
                 ("CHATR_API_BURST", "9"),
+                ("CHATR_API_TIMEOUT", "3s"),
+                ("CHATR_API_MAX_CONNECTIONS", "11"),
+                ("CHATR_API_MAX_CONNECTIONS_PER_IP", "3"),
+                ("CHATR_LISTEN_BACKLOG", "512"),
             ]))
             .unwrap();
         let from_cli = cli(&[
@@ -732,6 +774,10 @@ mod tests {
             "--max-connections-per-ip=2",
             "--api-rate=7",
             "--api-burst=9",
+            "--api-timeout=3s",
+            "--api-max-connections=11",
+            "--api-max-connections-per-ip=3",
+            "--listen-backlog=512",
         ])
         .resolve(&env_of(&[]))
         .unwrap();
@@ -758,6 +804,10 @@ mod tests {
             assert_eq!(c.limits.max_connections_per_ip, 2);
             assert_eq!(c.limits.api_requests_per_second, 7);
             assert_eq!(c.limits.api_burst, 9);
+            assert_eq!(c.timings.api_timeout, Duration::from_secs(3));
+            assert_eq!(c.limits.api_max_connections, 11);
+            assert_eq!(c.limits.api_max_connections_per_ip, 3);
+            assert_eq!(c.limits.listen_backlog, 512);
         }
     }
 
