@@ -73,6 +73,10 @@ pub enum ApiError {
     /// An HTTP/1.1 request without exactly one `Host` header (RFC 9112 §3.2).
     #[error("an HTTP/1.1 request must carry exactly one Host header")]
     MissingHost,
+    /// This connection was evicted (idle while every slot was taken) as its
+    /// request completed; the connection is being closed.
+    #[error("the server has too many connections; retry on a new connection")]
+    Busy,
     /// The request body did not arrive in time.
     #[error(
         "the request body did not arrive within {} s; send the whole request at once",
@@ -109,6 +113,7 @@ impl ApiError {
             Self::MethodNotAllowed => "MethodNotAllowed",
             Self::ShuttingDown => "ShuttingDown",
             Self::MissingHost => "MissingHost",
+            Self::Busy => "Busy",
             Self::RequestTimeout(_) => "RequestTimeout",
             Self::Internal => "InternalError",
         }
@@ -129,7 +134,7 @@ impl ApiError {
             Self::ClientAlreadyRegistered | Self::KeyChanged => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -145,7 +150,7 @@ impl ApiError {
             Self::InvalidToken(_) => RegistrationResult::InvalidToken,
             Self::RegistrationClosed => RegistrationResult::Closed,
             Self::RateLimited(_) => RegistrationResult::RateLimited,
-            Self::ShuttingDown | Self::Internal => RegistrationResult::Error,
+            Self::ShuttingDown | Self::Busy | Self::Internal => RegistrationResult::Error,
             Self::InvalidClientId(_)
             | Self::InvalidBody(_)
             | Self::InvalidPublicKey(_)

@@ -292,7 +292,7 @@ async fn serve_request(
     };
     if !permit.mark_busy() {
         // Evicted while its body arrived: the connection is being closed.
-        return closing(ApiError::ShuttingDown);
+        return closing(ApiError::Busy);
     }
     let mut req = Request::from_parts(parts, Body::from(body));
     req.extensions_mut().insert(ConnectInfo(peer));
