@@ -5,8 +5,8 @@
 //! The binary now runs on jemalloc with background purging, so RSS falls back
 //! within about ten seconds. This test puts a CI-sized load on the real binary
 //! (3 000 TLS connections from 60 loopback addresses), closes it, and requires
-//! RSS to come back within a bound: at most a quarter of what the load added,
-//! within 30 s. The full-size figures are `chatr-bench hostile --scenario memory`.
+//! RSS to come back within a bound: at most a third of what the load added,
+//! within 30 s (glibc kept all of it). The full-size figures are `chatr-bench hostile --scenario memory`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api_support;
@@ -84,7 +84,7 @@ async fn rss_comes_back_after_3000_connections_close() {
             added >= 16 * 1024,
             "wave {wave}: {CONNECTIONS} connections added only {added} KiB (base {base} KiB)"
         );
-        let bound = base + added / 4;
+        let bound = base + added / 3;
         let mut now_kib = peak;
         while closed.elapsed() < GIVE_BACK_WITHIN {
             tokio::time::sleep(Duration::from_millis(500)).await;
