@@ -38,6 +38,10 @@ pub struct Timings {
     /// A write to a client (a flush of queued packets, the TLS close) that
     /// takes longer than this ends the session: the client is not reading.
     pub write_timeout: Duration,
+    /// REST API: the TLS handshake, each request's headers (and, on a kept-alive
+    /// connection, the wait for the next request) and each request's body must
+    /// each arrive within this (default 10 s). A late body is answered 408.
+    pub api_timeout: Duration,
 }
 
 impl Default for Timings {
@@ -49,6 +53,7 @@ impl Default for Timings {
             request_timeout: Duration::from_secs(30),
             takeover_probe: Duration::from_secs(2),
             write_timeout: Duration::from_secs(10),
+            api_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -78,6 +83,16 @@ pub struct Limits {
     pub api_requests_per_second: u32,
     /// REST API burst per source IP.
     pub api_burst: u32,
+    /// Most simultaneous REST API connections. When full, a newcomer evicts the
+    /// connection idle longest (not handling a request); only when every one is
+    /// busy is it refused.
+    pub api_max_connections: usize,
+    /// Most simultaneous REST API connections from one source IP (IPv6: one /64).
+    pub api_max_connections_per_ip: usize,
+    /// Listen backlog of the Connect and API TCP listeners: connections the
+    /// kernel completes before the server accepts them. Linux caps it at
+    /// `net.core.somaxconn` (4096 by default since Linux 5.4).
+    pub listen_backlog: u32,
 }
 
 impl Default for Limits {
@@ -93,6 +108,9 @@ impl Default for Limits {
             incoming_request_burst: 40,
             api_requests_per_second: 5,
             api_burst: 20,
+            api_max_connections: 1024,
+            api_max_connections_per_ip: 8,
+            listen_backlog: 4096,
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod config;
 mod conn_limit;
 pub mod error;
 pub mod hub;
+pub mod listen;
 pub mod metrics;
 pub mod registry;
 mod relay;

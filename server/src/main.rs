@@ -25,6 +25,13 @@ use chatr_server::settings::{
     TokenAction,
 };
 
+// jemalloc with background purging: after load drops, freed pages go back to
+// the kernel within about 10 s (dirty_decay_ms), where glibc's malloc kept RSS
+// at its peak (BENCHMARKS.md, "Memory after load").
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Longest a graceful shutdown may take before the process exits anyway.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 

@@ -1,7 +1,8 @@
 //! Starting and stopping the whole server.
 //!
 //! [`start`] binds everything (TLS on TCP and the discovery/STUN port on UDP
-//! at the same port number, the HTTPS registry API, the admin socket), spawns
+//! at the same port number, the HTTPS registry API, the admin socket; both TCP
+//! listeners with the configured `listen_backlog`, see [`crate::listen`]), spawns
 //! the tasks and returns a [`ServerHandle`] at once; [`run`] is start + wait.
 //! Cancelling the `shutdown` token stops accepting, sends every connection
 //! PacketDisconnect "Server shutting down", lets in-flight registry writes
@@ -10,7 +11,7 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,7 @@ use crate::config::ServerConfig;
 use crate::conn_limit::ConnectionLimiter;
 use crate::error::ServerError;
 use crate::hub::Hub;
+use crate::listen::bind_tcp;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::relay::Relay;
@@ -126,11 +128,20 @@ pub async fn start(
     let metrics = Arc::new(Metrics::default());
     let hub = Hub::new(Arc::clone(&metrics));
 
-    let (listener, udp_socket) = bind_connect_port(config.listen).await?;
+    let backlog = config.limits.listen_backlog;
+    if let Some(cap) = crate::listen::somaxconn()
+        && backlog > cap
+    {
+        tracing::warn!(
+            requested = backlog,
+            somaxconn = cap,
+            "listen backlog capped by net.core.somaxconn; raise it (sysctl net.core.somaxconn) for larger reconnect storms"
+        );
+    }
+    let (listener, udp_socket) = bind_connect_port(config.listen, backlog).await?;
     let connect_addr = local_addr(&listener, config.listen, "TCP")?;
-    let api_listener = TcpListener::bind(config.api_listen)
-        .await
-        .map_err(|source| ServerError::Bind {
+    let api_listener =
+        bind_tcp(config.api_listen, backlog).map_err(|source| ServerError::Bind {
             addr: config.api_listen,
             protocol: "TCP",
             source,
@@ -223,17 +234,18 @@ fn local_addr(
 
 /// Binds TCP and UDP on the same port. With port 0 the kernel picks the TCP
 /// port and the UDP bind may find it taken; then both are retried.
-async fn bind_connect_port(addr: SocketAddr) -> Result<(TcpListener, UdpSocket), ServerError> {
+async fn bind_connect_port(
+    addr: SocketAddr,
+    backlog: u32,
+) -> Result<(TcpListener, UdpSocket), ServerError> {
     const ATTEMPTS: usize = 16;
     let mut last_error = None;
     for _ in 0..ATTEMPTS {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr,
-                protocol: "TCP",
-                source,
-            })?;
+        let listener = bind_tcp(addr, backlog).map_err(|source| ServerError::Bind {
+            addr,
+            protocol: "TCP",
+            source,
+        })?;
         let bound = local_addr(&listener, addr, "TCP")?;
         match UdpSocket::bind(bound).await {
             Ok(socket) => return Ok((listener, socket)),
@@ -294,9 +306,12 @@ async fn accept_loop(
             }
         };
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        let Some(permit) = limiter.try_admit(peer.ip()) else {
-            tracing::debug!(%peer, open = limiter.open(), "connection cap reached; closing");
-            continue;
+        let permit = match limiter.try_admit(Instant::now(), peer.ip()) {
+            Ok(permit) => permit,
+            Err(cap) => {
+                tracing::debug!(%peer, open = limiter.open(), ?cap, "connection cap reached; closing");
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let ctx = Arc::clone(&ctx);

@@ -142,6 +142,75 @@ settings_table! {
     api_burst: u32 => server.limits.api_burst,
         env "CHATR_API_BURST" parse parse_number,
         arg(value_name = "N");
+    /// REST API: TLS handshake, request headers (or the next request on a kept-alive
+    /// connection) and request body must each arrive within this.
+    api_timeout: Duration => server.timings.api_timeout,
+        env "CHATR_API_TIMEOUT" parse parse_duration,
+        arg(value_parser = parse_duration, value_name = "DURATION"),
+        serde(default, deserialize_with = "de_duration");
+    /// Maximum simultaneous REST API connections; when full, the longest-idle one is evicted.
+    api_max_connections: usize => server.limits.api_max_connections,
+        env "CHATR_API_MAX_CONNECTIONS" parse parse_number,
+        arg(value_name = "N");
+    /// Maximum simultaneous REST API connections per source IP (IPv6: per /64).
+    api_max_connections_per_ip: usize => server.limits.api_max_connections_per_ip,
+        env "CHATR_API_MAX_CONNECTIONS_PER_IP" parse parse_number,
+        arg(value_name = "N");
+    /// Listen backlog of the Connect and API listeners, capped by net.core.somaxconn.
+    listen_backlog: u32 => server.limits.listen_backlog,
+        env "CHATR_LISTEN_BACKLOG" parse parse_number,
+        arg(value_name = "N");
+    /// Connection requests one client may be sent per second, from everyone together.
+    incoming_request_rate: u32 => server.limits.incoming_requests_per_second,
+        env "CHATR_INCOMING_REQUEST_RATE" parse parse_number,
+        arg(value_name = "N");
+    /// Burst of connection requests one client may be sent.
+    incoming_request_burst: u32 => server.limits.incoming_request_burst,
+        env "CHATR_INCOMING_REQUEST_BURST" parse parse_number,
+        arg(value_name = "N");
+    /// Relay accepted exchanges of version-3 clients that cannot reach each other directly.
+    relay: bool => server.relay.enabled,
+        env "CHATR_RELAY" parse parse_bool,
+        arg(num_args = 0..=1, require_equals = true, default_missing_value = "true",
+            value_parser = parse_bool, value_name = "BOOL");
+    /// Also relay inside TLS, for clients whose network blocks UDP.
+    relay_tls: bool => server.relay.tls,
+        env "CHATR_RELAY_TLS" parse parse_bool,
+        arg(num_args = 0..=1, require_equals = true, default_missing_value = "true",
+            value_parser = parse_bool, value_name = "BOOL");
+    /// Relays the whole server keeps at once.
+    relay_max_links: usize => server.relay.max_links,
+        env "CHATR_RELAY_MAX_LINKS" parse parse_number,
+        arg(value_name = "N");
+    /// Relays one client may be a party of at once.
+    relay_max_links_per_client: usize => server.relay.max_links_per_client,
+        env "CHATR_RELAY_MAX_LINKS_PER_CLIENT" parse parse_number,
+        arg(value_name = "N");
+    /// A relay that carried nothing for this long is closed.
+    relay_idle_timeout: Duration => server.relay.idle_timeout,
+        env "CHATR_RELAY_IDLE_TIMEOUT" parse parse_duration,
+        arg(value_parser = parse_duration, value_name = "DURATION"),
+        serde(default, deserialize_with = "de_duration");
+    /// Relayed bytes per second one client may send, sustained (0 = unlimited).
+    relay_client_rate: u64 => server.relay.client_rate,
+        env "CHATR_RELAY_CLIENT_RATE" parse parse_number,
+        arg(value_name = "BYTES");
+    /// Relayed bytes one client may send in a burst.
+    relay_client_burst: u64 => server.relay.client_burst,
+        env "CHATR_RELAY_CLIENT_BURST" parse parse_number,
+        arg(value_name = "BYTES");
+    /// Relayed bytes per second for the whole server, sustained (0 = unlimited).
+    relay_total_rate: u64 => server.relay.total_rate,
+        env "CHATR_RELAY_TOTAL_RATE" parse parse_number,
+        arg(value_name = "BYTES");
+    /// Relayed bytes the whole server may carry in a burst.
+    relay_total_burst: u64 => server.relay.total_burst,
+        env "CHATR_RELAY_TOTAL_BURST" parse parse_number,
+        arg(value_name = "BYTES");
+    /// Relayed datagrams queued for one TLS session before more are dropped.
+    relay_tls_queue: usize => server.relay.tls_queue,
+        env "CHATR_RELAY_TLS_QUEUE" parse parse_number,
+        arg(value_name = "N");
 }
 
 /// Why the settings could not be resolved.
@@ -417,6 +486,22 @@ mod tests {
             max_connections_per_ip = 2
             api_rate = 7
             api_burst = 9
+            api_timeout = "3s"
+            api_max_connections = 11
+            api_max_connections_per_ip = 3
+            listen_backlog = 512
+            incoming_request_rate = 4
+            incoming_request_burst = 6
+            relay = false
+            relay_tls = false
+            relay_max_links = 12
+            relay_max_links_per_client = 2
+            relay_idle_timeout = "90s"
+            relay_client_rate = 1000
+            relay_client_burst = 2000
+            relay_total_rate = 3000
+            relay_total_burst = 4000
+            relay_tls_queue = 5
             "#,
         );
         let from_file = cli(&["--config", config.to_str().unwrap()])
@@ -445,6 +530,22 @@ mod tests {
                 ("CHATR_MAX_CONNECTIONS_PER_IP", "2"),
                 ("CHATR_API_RATE", "7"),
                 ("CHATR_API_BURST", "9"),
+                ("CHATR_API_TIMEOUT", "3s"),
+                ("CHATR_API_MAX_CONNECTIONS", "11"),
+                ("CHATR_API_MAX_CONNECTIONS_PER_IP", "3"),
+                ("CHATR_LISTEN_BACKLOG", "512"),
+                ("CHATR_INCOMING_REQUEST_RATE", "4"),
+                ("CHATR_INCOMING_REQUEST_BURST", "6"),
+                ("CHATR_RELAY", "false"),
+                ("CHATR_RELAY_TLS", "false"),
+                ("CHATR_RELAY_MAX_LINKS", "12"),
+                ("CHATR_RELAY_MAX_LINKS_PER_CLIENT", "2"),
+                ("CHATR_RELAY_IDLE_TIMEOUT", "90s"),
+                ("CHATR_RELAY_CLIENT_RATE", "1000"),
+                ("CHATR_RELAY_CLIENT_BURST", "2000"),
+                ("CHATR_RELAY_TOTAL_RATE", "3000"),
+                ("CHATR_RELAY_TOTAL_BURST", "4000"),
+                ("CHATR_RELAY_TLS_QUEUE", "5"),
             ]))
             .unwrap();
         let from_cli = cli(&[
@@ -470,6 +571,22 @@ mod tests {
             "--max-connections-per-ip=2",
             "--api-rate=7",
             "--api-burst=9",
+            "--api-timeout=3s",
+            "--api-max-connections=11",
+            "--api-max-connections-per-ip=3",
+            "--listen-backlog=512",
+            "--incoming-request-rate=4",
+            "--incoming-request-burst=6",
+            "--relay=false",
+            "--relay-tls=false",
+            "--relay-max-links=12",
+            "--relay-max-links-per-client=2",
+            "--relay-idle-timeout=90s",
+            "--relay-client-rate=1000",
+            "--relay-client-burst=2000",
+            "--relay-total-rate=3000",
+            "--relay-total-burst=4000",
+            "--relay-tls-queue=5",
         ])
         .resolve(&env_of(&[]))
         .unwrap();
@@ -496,6 +613,22 @@ mod tests {
             assert_eq!(c.limits.max_connections_per_ip, 2);
             assert_eq!(c.limits.api_requests_per_second, 7);
             assert_eq!(c.limits.api_burst, 9);
+            assert_eq!(c.timings.api_timeout, Duration::from_secs(3));
+            assert_eq!(c.limits.api_max_connections, 11);
+            assert_eq!(c.limits.api_max_connections_per_ip, 3);
+            assert_eq!(c.limits.listen_backlog, 512);
+            assert_eq!(c.limits.incoming_requests_per_second, 4);
+            assert_eq!(c.limits.incoming_request_burst, 6);
+            assert!(!c.relay.enabled);
+            assert!(!c.relay.tls);
+            assert_eq!(c.relay.max_links, 12);
+            assert_eq!(c.relay.max_links_per_client, 2);
+            assert_eq!(c.relay.idle_timeout, Duration::from_secs(90));
+            assert_eq!(c.relay.client_rate, 1000);
+            assert_eq!(c.relay.client_burst, 2000);
+            assert_eq!(c.relay.total_rate, 3000);
+            assert_eq!(c.relay.total_burst, 4000);
+            assert_eq!(c.relay.tls_queue, 5);
         }
     }
 
@@ -544,7 +677,7 @@ mod tests {
 
     #[test]
     fn every_variable_is_chatr_and_the_key_in_upper_case() {
-        assert_eq!(ServeArgs::KEYS.len(), 21);
+        assert_eq!(ServeArgs::KEYS.len(), 37);
         for (key, var) in ServeArgs::KEYS {
             assert_eq!(*var, format!("CHATR_{}", key.to_ascii_uppercase()), "{key}");
         }

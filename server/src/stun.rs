@@ -6,8 +6,10 @@
 //! comprehension-required attribute we do not understand (e.g.
 //! CHANGE-REQUEST) gets the RFC's 420 error listing it. Anything else that is
 //! not a well-formed Binding request (indications, responses, other methods,
-//! malformed messages) is dropped silently, as a server must not answer what
-//! it cannot parse. Pure functions only; the socket lives in `udp.rs`.
+//! malformed messages, a FINGERPRINT that is not last or whose CRC does not
+//! match) is dropped silently, as a server must not answer what it cannot
+//! parse (RFC 8489 §7.3: a failed FINGERPRINT check means "not STUN", and the
+//! message is discarded). Pure functions only; the socket lives in `udp.rs`.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -64,12 +66,20 @@ pub fn respond(request: &[u8], source: SocketAddr) -> Option<Vec<u8>> {
         return None;
     }
     let attributes = parse_attributes(body)?;
+    let with_fingerprint = match attributes
+        .iter()
+        .position(|(kind, _)| *kind == ATTR_FINGERPRINT)
+    {
+        None => false,
+        Some(at) if at + 1 == attributes.len() && fingerprint_matches(request) => true,
+        // Not the last attribute, wrong length or wrong CRC: not a STUN message for us.
+        Some(_) => return None,
+    };
     let unknown: Vec<u16> = attributes
         .iter()
         .map(|(kind, _)| *kind)
         .filter(|kind| *kind < 0x8000 && !KNOWN_REQUIRED.contains(kind))
         .collect();
-    let with_fingerprint = attributes.iter().any(|(kind, _)| *kind == ATTR_FINGERPRINT);
 
     let mut out = Message::new(
         if unknown.is_empty() {
@@ -113,6 +123,22 @@ fn parse_attributes(mut body: &[u8]) -> Option<Vec<(u16, &[u8])>> {
         attributes.push((kind, value));
     }
     Some(attributes)
+}
+
+/// Whether `message` ends in a FINGERPRINT attribute (type, length 4, value)
+/// whose value is the CRC-32 of everything before it XOR "STUN" (RFC 8489
+/// §14.7). The header's length field already counts the attribute, so the CRC
+/// covers the message exactly as received.
+fn fingerprint_matches(message: &[u8]) -> bool {
+    let Some(split) = message.len().checked_sub(8) else {
+        return false;
+    };
+    let (covered, attribute) = message.split_at(split);
+    let mut expected = [0u8; 8];
+    expected[..2].copy_from_slice(&ATTR_FINGERPRINT.to_be_bytes());
+    expected[2..4].copy_from_slice(&4u16.to_be_bytes());
+    expected[4..].copy_from_slice(&(crc32(covered) ^ FINGERPRINT_XOR).to_be_bytes());
+    attribute == expected
 }
 
 /// XOR-MAPPED-ADDRESS value (RFC 8489 §14.2).
@@ -292,16 +318,78 @@ mod tests {
         );
     }
 
+    /// A request ending in a correct FINGERPRINT, with `attributes` before it.
+    fn request_with_fingerprint(attributes: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut m = Message::new(BINDING_REQUEST, [7; 12]);
+        for (kind, value) in attributes {
+            m.attribute(*kind, value);
+        }
+        m.finish_with_fingerprint()
+    }
+
     #[test]
     fn fingerprint_is_echoed_and_correct() {
         let src: SocketAddr = "203.0.113.9:40000".parse().unwrap();
-        let answer = respond(&request(&[(ATTR_FINGERPRINT, &[0; 4])]), src).unwrap();
+        let req = request_with_fingerprint(&[(0x8022, b"client")]);
+        assert!(fingerprint_matches(&req));
+        let answer = respond(&req, src).unwrap();
         let attrs = parse_attributes(&answer[20..]).unwrap();
         let (kind, value) = attrs.last().unwrap();
         assert_eq!(*kind, ATTR_FINGERPRINT);
         let covered = &answer[..answer.len() - 8];
         let expected = crc32(covered) ^ FINGERPRINT_XOR;
         assert_eq!(*value, expected.to_be_bytes());
+    }
+
+    #[test]
+    fn rfc5769_sample_request_fingerprint_verifies() {
+        // RFC 5769 §2.1, byte for byte (SOFTWARE, PRIORITY, ICE-CONTROLLED,
+        // USERNAME, MESSAGE-INTEGRITY, FINGERPRINT).
+        let sample: [u8; 108] = [
+            0x00, 0x01, 0x00, 0x58, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34,
+            0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae, 0x80, 0x22, 0x00, 0x10, 0x53, 0x54, 0x55, 0x4e,
+            0x20, 0x74, 0x65, 0x73, 0x74, 0x20, 0x63, 0x6c, 0x69, 0x65, 0x6e, 0x74, 0x00, 0x24,
+            0x00, 0x04, 0x6e, 0x00, 0x01, 0xff, 0x80, 0x29, 0x00, 0x08, 0x93, 0x2f, 0xf9, 0xb1,
+            0x51, 0x26, 0x3b, 0x36, 0x00, 0x06, 0x00, 0x09, 0x65, 0x76, 0x74, 0x6a, 0x3a, 0x68,
+            0x36, 0x76, 0x59, 0x20, 0x20, 0x20, 0x00, 0x08, 0x00, 0x14, 0x9a, 0xea, 0xa7, 0x0c,
+            0xbf, 0xd8, 0xcb, 0x56, 0x78, 0x1e, 0xf2, 0xb5, 0xb2, 0xd3, 0xf2, 0x49, 0xc1, 0xb5,
+            0x71, 0xa2, 0x80, 0x28, 0x00, 0x04, 0xe5, 0x7a, 0x3b, 0xcf,
+        ];
+        assert!(fingerprint_matches(&sample));
+        // Answered (420: PRIORITY is an ICE attribute we do not know), not discarded.
+        let answer = respond(&sample, "192.0.2.1:32853".parse().unwrap()).unwrap();
+        assert_eq!(&answer[0..2], &BINDING_ERROR.to_be_bytes());
+    }
+
+    #[test]
+    fn wrong_or_misplaced_fingerprint_is_discarded() {
+        let src: SocketAddr = "203.0.113.9:40000".parse().unwrap();
+        // Wrong CRC (any bit).
+        let good = request_with_fingerprint(&[(0x8022, b"client")]);
+        for bit in [0usize, 7, 31] {
+            let mut bad = good.clone();
+            let at = bad.len() - 4 + bit / 8;
+            bad[at] ^= 1 << (bit % 8);
+            assert_eq!(respond(&bad, src), None, "bit {bit}");
+        }
+        // The CRC of a different message (body changed after fingerprinting).
+        let mut tampered = good.clone();
+        tampered[20 + 4] ^= 0x20;
+        assert_eq!(respond(&tampered, src), None);
+        // An all-zero FINGERPRINT.
+        assert_eq!(respond(&request(&[(ATTR_FINGERPRINT, &[0; 4])]), src), None);
+        // FINGERPRINT not last: malformed.
+        let mut m = Message::new(BINDING_REQUEST, [7; 12]);
+        m.attribute(0x8022, b"x");
+        let mut fingerprinted = m.finish_with_fingerprint();
+        fingerprinted.extend_from_slice(&[0x80, 0x22, 0x00, 0x00]);
+        let len = u16::try_from(fingerprinted.len() - HEADER_LEN).unwrap();
+        fingerprinted[2..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(respond(&fingerprinted, src), None);
+        // Wrong length of the FINGERPRINT value.
+        assert_eq!(respond(&request(&[(ATTR_FINGERPRINT, &[0; 8])]), src), None);
+        // The intact request is answered.
+        assert!(respond(&good, src).is_some());
     }
 
     #[test]

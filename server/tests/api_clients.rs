@@ -183,6 +183,12 @@ async fn malformed_bodies_are_refused() {
         format!(r#"{{"key":"{key}","extra":1}}"#),
         r#"{"key":42}"#.to_owned(),
         format!(r#"{{"key":"{key}"}} trailing"#),
+        // Duplicate members: a map would silently keep the last one.
+        format!(r#"{{"key":"{key}","key":"{key}"}}"#),
+        format!(r#"{{"key":"AAAA","key":"{key}"}}"#),
+        format!(r#"{{"extra":1,"key":"{key}"}}"#),
+        format!(r#"{{"key":"{key}","key":42}}"#),
+        "{}".to_owned(),
     ];
     for body in cases {
         api.put_signed(&uuid, body.as_bytes(), &id.key)

@@ -180,21 +180,57 @@ fn read_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes,
 }
 
 /// Parses `{"key":"…"}` and the ed25519 key in it.
-/// Only a JSON object with the single string member `key` is accepted (serde
-/// would also take `["…"]` for a one-field struct).
+/// Only a JSON object with exactly one member, `key`, a string, is accepted:
+/// serde would also take `["…"]` for a one-field struct, and a map would keep
+/// the last of two `key` members, so the object is walked member by member.
 fn parse_key_body(body: &[u8]) -> Result<VerifyingKey, ApiError> {
-    let object: serde_json::Map<String, serde_json::Value> =
+    let KeyBody(key) =
         serde_json::from_slice(body).map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-    if object.len() != 1 {
-        return Err(ApiError::InvalidBody(format!(
-            "{} members instead of one",
-            object.len()
-        )));
+    parse_key(&key)
+}
+
+/// The one member of a key body.
+struct KeyBody(String);
+
+impl<'de> serde::Deserialize<'de> for KeyBody {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_map(KeyBodyVisitor)
     }
-    match object.get("key") {
-        Some(serde_json::Value::String(key)) => parse_key(key),
-        Some(_) => Err(ApiError::InvalidBody("key must be a string".into())),
-        None => Err(ApiError::InvalidBody("missing member key".into())),
+}
+
+struct KeyBodyVisitor;
+
+impl<'de> serde::de::Visitor<'de> for KeyBodyVisitor {
+    type Value = KeyBody;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object with the single member \"key\"")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<KeyBody, A::Error> {
+        use serde::de::Error as _;
+        let mut key: Option<String> = None;
+        let mut members = 0usize;
+        while let Some(name) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            members += 1;
+            if name != "key" {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            }
+            if key.is_some() {
+                return Err(A::Error::custom("duplicate member key"));
+            }
+            let value: serde_json::Value = map.next_value()?;
+            match value {
+                serde_json::Value::String(text) => key = Some(text),
+                _ => return Err(A::Error::custom("key must be a string")),
+            }
+        }
+        match (key, members) {
+            (Some(key), 1) => Ok(KeyBody(key)),
+            (None, _) => Err(A::Error::custom("missing member key")),
+            (Some(_), n) => Err(A::Error::custom(format!("{n} members instead of one"))),
+        }
     }
 }
 

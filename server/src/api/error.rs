@@ -70,6 +70,19 @@ pub enum ApiError {
     /// The server is shutting down.
     #[error("the server is shutting down; retry in a moment")]
     ShuttingDown,
+    /// An HTTP/1.1 request without exactly one `Host` header (RFC 9112 §3.2).
+    #[error("an HTTP/1.1 request must carry exactly one Host header")]
+    MissingHost,
+    /// This connection was evicted (idle while every slot was taken) as its
+    /// request completed; the connection is being closed.
+    #[error("the server has too many connections; retry on a new connection")]
+    Busy,
+    /// The request body did not arrive in time.
+    #[error(
+        "the request body did not arrive within {} s; send the whole request at once",
+        .0.as_secs_f64()
+    )]
+    RequestTimeout(Duration),
     /// Storage failure: nothing was changed.
     #[error("internal error; nothing was stored, retry later")]
     Internal,
@@ -99,6 +112,9 @@ impl ApiError {
             Self::NotFound => "NotFound",
             Self::MethodNotAllowed => "MethodNotAllowed",
             Self::ShuttingDown => "ShuttingDown",
+            Self::MissingHost => "MissingHost",
+            Self::Busy => "Busy",
+            Self::RequestTimeout(_) => "RequestTimeout",
             Self::Internal => "InternalError",
         }
     }
@@ -106,9 +122,11 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidClientId(_) | Self::InvalidBody(_) | Self::InvalidPublicKey(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidClientId(_)
+            | Self::InvalidBody(_)
+            | Self::InvalidPublicKey(_)
+            | Self::MissingHost => StatusCode::BAD_REQUEST,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::InvalidSignature(_) | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             Self::RegistrationClosed => StatusCode::FORBIDDEN,
             Self::ClientDoesNotExist | Self::NotFound => StatusCode::NOT_FOUND,
@@ -116,7 +134,7 @@ impl ApiError {
             Self::ClientAlreadyRegistered | Self::KeyChanged => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ShuttingDown | Self::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -132,11 +150,13 @@ impl ApiError {
             Self::InvalidToken(_) => RegistrationResult::InvalidToken,
             Self::RegistrationClosed => RegistrationResult::Closed,
             Self::RateLimited(_) => RegistrationResult::RateLimited,
-            Self::ShuttingDown | Self::Internal => RegistrationResult::Error,
+            Self::ShuttingDown | Self::Busy | Self::Internal => RegistrationResult::Error,
             Self::InvalidClientId(_)
             | Self::InvalidBody(_)
             | Self::InvalidPublicKey(_)
             | Self::PayloadTooLarge(_)
+            | Self::MissingHost
+            | Self::RequestTimeout(_)
             | Self::NotFound
             | Self::MethodNotAllowed => RegistrationResult::InvalidRequest,
         }

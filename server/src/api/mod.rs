@@ -16,9 +16,20 @@
 //!
 //! Each TCP connection is accepted here, TLS-terminated with the *current*
 //! acceptor of [`TlsIdentity`] (so a SIGHUP reload applies to new connections)
-//! and served by hyper's HTTP/1 connection driver. Connections are capped,
-//! the TLS handshake and request headers have deadlines, bodies are limited
-//! to [`BODY_LIMIT`] bytes and every source address has a token bucket.
+//! and served by hyper's HTTP/1 connection driver.
+//!
+//! What one host cannot do to everyone else:
+//! - hold many connections: at most `api_max_connections_per_ip` (8) per source
+//!   address, IPv6 per /64, counted before any TLS work;
+//! - fill the total cap (`api_max_connections`, 1024) with connections that do
+//!   nothing: when it is full, a newcomer evicts the connection idle longest
+//!   (handshaking, waiting for headers or a body, kept alive); only connections
+//!   whose request is being handled hold their slot for sure;
+//! - be slow: the TLS handshake, each request head (also the wait for the next
+//!   request on a kept-alive connection) and each body must arrive within
+//!   `api_timeout` (10 s); a late body is answered 408 and the connection closed;
+//! - send much: bodies are limited to [`BODY_LIMIT`] bytes, every source address
+//!   has a token bucket, and HTTP/1.1 without `Host` is answered 400.
 
 pub mod clients;
 mod error;
@@ -30,15 +41,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
-use axum::http::{Method, header};
+use axum::http::{HeaderValue, Method, Version, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::BytesMut;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
@@ -46,6 +59,7 @@ use tower::ServiceExt as _;
 pub use error::ApiError;
 
 use crate::config::{RegistrationPolicy, ServerConfig};
+use crate::conn_limit::{ConnectionLimiter, ConnectionPermit};
 use crate::metrics::{Metrics, RegistrationResult};
 use crate::registry::Registry;
 use crate::tls::TlsIdentity;
@@ -53,12 +67,6 @@ use rate_limit::{RateLimiter, UNKNOWN_PEER};
 
 /// Largest accepted request body. `{"key":"…"}` is 54 bytes.
 pub const BODY_LIMIT: usize = 1024;
-/// Most simultaneous API connections; more are closed at once.
-const MAX_CONNECTIONS: usize = 1024;
-/// TLS handshake deadline.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Request header deadline (slow-loris defence).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests get to finish on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -71,6 +79,15 @@ pub(crate) struct ApiState {
     policy: RegistrationPolicy,
     body_limit: usize,
     limiter: Mutex<RateLimiter>,
+    limits: ApiLimits,
+}
+
+/// The connection limits and time-out of the API (from [`ServerConfig`]).
+#[derive(Debug, Clone, Copy)]
+struct ApiLimits {
+    max_connections: usize,
+    max_connections_per_ip: usize,
+    timeout: Duration,
 }
 
 /// What the API needs from the rest of the server.
@@ -99,6 +116,11 @@ impl ApiContext {
                 policy: config.registration,
                 body_limit: BODY_LIMIT,
                 limiter: Mutex::new(limiter),
+                limits: ApiLimits {
+                    max_connections: config.limits.api_max_connections,
+                    max_connections_per_ip: config.limits.api_max_connections_per_ip,
+                    timeout: config.timings.api_timeout,
+                },
             }),
         }
     }
@@ -134,7 +156,10 @@ impl ApiContext {
 /// returns. Registry writes already started always complete.
 pub async fn serve_api(ctx: ApiContext, listener: TcpListener, shutdown: CancellationToken) {
     let router = ctx.router();
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = ConnectionLimiter::evicting_idle(
+        ctx.state.limits.max_connections,
+        ctx.state.limits.max_connections_per_ip,
+    );
     let tracker = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "registry API listening (HTTPS)");
@@ -153,21 +178,25 @@ pub async fn serve_api(ctx: ApiContext, listener: TcpListener, shutdown: Cancell
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-            tracing::debug!(%peer, "API connection limit reached; closing");
-            continue;
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let permit = match connections.try_admit(Instant::now(), peer.ip()) {
+            Ok(permit) => permit,
+            Err(cap) => {
+                tracing::debug!(%peer, ?cap, open = connections.open(), "API connection cap reached; closing");
+                continue;
+            }
         };
         let acceptor = ctx.state.tls.acceptor();
         let router = router.clone();
         let shutdown = shutdown.clone();
+        let limits = ctx.state.limits;
         tracker.spawn(async move {
-            let _permit = permit;
-            serve_connection(acceptor, tcp, peer, router, shutdown).await;
+            serve_connection(acceptor, tcp, peer, router, permit, limits, shutdown).await;
         });
     }
     tracker.close();
     tracker.wait().await;
-    tracing::info!("registry API stopped");
+    tracing::info!(evicted = connections.evicted(), "registry API stopped");
 }
 
 async fn serve_connection(
@@ -175,11 +204,16 @@ async fn serve_connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     router: Router,
+    permit: ConnectionPermit,
+    limits: ApiLimits,
     shutdown: CancellationToken,
 ) {
+    let permit = Arc::new(permit);
+    let evicted = permit.evicted().clone();
     let handshake = tokio::select! {
         () = shutdown.cancelled() => return,
-        res = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)) => res,
+        () = evicted.cancelled() => return,
+        res = tokio::time::timeout(limits.timeout, acceptor.accept(tcp)) => res,
     };
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
@@ -192,15 +226,18 @@ async fn serve_connection(
             return;
         }
     };
-    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
+    let service_permit = Arc::clone(&permit);
+    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         let router = router.clone();
-        async move { Ok::<_, Infallible>(router.oneshot(req).await.into_response()) }
+        let permit = Arc::clone(&service_permit);
+        async move { Ok::<_, Infallible>(serve_request(req, peer, router, &permit, limits).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
+    // The header timer runs whenever hyper waits for a request head, so it
+    // also closes a kept-alive connection that sends no next request.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(limits.timeout)
         .max_buf_size(16 * 1024);
     let conn = builder.serve_connection(TokioIo::new(tls), service);
     tokio::pin!(conn);
@@ -210,6 +247,10 @@ async fn serve_connection(
                 tracing::debug!(%peer, error = %err, "API connection ended with an error");
             }
         }
+        // Evicted only while idle (no handler runs): closing loses nothing.
+        () = evicted.cancelled() => {
+            tracing::debug!(%peer, "API connection evicted (idle while the connection cap was full)");
+        }
         () = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             if tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await.is_err() {
@@ -217,6 +258,72 @@ async fn serve_connection(
             }
         }
     }
+}
+
+/// One request, before the router: HTTP/1.1 needs exactly one `Host`; the
+/// body (at most [`BODY_LIMIT`] bytes are read) must arrive within the time-out;
+/// only then is the connection busy (not evictable) while the router answers.
+async fn serve_request(
+    req: hyper::Request<Incoming>,
+    peer: SocketAddr,
+    router: Router,
+    permit: &ConnectionPermit,
+    limits: ApiLimits,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without a
+    // Host header field or with more than one.
+    if parts.version == Version::HTTP_11 && parts.headers.get_all(header::HOST).iter().count() != 1
+    {
+        return ApiError::MissingHost.into_response();
+    }
+    let body = match tokio::time::timeout(limits.timeout, read_capped(body, BODY_LIMIT)).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, error = %err, "API request body could not be read");
+            return closing(ApiError::InvalidBody(format!(
+                "the body could not be read: {err}"
+            )));
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "API request body timed out");
+            return closing(ApiError::RequestTimeout(limits.timeout));
+        }
+    };
+    if !permit.mark_busy() {
+        // Evicted while its body arrived: the connection is being closed.
+        return closing(ApiError::Busy);
+    }
+    let mut req = Request::from_parts(parts, Body::from(body));
+    req.extensions_mut().insert(ConnectInfo(peer));
+    let response = router.oneshot(req).await.into_response();
+    permit.mark_idle(Instant::now());
+    response
+}
+
+/// Reads `body` until its end or until more than `limit` bytes are in; the
+/// router's body limit then refuses what is too large, in its usual order of
+/// checks. Never buffers more than `limit` + one frame.
+async fn read_capped(mut body: Incoming, limit: usize) -> Result<Bytes, hyper::Error> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > limit {
+                break;
+            }
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// `error` with `Connection: close`: the rest of the request was not read.
+fn closing(error: ApiError) -> Response {
+    let mut response = error.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// Per-address token bucket, before any work is done for the request.

@@ -1,13 +1,16 @@
 //! Per-source-address token buckets for the REST API.
 //!
 //! Sans-IO: the caller passes `now`, so tests drive time explicitly. IPv6
-//! clients are bucketed by /64, because one host usually owns a whole /64 and
-//! could otherwise rotate addresses to escape the limit. The table is bounded:
+//! clients are bucketed by /64 (the same [`source_key`] as the connection
+//! caps), because one host usually owns a whole /64 and could otherwise rotate
+//! addresses to escape the limit. The table is bounded:
 //! when full, idle (refilled) buckets are dropped; if that frees nothing, new
 //! addresses share one overflow bucket instead of growing memory.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::conn_limit::source_key;
 use std::time::{Duration, Instant};
 
 /// Most addresses tracked at once.
@@ -49,7 +52,7 @@ impl RateLimiter {
         if self.rate <= 0.0 {
             return Ok(());
         }
-        let mut key = bucket_key(ip);
+        let mut key = source_key(ip);
         if !self.buckets.contains_key(&key) && self.buckets.len() >= self.max_entries {
             self.prune(now);
             if self.buckets.len() >= self.max_entries {
@@ -84,19 +87,6 @@ impl RateLimiter {
     #[cfg(test)]
     fn tracked(&self) -> usize {
         self.buckets.len()
-    }
-}
-
-fn bucket_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
     }
 }
 

@@ -130,7 +130,7 @@ macro_rules! show_with_display {
         }
     )*};
 }
-show_with_display!(SocketAddr, String, usize, u32, bool);
+show_with_display!(SocketAddr, String, usize, u32, u64, bool);
 
 impl ShowDefault for PathBuf {
     fn show(&self) -> Option<String> {

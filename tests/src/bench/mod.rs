@@ -16,14 +16,15 @@
 //! ([`chatr_proto::decode_frame`], [`chatr_proto::Packet::encode`]), not with the
 //! `chatr-client` library, so the figures measure the server.
 //!
-//! Modules: [`login_rate`], [`concurrent`], [`broker`], [`lab`] (punch time and link
-//! throughput in the NAT lab) and [`smoke`] are the subcommands; [`stats`], [`sys`],
+//! Modules: [`login_rate`], [`concurrent`], [`broker`], [`hostile`] (issue 16's attacks),
+//! [`lab`] (punch time and link throughput in the NAT lab) and [`smoke`] are the subcommands; [`stats`], [`sys`],
 //! [`identity`], [`tls`], [`client`], [`server`] and [`report`] are their tools.
 
 pub mod broker;
 pub mod client;
 pub mod concurrent;
 mod error;
+pub mod hostile;
 pub mod identity;
 pub mod lab;
 pub mod login_rate;

@@ -11,7 +11,8 @@
 //!   canned PacketConnected (no registry lookup, no signature check, no hub) and
 //!   echoes every other frame back. It never pings.
 //!
-//! Control: the process prints `READY <addr>` on stdout once listening; each
+//! Control: the process prints `READY <addr>` (chatr kind: `READY <addr>
+//! <api addr>`) on stdout once listening; each
 //! `stats` line on stdin is answered with one JSON line; end of stdin stops the
 //! server gracefully (so it also stops when the parent dies).
 
@@ -78,6 +79,16 @@ pub struct ServeArgs {
     /// Listen address.
     #[arg(long, default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
+    /// Listen backlog of the chatr kind's listeners [default: the server's, 4096].
+    #[arg(long)]
+    pub listen_backlog: Option<u32>,
+    /// REST API connection cap (chatr kind) [default: the server's].
+    #[arg(long)]
+    pub api_max_connections: Option<usize>,
+    /// Call glibc's `malloc_trim(0)` this often, ms (to measure trimming; only
+    /// meaningful when this binary was built with the glibc allocator).
+    #[arg(long)]
+    pub malloc_trim_ms: Option<u64>,
 }
 
 /// Runs the child until its stdin closes.
@@ -116,6 +127,20 @@ async fn serve_chatr(args: &ServeArgs, shutdown: CancellationToken) -> Result<()
     if let Some(ms) = args.ping_timeout_ms {
         config.timings.ping_timeout = Duration::from_millis(ms);
     }
+    if let Some(backlog) = args.listen_backlog {
+        config.limits.listen_backlog = backlog;
+    }
+    if let Some(cap) = args.api_max_connections {
+        config.limits.api_max_connections = cap;
+    }
+    if let Some(ms) = args.malloc_trim_ms {
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(ms.max(1)));
+                crate::bench::sys::malloc_trim();
+            }
+        });
+    }
     let handle = chatr_server::start(config, shutdown.clone())
         .await
         .map_err(|e| BenchError::Server(format!("chatr_server::start: {e}")))?;
@@ -124,7 +149,7 @@ async fn serve_chatr(args: &ServeArgs, shutdown: CancellationToken) -> Result<()
             handle.registry().insert_unchecked(uuid, key);
         }
     }
-    println!("READY {}", handle.connect_addr());
+    println!("READY {} {}", handle.connect_addr(), handle.api_addr());
     let hub = handle.hub().clone();
     let metrics = Arc::clone(handle.metrics());
     control(move || {

@@ -32,6 +32,12 @@ pub struct ServerSpec {
     pub ping_timeout_ms: Option<u64>,
     /// Server log filter.
     pub log: String,
+    /// Listen backlog override (chatr kind).
+    pub listen_backlog: Option<u32>,
+    /// REST API connection cap override (chatr kind).
+    pub api_max_connections: Option<usize>,
+    /// glibc `malloc_trim` period, ms.
+    pub malloc_trim_ms: Option<u64>,
 }
 
 /// What the server reports about itself.
@@ -51,6 +57,7 @@ pub struct ServerProcess {
     stdout: Lines<BufReader<ChildStdout>>,
     pid: u32,
     addr: SocketAddr,
+    api_addr: Option<SocketAddr>,
     kind: ServerKind,
 }
 
@@ -86,6 +93,15 @@ impl ServerProcess {
         if let Some(ms) = spec.ping_timeout_ms {
             cmd.arg("--ping-timeout-ms").arg(ms.to_string());
         }
+        if let Some(backlog) = spec.listen_backlog {
+            cmd.arg("--listen-backlog").arg(backlog.to_string());
+        }
+        if let Some(cap) = spec.api_max_connections {
+            cmd.arg("--api-max-connections").arg(cap.to_string());
+        }
+        if let Some(ms) = spec.malloc_trim_ms {
+            cmd.arg("--malloc-trim-ms").arg(ms.to_string());
+        }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -107,18 +123,29 @@ impl ServerProcess {
             .map_err(|_| BenchError::Timeout("server child did not get ready in 120 s".into()))?
             .map_err(|e| BenchError::io("read the server child's stdout", e))?
             .ok_or_else(|| BenchError::Server("server child exited before READY".into()))?;
-        let addr = ready
+        let mut words = ready
             .strip_prefix("READY ")
-            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_default()
+            .split_whitespace();
+        let addr = words
+            .next()
+            .and_then(|a| a.parse().ok())
             .ok_or_else(|| BenchError::Server(format!("unexpected line from child: {ready:?}")))?;
+        let api_addr = words.next().and_then(|a| a.parse().ok());
         Ok(Self {
             child,
             stdin,
             stdout,
             pid,
             addr,
+            api_addr,
             kind: spec.kind,
         })
+    }
+
+    /// Where the REST API listens (chatr kind).
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
     }
 
     /// Where clients connect.
@@ -210,6 +237,9 @@ impl Workspace {
             ping_interval_ms: None,
             ping_timeout_ms: None,
             log: "warn".into(),
+            listen_backlog: None,
+            api_max_connections: None,
+            malloc_trim_ms: None,
         }
     }
 }

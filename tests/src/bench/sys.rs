@@ -191,6 +191,26 @@ impl Machine {
     }
 }
 
+/// glibc's `malloc_trim(0)`: gives every free page of every arena back to the
+/// kernel. A no-op under another global allocator (it only sees glibc's heap).
+pub fn malloc_trim() {
+    // SAFETY: malloc_trim takes a size and only walks glibc's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Which global allocator this binary was built with.
+pub fn allocator_name() -> &'static str {
+    if cfg!(feature = "jemalloc") {
+        "jemalloc"
+    } else if cfg!(feature = "mimalloc") {
+        "mimalloc"
+    } else {
+        "glibc"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,8 @@
 //! target/release/chatr-bench login-rate
 //! target/release/chatr-bench concurrent --clients 100000
 //! target/release/chatr-bench broker --rate 1000 --rate 5000 --rate 20000
+//! target/release/chatr-bench hostile --scenario memory      # RSS after 2 × 10 000 sessions
+//! target/release/chatr-bench hostile --scenario storm --scenario api-flood
 //! target/release/chatr-bench punch-time --delay-ms 20      # root: NAT lab
 //! target/release/chatr-bench throughput                    # root: NAT lab + iperf3
 //! cargo run -p chatr-tests --bin chatr-bench -- smoke      # CI: does the tool work?
@@ -15,8 +17,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use chatr_tests::bench::{broker, concurrent, lab, login_rate, report, serve, smoke};
+use chatr_tests::bench::{broker, concurrent, hostile, lab, login_rate, report, serve, smoke};
 use clap::{Parser, Subcommand};
+
+// The allocator under test: jemalloc as chatr-server by default; `--no-default-features`
+// for glibc's, plus `--features mimalloc` for mimalloc.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Chatr benchmarks: every figure beside its baseline, medians over several runs.
 #[derive(Debug, Parser)]
@@ -37,6 +48,8 @@ enum Command {
     Concurrent(concurrent::ConcurrentArgs),
     /// Request → Accept → ClientInfo latency at fixed rates vs a bare echo.
     Broker(broker::BrokerArgs),
+    /// Issue 16's attacks at full size: RSS after load, reconnect storm, body-less PUT flood.
+    Hostile(hostile::HostileArgs),
     /// NAT lab (root): ClientInfo → authenticated QUIC link, in RTTs (target ≤ 2 RTT + 50 ms).
     PunchTime(lab::PunchArgs),
     /// NAT lab (root): `chatr pipe` over a punched path vs TCP iperf3 on the same path.
@@ -113,6 +126,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Broker(args) => {
             let r = runtime()?.block_on(broker::run(&args))?;
+            print_and_save(
+                cli.json.as_ref(),
+                format!("{}\n\n{}", r.machine.describe(), r.render()),
+                &r,
+            )?;
+        }
+        Command::Hostile(args) => {
+            let want = (args.clients.max(args.storm_clients) + 4096) as u64;
+            let limit = chatr_tests::bench::sys::raise_nofile(want)?;
+            if limit < want {
+                eprintln!(
+                    "chatr-bench hostile: RLIMIT_NOFILE is {limit}, {want} wanted; lower --clients / --storm-clients if logins fail"
+                );
+            }
+            let r = runtime()?.block_on(hostile::run(&args))?;
             print_and_save(
                 cli.json.as_ref(),
                 format!("{}\n\n{}", r.machine.describe(), r.render()),
