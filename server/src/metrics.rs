@@ -414,6 +414,7 @@ impl Metrics {
     }
     /// A relayed datagram was dropped.
     pub fn relay_dropped(&self, cause: RelayDrop) {
+        tracing::trace!(?cause, "relayed datagram dropped");
         if let Some(c) = self.relay_drops.get(cause as usize) {
             c.fetch_add(1, Ordering::Relaxed);
         }
