@@ -152,3 +152,67 @@ async fn a_link_pinned_to_the_tls_relay_carries_a_pipe() {
     pair.pipe(2 * 1024 * 1024, Duration::from_secs(60)).await;
     pair.stop().await;
 }
+
+/// The "path changes under load": while 50 MiB go through a pipe, both sides'
+/// paths are forced round direct → UDP relay → TLS relay → direct … at least 100 times;
+/// the pipe must finish with its SHA-256 intact and no stream error.
+#[tokio::test]
+async fn a_pipe_survives_a_hundred_forced_path_switches() {
+    let pair = linked_pair(PathPolicy::Auto).await;
+    let alice_paths = pair.alice_link.paths().unwrap().clone();
+    let bob_paths = pair.bob_link.paths().unwrap().clone();
+    let direct_of = |status: chatr_client::path::PathStatus| match status.path {
+        Some(p @ PathId::Direct(_)) => p,
+        other => panic!("loopback links start direct, got {other:?}"),
+    };
+    let alice_direct = direct_of(alice_paths.current());
+    let bob_direct = direct_of(bob_paths.current());
+    let cycle = |direct: PathId| {
+        [
+            PathId::Relay(RelayVia::Udp),
+            direct,
+            PathId::Relay(RelayVia::Tls),
+            direct,
+        ]
+    };
+
+    let before = pair.server.handle.metrics().relay_totals();
+    let done = tokio_util::sync::CancellationToken::new();
+    let stop = done.clone();
+    let switcher = tokio::spawn(async move {
+        let (a, b) = (cycle(alice_direct), cycle(bob_direct));
+        let mut forced = 0usize;
+        while !stop.is_cancelled() {
+            // Alice and Bob out of phase, so the two directions differ most of the time.
+            assert!(alice_paths.pin(Some(a[forced % 4])).await);
+            assert!(bob_paths.pin(Some(b[(forced + 1) % 4])).await);
+            forced += 1;
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        (forced, alice_paths, bob_paths)
+    });
+    pair.pipe(50 * 1024 * 1024, Duration::from_secs(240)).await;
+    done.cancel();
+    let (forced, alice_paths, bob_paths) = switcher.await.unwrap();
+    let (a, b) = (alice_paths.current(), bob_paths.current());
+    assert!(
+        forced >= 100,
+        "only {forced} switches were forced while the pipe ran"
+    );
+    assert!(
+        a.switches >= 100 && b.switches >= 100,
+        "the links did not follow: alice {} switches, bob {}",
+        a.switches,
+        b.switches
+    );
+    // The relay really carried part of the pipe, over both transports.
+    let after = pair.server.handle.metrics().relay_totals();
+    assert!(
+        after.udp_bytes - before.udp_bytes > 1024 * 1024
+            && after.tls_bytes - before.tls_bytes > 1024 * 1024,
+        "relayed while switching: {before:?} → {after:?}"
+    );
+    // Back to automatic choice: the link returns to the direct path.
+    assert!(alice_paths.pin(None).await);
+    pair.stop().await;
+}

@@ -44,7 +44,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use options::ClientOptions;
-pub use report::{AttemptReport, AttemptResult, LinkReport, TriedCandidate};
+pub use report::{AttemptReport, AttemptResult, LinkReport, TransferReport, TriedCandidate};
 
 use self::link_driver::{DriverContext, run_attempt};
 use self::shared::{Brokered, ClientInfo, ExchangeGuard, Shared};
@@ -414,8 +414,10 @@ impl Client {
     /// Stops the client: says goodbye to the server, closes every link, and
     /// waits for the background tasks. Finish your streams first.
     pub async fn shutdown(&self) {
-        self.inner.shutdown.cancel();
+        // Links first, while the session still runs: their last packets (the peer's
+        // final acknowledgements, CONNECTION_CLOSE) may need the TLS relay.
         self.inner.endpoint.close().await;
+        self.inner.shutdown.cancel();
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
     }

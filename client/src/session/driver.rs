@@ -247,6 +247,7 @@ impl<C: Connect> Driver<C> {
             logins: self.logins,
             server_rtt: rtt,
             tls_relay: false,
+            udp_relay: false,
         };
         let mut logged_in = false;
         let mut shutting_down = false;
@@ -274,10 +275,12 @@ impl<C: Connect> Driver<C> {
                         logged_in = true;
                         self.logins += 1;
                         info.logins = self.logins;
-                        info.tls_relay = session.server_version() >= chatr_proto::VERSION_3
-                            && session
-                                .features()
-                                .contains(chatr_proto::SessionFeatures::RELAY_TLS);
+                        let v3 = session.server_version() >= chatr_proto::VERSION_3;
+                        let features = session.features();
+                        info.tls_relay =
+                            v3 && features.contains(chatr_proto::SessionFeatures::RELAY_TLS);
+                        info.udp_relay =
+                            v3 && features.contains(chatr_proto::SessionFeatures::RELAY_UDP);
                         // Whatever waited for the TLS relay while we were offline is stale.
                         if let Some(relay) = self.relay.as_mut() {
                             while relay.outgoing.try_recv().is_ok() {}

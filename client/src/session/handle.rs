@@ -35,6 +35,8 @@ pub struct OnlineInfo {
     pub server_rtt: Option<Duration>,
     /// Whether the server relays over TLS for this session (version 3).
     pub tls_relay: bool,
+    /// Whether the server relays over its UDP port for this session (version 3).
+    pub udp_relay: bool,
 }
 
 /// The driver's current state.
