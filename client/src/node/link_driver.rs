@@ -190,7 +190,12 @@ impl Attempt {
     fn on_brokered(&mut self, msg: Brokered) -> Result<(), ClientError> {
         let now = Instant::now();
         match msg {
-            Brokered::Accepted(endpoint) => self.agent.handle_accepted(now, endpoint),
+            Brokered::Accepted(endpoint, hints) => {
+                if let Some(hints) = hints {
+                    self.agent.set_peer_hints(hints);
+                }
+                self.agent.handle_accepted(now, endpoint);
+            }
             Brokered::Denied => self.agent.handle_denied(now),
             Brokered::SessionLost(why) => self.agent.handle_session_lost(now, &why),
             Brokered::ClientInfo(info) => {
