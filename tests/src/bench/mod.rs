@@ -16,8 +16,8 @@
 //! ([`chatr_proto::decode_frame`], [`chatr_proto::Packet::encode`]), not with the
 //! `chatr-client` library, so the figures measure the server.
 //!
-//! Modules: [`login_rate`], [`concurrent`], [`broker`], [`lab`] (punch time and link
-//! throughput in the NAT lab) and [`smoke`] are the subcommands; [`stats`], [`sys`],
+//! Modules: [`login_rate`], [`concurrent`], [`broker`], [`lab`] (punch time in the NAT lab),
+//! [`throughput`] (link throughput in the NAT lab, beside iperf3 and iroh) and [`smoke`] are the subcommands; [`stats`], [`sys`],
 //! [`identity`], [`tls`], [`client`], [`server`] and [`report`] are their tools.
 
 pub mod broker;
@@ -33,6 +33,7 @@ pub mod server;
 pub mod smoke;
 pub mod stats;
 pub mod sys;
+pub mod throughput;
 pub mod tls;
 
 pub use error::BenchError;
