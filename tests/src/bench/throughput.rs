@@ -240,6 +240,49 @@ pub struct ThroughputArgs {
     /// Seconds to wait for both Chatr processes to exit after the last byte.
     #[arg(long, default_value_t = EXIT_WAIT.as_secs())]
     pub exit_wait_s: u64,
+    /// Also run another Chatr in every run, for before/after figures from the same run:
+    /// `LABEL[@BIN_DIR][,VAR=VALUE…]` (its `chatr` from BIN_DIR, the environment added).
+    #[arg(long = "variant")]
+    pub variants: Vec<Variant>,
+}
+
+/// Another Chatr measured beside the main one (see `--variant`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Variant {
+    /// Its name in the tables.
+    pub label: String,
+    /// Where its `chatr` is (default: the main one).
+    pub bin_dir: Option<PathBuf>,
+    /// Environment added to both of its processes.
+    pub env: Vec<(String, String)>,
+}
+
+impl std::str::FromStr for Variant {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(',');
+        let head = parts.next().unwrap_or_default();
+        let (label, bin_dir) = match head.split_once('@') {
+            Some((label, dir)) => (label, Some(PathBuf::from(dir))),
+            None => (head, None),
+        };
+        if label.is_empty() {
+            return Err(format!("variant {s:?}: empty label"));
+        }
+        let env = parts
+            .map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .ok_or_else(|| format!("variant {s:?}: {kv:?} is not VAR=VALUE"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Variant {
+            label: label.to_owned(),
+            bin_dir,
+            env,
+        })
+    }
 }
 
 impl ThroughputArgs {
@@ -257,6 +300,7 @@ impl ThroughputArgs {
             keep: None,
             lose_first_initial: false,
             exit_wait_s: EXIT_WAIT.as_secs(),
+            variants: Vec::new(),
         }
     }
 
@@ -301,6 +345,9 @@ pub struct Sample {
     pub recv_cpu_transfer_s: Option<f64>,
     /// Chatr: both link reports said `direct` and both processes exited 0.
     pub clean_exit: Option<bool>,
+    /// UDP datagrams the kernel dropped for want of socket buffer during the run, both hosts
+    /// (`RcvbufErrors` + `SndbufErrors` of `/proc/net/snmp`; loss on the path is not counted).
+    pub udp_buffer_drops: Option<u64>,
     /// What went wrong, if anything.
     pub error: Option<String>,
 }
@@ -318,6 +365,8 @@ pub struct Run {
     pub iroh: Option<Sample>,
     /// Chatr.
     pub chatr: Sample,
+    /// The `--variant`s, in their order.
+    pub variants: Vec<Sample>,
 }
 
 /// Figure 5.
@@ -473,6 +522,7 @@ impl ThroughputReport {
             "Chatr exit s send/recv",
             "Chatr CPU s send/recv",
             "iroh CPU s send/recv",
+            "UDP buffer drops Chatr / iroh",
             "note",
         ]);
         for r in &self.runs {
@@ -506,6 +556,16 @@ impl ThroughputReport {
                     f2(r.iroh.as_ref().and_then(|s| s.send_cpu_s)),
                     f2(r.iroh.as_ref().and_then(|s| s.recv_cpu_s))
                 ),
+                format!(
+                    "{} / {}",
+                    r.chatr
+                        .udp_buffer_drops
+                        .map_or("–".into(), |d| d.to_string()),
+                    r.iroh
+                        .as_ref()
+                        .and_then(|s| s.udp_buffer_drops)
+                        .map_or("–".into(), |d| d.to_string())
+                ),
                 note.join("; "),
             ]);
         }
@@ -514,7 +574,99 @@ impl ThroughputReport {
             .iter()
             .map(|n| format!("- {n}\n"))
             .collect::<String>();
-        format!("{}\n{notes}\n{}", t.render(), runs.render())
+        format!(
+            "{}\n{notes}\n{}{}",
+            t.render(),
+            self.render_variants(),
+            runs.render()
+        )
+    }
+
+    /// The main Chatr beside each `--variant`, from the same runs (empty without variants).
+    fn render_variants(&self) -> String {
+        if self.args.variants.is_empty() {
+            return String::new();
+        }
+        let f2 = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2}"));
+        let mut t = Table::new(&[
+            "path",
+            "MiB",
+            "Chatr",
+            "MiB/s",
+            "÷ iroh",
+            "slowest ÷ iroh time",
+            "exit max s send/recv",
+            "CPU s/GiB send/recv",
+            "failed",
+        ]);
+        let labels: Vec<String> = std::iter::once("main".to_owned())
+            .chain(self.args.variants.iter().map(|v| v.label.clone()))
+            .collect();
+        for path in LinkPath::ALL {
+            for &mib in &self.args.sizes {
+                let runs: Vec<&Run> = self.runs_of(path, mib).collect();
+                if runs.is_empty() {
+                    continue;
+                }
+                let iroh_mib = median(
+                    &runs
+                        .iter()
+                        .filter_map(|r| r.iroh.as_ref().and_then(|s| s.mib_s))
+                        .collect::<Vec<_>>(),
+                );
+                let iroh_secs = median(
+                    &runs
+                        .iter()
+                        .filter_map(|r| r.iroh.as_ref().and_then(|s| s.secs))
+                        .collect::<Vec<_>>(),
+                );
+                for (i, label) in labels.iter().enumerate() {
+                    let samples: Vec<&Sample> = runs
+                        .iter()
+                        .filter_map(|r| {
+                            if i == 0 {
+                                Some(&r.chatr)
+                            } else {
+                                r.variants.get(i - 1)
+                            }
+                        })
+                        .collect();
+                    let med = |g: &dyn Fn(&Sample) -> Option<f64>| {
+                        median(&samples.iter().filter_map(|s| g(s)).collect::<Vec<_>>())
+                    };
+                    let mib_s = med(&|s| s.mib_s);
+                    let worst = max_of(samples.iter().map(|s| s.secs));
+                    let failed = samples
+                        .iter()
+                        .filter(|s| s.error.is_some() || s.clean_exit != Some(true))
+                        .count();
+                    t.row(vec![
+                        path.label().into(),
+                        mib.to_string(),
+                        label.clone(),
+                        mib_s.map_or("–".into(), |v| format!("{v:.0}")),
+                        mib_s
+                            .zip(iroh_mib)
+                            .map_or("–".into(), |(c, i)| pct(c / i.max(1e-9))),
+                        worst
+                            .zip(iroh_secs)
+                            .map_or("–".into(), |(w, i)| format!("{:.2}×", w / i.max(1e-9))),
+                        format!(
+                            "{} / {}",
+                            f2(max_of(samples.iter().map(|s| s.send_exit_s))),
+                            f2(max_of(samples.iter().map(|s| s.recv_exit_s)))
+                        ),
+                        format!(
+                            "{} / {}",
+                            f2(med(&|s| per_gib(s.send_cpu_s, mib))),
+                            f2(med(&|s| per_gib(s.recv_cpu_s, mib)))
+                        ),
+                        format!("{failed}/{}", samples.len()),
+                    ]);
+                }
+            }
+        }
+        format!("{}\n", t.render())
     }
 }
 
@@ -637,9 +789,36 @@ fn wait_for_text(
 
 // ----- the three tools -----
 
+/// `RcvbufErrors + SndbufErrors` of the UDP counters in `host`'s namespace.
+fn udp_buffer_errors(host: &Host) -> Option<u64> {
+    let out = host
+        .netns()
+        .command("cat")
+        .arg("/proc/net/snmp")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp: "));
+    let names: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let values: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let field = |name: &str| {
+        names
+            .iter()
+            .position(|n| *n == name)
+            .and_then(|i| values.get(i))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some(field("RcvbufErrors")? + field("SndbufErrors")?)
+}
+
+fn buffer_errors(pair: &PeerPair) -> Option<u64> {
+    Some(udp_buffer_errors(&pair.alice.host)? + udp_buffer_errors(&pair.bob.host)?)
+}
+
 /// `chatr pipe` from Bob to Alice; see the module docs.
 fn chatr_run(
     bins: &Binaries,
+    env: &[(String, String)],
     pair: &PeerPair,
     input: &Path,
     bytes: u64,
@@ -653,11 +832,13 @@ fn chatr_run(
     for f in [&alice_report, &bob_report, &out] {
         let _ = std::fs::remove_file(f);
     }
+    let drops_before = buffer_errors(pair);
     let mut alice = spawn(
         pair.alice
             .command(bins, &["--report"])
             .arg(&alice_report)
             .args(["pipe", "--listen", "--from", "bob"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(create(&out)?)
             .stderr(create(&alice_err)?),
@@ -674,6 +855,7 @@ fn chatr_run(
             .command(bins, &["--report"])
             .arg(&bob_report)
             .args(["pipe", "alice"])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(File::open(input).map_err(|e| BenchError::io("open pipe input", e))?)
             .stdout(create(&dir.join("bob.pipe.out"))?)
             .stderr(create(&bob_err)?),
@@ -724,6 +906,9 @@ fn chatr_run(
         send_cpu_s: bob_exit.map(|e| e.cpu_s),
         recv_cpu_s: alice_exit.map(|e| e.cpu_s),
         clean_exit: Some(clean),
+        udp_buffer_drops: drops_before
+            .zip(buffer_errors(pair))
+            .map(|(a, b)| b.saturating_sub(a)),
         ..Sample::default()
     };
     if let (Some((t0, b0, a0)), Some((t1, b1, a1))) = (first, last) {
@@ -902,8 +1087,8 @@ impl IrohRelay {
         Ok(IrohPath { listener, id })
     }
 
-    fn dial(&self, path: &mut IrohPath, bob: &Host, bytes: u64, dir: &Path) -> Sample {
-        match self.try_dial(path, bob, bytes, dir) {
+    fn dial(&self, path: &mut IrohPath, pair: &PeerPair, bytes: u64, dir: &Path) -> Sample {
+        match self.try_dial(path, pair, bytes, dir) {
             Ok(s) => s,
             Err(e) => Sample {
                 error: Some(e.to_string()),
@@ -915,13 +1100,15 @@ impl IrohRelay {
     fn try_dial(
         &self,
         path: &mut IrohPath,
-        bob: &Host,
+        pair: &PeerPair,
         bytes: u64,
         dir: &Path,
     ) -> Result<Sample, BenchError> {
+        let bob = &pair.bob.host;
         let out = dir.join("iroh.dial.out");
         let err = dir.join("iroh.dial.err");
         let listener_before = cpu_secs(path.listener.pid());
+        let drops_before = buffer_errors(pair);
         let mut dial = spawn(
             bob.netns()
                 .command(&self.binary)
@@ -973,6 +1160,9 @@ impl IrohRelay {
                 .map(|(l, e)| e.at.saturating_duration_since(l).as_secs_f64()),
             send_cpu_s: exit.map(|e| e.cpu_s),
             recv_cpu_s: listener_before.zip(listener_after).map(|(a, b)| b - a),
+            udp_buffer_drops: drops_before
+                .zip(buffer_errors(pair))
+                .map(|(a, b)| b.saturating_sub(a)),
             ..Sample::default()
         };
         if received != Some(bytes) || !direct {
@@ -1052,6 +1242,38 @@ pub fn run(args: &ThroughputArgs) -> Result<ThroughputReport, BenchError> {
         }
         None => None,
     };
+    let variants: Vec<(Binaries, &Variant)> = args
+        .variants
+        .iter()
+        .map(|v| {
+            let chatr = match &v.bin_dir {
+                Some(dir) => dir.join("chatr"),
+                None => bins.chatr.clone(),
+            };
+            if !chatr.is_file() {
+                return Err(BenchError::Tool {
+                    tool: format!("variant {}", v.label),
+                    reason: format!("{} not found", chatr.display()),
+                });
+            }
+            notes.push(format!(
+                "variant {}: {}{}",
+                v.label,
+                chatr.display(),
+                v.env
+                    .iter()
+                    .map(|(k, val)| format!(" {k}={val}"))
+                    .collect::<String>()
+            ));
+            Ok((
+                Binaries {
+                    chatr,
+                    server: bins.server.clone(),
+                },
+                v,
+            ))
+        })
+        .collect::<Result<_, _>>()?;
     let paths = if args.paths.is_empty() {
         LinkPath::ALL.to_vec()
     } else {
@@ -1084,28 +1306,41 @@ pub fn run(args: &ThroughputArgs) -> Result<ThroughputReport, BenchError> {
                     tcp: None,
                     iroh: None,
                     chatr: Sample::default(),
+                    variants: vec![Sample::default(); variants.len()],
+                };
+                let chatr_once = |bins: &Binaries, env: &[(String, String)]| {
+                    lose_initial(args, bob_router.as_deref())
+                        .and_then(|()| {
+                            let wait = Duration::from_secs(args.exit_wait_s);
+                            chatr_run(bins, env, &pair, &input, bytes, shm.path(), wait)
+                        })
+                        .unwrap_or_else(|e| Sample {
+                            error: Some(e.to_string()),
+                            ..Sample::default()
+                        })
                 };
                 // Rotate the order so drift on the shared machine hits every tool alike.
-                for slot in 0..3 {
-                    match (k + slot) % 3 {
-                        0 if tcp && path.tcp_reachable() => run.tcp = Some(tcp_run(&pair, bytes)),
-                        1 => {
-                            if let (Some(relay), Some(iroh)) = (&relay, iroh.as_mut()) {
-                                run.iroh = Some(relay.dial(iroh, &pair.bob.host, bytes, &dir));
+                let tools = 3 + variants.len();
+                for slot in 0..tools {
+                    match (k + slot) % tools {
+                        0 => {
+                            if tcp && path.tcp_reachable() {
+                                run.tcp = Some(tcp_run(&pair, bytes));
                             }
                         }
-                        2 => {
-                            run.chatr = lose_initial(args, bob_router.as_deref())
-                                .and_then(|()| {
-                                    let wait = Duration::from_secs(args.exit_wait_s);
-                                    chatr_run(&bins, &pair, &input, bytes, shm.path(), wait)
-                                })
-                                .unwrap_or_else(|e| Sample {
-                                    error: Some(e.to_string()),
-                                    ..Sample::default()
-                                })
+                        1 => {
+                            if let (Some(relay), Some(iroh)) = (&relay, iroh.as_mut()) {
+                                run.iroh = Some(relay.dial(iroh, &pair, bytes, &dir));
+                            }
                         }
-                        _ => {}
+                        2 => run.chatr = chatr_once(&bins, &[]),
+                        v => {
+                            if let (Some((vbins, variant)), Some(sample)) =
+                                (variants.get(v - 3), run.variants.get_mut(v - 3))
+                            {
+                                *sample = chatr_once(vbins, &variant.env);
+                            }
+                        }
                     }
                 }
                 let f = |s: &Option<Sample>| {
@@ -1113,8 +1348,13 @@ pub fn run(args: &ThroughputArgs) -> Result<ThroughputReport, BenchError> {
                         .and_then(|s| s.mib_s)
                         .map_or("–".into(), |v| format!("{v:.0}"))
                 };
+                let extra: String = variants
+                    .iter()
+                    .zip(&run.variants)
+                    .map(|((_, v), s)| format!(" {} {}", v.label, f(&Some(s.clone()))))
+                    .collect();
                 eprintln!(
-                    "throughput {} {mib} MiB run {}: TCP {} iroh {} chatr {} MiB/s, chatr exits {:?}/{:?} s {}",
+                    "throughput {} {mib} MiB run {}: TCP {} iroh {} chatr {}{extra} MiB/s, chatr exits {:?}/{:?} s {}",
                     path.label(),
                     k + 1,
                     f(&run.tcp),
