@@ -31,6 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use super::LinkError;
 use super::config::LinkConfig;
+use super::congestion::FlooredBbr;
 use super::peer_link::{CloseCode, PeerLink};
 use super::rpk::{self, SeenKey};
 use super::socket::{ControlRx, DemuxSocket, RawSender};
@@ -507,6 +508,9 @@ fn transport_config(config: &LinkConfig) -> TransportConfig {
     transport.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
     transport.receive_window(VarInt::from_u32(CONNECTION_WINDOW));
     transport.send_window(u64::from(CONNECTION_WINDOW));
+    // BBR rather than quinn's default Cubic: random loss on a punched path is not
+    // congestion (see `congestion`).
+    transport.congestion_controller_factory(Arc::new(FlooredBbr::default()));
     transport
 }
 

@@ -23,6 +23,7 @@
 
 pub mod chat;
 mod config;
+mod congestion;
 mod endpoint;
 mod error;
 mod peer_link;
