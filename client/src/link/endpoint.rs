@@ -269,8 +269,9 @@ impl LinkEndpoint {
 
     /// Closes every link with [`CloseCode::Normal`], stops accepting, and lets the closed
     /// connections drain for about three probe timeouts of the slowest link this endpoint
-    /// carried ([`close_linger`]), so a peer whose first `CONNECTION_CLOSE` was lost is
-    /// answered again; it returns as soon as every connection has drained.
+    /// carried (at least 100 ms, at most the idle timeout), so a peer whose first
+    /// `CONNECTION_CLOSE` was lost is answered again; it returns as soon as every connection
+    /// has drained.
     pub async fn close(&self) {
         self.shutdown.cancel();
         self.endpoint
