@@ -41,7 +41,13 @@ pub(crate) struct Cli {
     report: Option<PathBuf>,
     /// Which paths peer links may use: auto (direct when it works, else relayed by the
     /// server), direct (never relayed), relay (always relayed), relay-tls (relayed inside TLS)
-    #[arg(long, global = true, value_name = "POLICY", default_value = "auto")]
+    #[arg(
+        long,
+        global = true,
+        env = "CHATR_PATH",
+        value_name = "POLICY",
+        default_value = "auto"
+    )]
     path: chatr_client::path::PathPolicy,
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG also works
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]

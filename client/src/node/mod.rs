@@ -27,6 +27,7 @@
 //! server going away and coming back.
 
 mod link_driver;
+mod local_hints;
 mod options;
 mod report;
 mod shared;
@@ -86,6 +87,8 @@ struct Inner {
     raw: RawSender,
     port: u16,
     shared: Arc<Shared>,
+    /// What our requests and accepts tell peers about us.
+    hints: Arc<local_hints::LocalHints>,
     requests: AsyncMutex<mpsc::Receiver<QueuedRequest>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -212,9 +215,11 @@ impl Client {
         ));
         tracing::info!(uuid = %options.identity.uuid(), port, "client started");
 
+        let hints = Arc::new(local_hints::LocalHints::new(session.clone()));
         Ok(Client {
             inner: Arc::new(Inner {
                 identity: options.identity.clone(),
+                hints,
                 session,
                 endpoint,
                 raw,
@@ -313,7 +318,7 @@ impl Client {
             self.local_info(&online),
             peer,
         );
-        agent.set_local_nat(self.inner.session.link_hints().nat);
+        agent.set_local_nat(self.inner.hints.nat());
         run_attempt(
             self.driver_context(peer, peer_key, &online),
             agent,
@@ -354,7 +359,7 @@ impl Client {
             peer,
             peer_private,
         );
-        agent.set_local_nat(self.inner.session.link_hints().nat);
+        agent.set_local_nat(self.inner.hints.nat());
         if let Some(hints) = peer_hints {
             agent.set_peer_hints(hints);
         }

@@ -508,11 +508,15 @@ impl LinkAgent {
 
     fn start_linking(&mut self, now: Instant, exchange: Exchange) {
         let at = *self.client_info_at.get_or_insert(now);
-        self.candidates = Candidate::from_endpoints(
+        let mut candidates = Candidate::from_endpoints(
             self.peer_private,
             Some(exchange.public_endpoint),
             exchange.tcp_endpoint,
         );
+        if let Some(hints) = &self.peer_hints {
+            candidates.extend(Candidate::from_hints(hints));
+        }
+        self.candidates = crate::punch::dedup(candidates);
         let punch = Punch::new(
             now,
             self.config.punch.clone(),

@@ -24,11 +24,10 @@ use crate::bench::BenchError;
 use crate::bench::report::Table;
 use crate::bench::stats::median;
 use crate::bench::sys::Machine;
+use crate::lab::lab_server::LabServer;
 use crate::lab::matrix::Binaries;
 use crate::lab::{Host, Lab, LinkCondition, NatProfile};
 
-const CONNECT_PORT: u16 = 7777;
-const API_PORT: u16 = 7778;
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) fn lab_err(e: impl std::fmt::Display) -> BenchError {
@@ -47,71 +46,15 @@ pub(crate) fn binaries(bin_dir: Option<&Path>) -> Result<Binaries, BenchError> {
     Binaries::locate(bin_dir).map_err(lab_err)
 }
 
-/// The running server in the lab; killed on drop.
-pub(crate) struct LabServer {
-    pub(crate) ip: Ipv4Addr,
-    pub(crate) cert: PathBuf,
-    child: Child,
-}
-
-impl Drop for LabServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// Starts the real server in the lab (see [`LabServer`]).
 pub(crate) fn start_server(
     bins: &Binaries,
     host: &Host,
     dir: &Path,
 ) -> Result<LabServer, BenchError> {
-    std::fs::create_dir_all(dir).map_err(|e| BenchError::io("create server dir", e))?;
-    let ready = dir.join("ready.json");
-    let log = File::create(dir.join("server.log")).map_err(|e| BenchError::io("server log", e))?;
-    let log2 = log
-        .try_clone()
-        .map_err(|e| BenchError::io("server log", e))?;
-    let mut child = host
-        .netns()
-        .command(&bins.server)
-        .arg("serve")
-        .args(["--listen", &format!("0.0.0.0:{CONNECT_PORT}")])
-        .args(["--api-listen", &format!("0.0.0.0:{API_PORT}")])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--san", &host.ip().to_string()])
-        .arg("--ready-file")
-        .arg(&ready)
-        .args(["--api-rate", "1000", "--api-burst", "1000"])
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .spawn()
-        .map_err(|e| BenchError::io(format!("spawn {}", bins.server.display()), e))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(ready.is_file() && dir.join("cert.pem").is_file()) {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(BenchError::Tool {
-                tool: "chatr-server".into(),
-                reason: format!(
-                    "exited with {status}; see {}",
-                    dir.join("server.log").display()
-                ),
-            });
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return Err(BenchError::Timeout(
-                "chatr-server did not get ready in 30 s".into(),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(LabServer {
-        ip: host.ip(),
-        cert: dir.join("cert.pem"),
-        child,
+    LabServer::start(bins, host, dir).map_err(|e| BenchError::Tool {
+        tool: "chatr-server".into(),
+        reason: e.to_string(),
     })
 }
 
@@ -179,9 +122,9 @@ impl Peer {
     }
 
     fn enrol(&self, bins: &Binaries, server: &LabServer) -> Result<String, BenchError> {
-        let connect = format!("{}:{CONNECT_PORT}", server.ip);
-        let api = format!("https://{}:{API_PORT}", server.ip);
-        let cert = server.cert.to_string_lossy().into_owned();
+        let connect = server.connect_addr();
+        let api = server.api_url();
+        let cert = server.cert().to_string_lossy().into_owned();
         self.step(
             bins,
             &[
@@ -496,7 +439,7 @@ pub fn punch_time(args: &PunchArgs) -> Result<PunchReport, BenchError> {
             bob,
             &work.path().join(format!("run{k}")),
         )?;
-        let rtt_ms = pair.alice.ping_ms(server.ip, 10)? + pair.bob.ping_ms(server.ip, 10)?;
+        let rtt_ms = pair.alice.ping_ms(server.ip(), 10)? + pair.bob.ping_ms(server.ip(), 10)?;
         let run = pipe_run(
             &bins,
             &pair,

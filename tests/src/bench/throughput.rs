@@ -13,6 +13,14 @@
 //! | `restricted1-public` | public host | port-restricted NAT, 1 % loss |
 //! | `cgnat2-public` | public host | CGNAT, 2 % loss |
 //! | `restricted1-cgnat2` | port-restricted NAT, 1 % loss | CGNAT, 2 % loss |
+//! | `symmetric-symmetric` | symmetric NAT | symmetric NAT: no direct path, so both Chatr and iroh relay through the server's host |
+//!
+//! Relayed figures: on `symmetric-symmetric` Chatr links over its UDP relay by itself;
+//! `--variant tls,CHATR_PATH=relay-tls` adds its TLS relay in the same runs, and on a
+//! direct path `--variant relay,CHATR_PATH=relay` pins the UDP relay beside the direct
+//! link. The server's CPU (`/proc/<pid>/stat`, user + system) is sampled around every
+//! Chatr run, and iroh's relay process around every iroh run, so the tables give server
+//! CPU seconds per relayed GiB beside each other.
 //!
 //! For each path, size and run, in rotating order so drift hits all three alike:
 //!
@@ -80,16 +88,20 @@ pub enum LinkPath {
     /// Bob behind a CGNAT (2 % loss) → Alice behind a port-restricted NAT (1 % loss).
     #[value(name = "restricted1-cgnat2")]
     Restricted1Cgnat2,
+    /// Both behind symmetric NATs; no loss. No direct path: relayed.
+    #[value(name = "symmetric-symmetric")]
+    SymmetricSymmetric,
 }
 
 impl LinkPath {
     /// Every path, in table order.
-    pub const ALL: [LinkPath; 5] = [
+    pub const ALL: [LinkPath; 6] = [
         LinkPath::SymmetricPublic,
         LinkPath::SameLan,
         LinkPath::Restricted1Public,
         LinkPath::Cgnat2Public,
         LinkPath::Restricted1Cgnat2,
+        LinkPath::SymmetricSymmetric,
     ];
 
     /// A short description for the tables.
@@ -100,7 +112,13 @@ impl LinkPath {
             LinkPath::Restricted1Public => "port-restricted (1 % loss) → public",
             LinkPath::Cgnat2Public => "CGNAT (2 % loss) → public",
             LinkPath::Restricted1Cgnat2 => "CGNAT (2 %) → port-restricted (1 %)",
+            LinkPath::SymmetricSymmetric => "symmetric ↔ symmetric (relayed)",
         }
+    }
+
+    /// Whether the tools must link directly here (else the path only allows a relay).
+    pub fn expects_direct(self) -> bool {
+        self != LinkPath::SymmetricSymmetric
     }
 
     /// Whether frames are dropped on the path.
@@ -114,7 +132,10 @@ impl LinkPath {
     /// Whether a TCP connection from Bob can reach Alice (she is not behind a NAT from
     /// Bob's side).
     fn tcp_reachable(self) -> bool {
-        !matches!(self, LinkPath::Restricted1Cgnat2)
+        !matches!(
+            self,
+            LinkPath::Restricted1Cgnat2 | LinkPath::SymmetricSymmetric
+        )
     }
 
     fn short(self) -> &'static str {
@@ -124,6 +145,7 @@ impl LinkPath {
             LinkPath::Restricted1Public => "rp",
             LinkPath::Cgnat2Public => "cp",
             LinkPath::Restricted1Cgnat2 => "rc",
+            LinkPath::SymmetricSymmetric => "ss",
         }
     }
 
@@ -164,6 +186,10 @@ impl LinkPath {
             LinkPath::Restricted1Cgnat2 => (
                 site(lab, "a", NatProfile::PortRestricted, ideal.with_loss(1))?,
                 site(lab, "b", NatProfile::Cgnat, ideal.with_loss(2))?,
+            ),
+            LinkPath::SymmetricSymmetric => (
+                site(lab, "a", NatProfile::Symmetric, ideal)?,
+                site(lab, "b", NatProfile::Symmetric, ideal)?,
             ),
         };
         Ok(BuiltPath {
@@ -345,8 +371,15 @@ pub struct Sample {
     pub send_cpu_transfer_s: Option<f64>,
     /// Chatr's receiver CPU between first and last byte, s.
     pub recv_cpu_transfer_s: Option<f64>,
-    /// Chatr: both link reports said `direct` and both processes exited 0.
+    /// Chatr: both sides linked (directly, where the path allows it) and both processes
+    /// exited 0.
     pub clean_exit: Option<bool>,
+    /// Chatr: the path Bob's link ended on (`direct-public`, `relay-udp`, …); iroh: `direct`
+    /// or `relay`.
+    pub path_class: Option<String>,
+    /// CPU seconds the relaying server used during the run (Chatr's `chatr-server`,
+    /// iroh's relay).
+    pub server_cpu_s: Option<f64>,
     /// UDP datagrams the kernel dropped for want of socket buffer during the run, both hosts
     /// (`RcvbufErrors` + `SndbufErrors` of `/proc/net/snmp`; loss on the path is not counted).
     pub udp_buffer_drops: Option<u64>,
@@ -403,10 +436,25 @@ pub struct Summary {
     pub chatr_cpu: (Option<f64>, Option<f64>),
     /// Median CPU s/GiB of iroh's sender and receiver.
     pub iroh_cpu: (Option<f64>, Option<f64>),
+    /// Median CPU s/GiB of the relaying server: Chatr's `chatr-server`, iroh's relay.
+    pub server_cpu: (Option<f64>, Option<f64>),
+    /// Where Chatr's links ended, e.g. `relay-udp` (the most common; `mixed` when not all).
+    pub chatr_path: Option<String>,
     /// Chatr runs that failed (no figure, not direct, or a non-zero exit).
     pub chatr_failures: usize,
     /// Runs.
     pub runs: usize,
+}
+
+/// The path every sample ended on, `mixed` when they differ, `None` when none said.
+fn common_path<'a>(samples: impl Iterator<Item = &'a Sample>) -> Option<String> {
+    let mut paths = samples.filter_map(|s| s.path_class.clone());
+    let first = paths.next()?;
+    Some(if paths.all(|p| p == first) {
+        first
+    } else {
+        "mixed".to_owned()
+    })
 }
 
 fn per_gib(cpu: Option<f64>, mib: u64) -> Option<f64> {
@@ -456,6 +504,11 @@ impl ThroughputReport {
                 med(&|r| per_gib(r.iroh.as_ref().and_then(|s| s.send_cpu_s), mib)),
                 med(&|r| per_gib(r.iroh.as_ref().and_then(|s| s.recv_cpu_s), mib)),
             ),
+            server_cpu: (
+                med(&|r| per_gib(r.chatr.server_cpu_s, mib)),
+                med(&|r| per_gib(r.iroh.as_ref().and_then(|s| s.server_cpu_s), mib)),
+            ),
+            chatr_path: common_path(runs.iter().map(|r| &r.chatr)),
             chatr_failures: runs
                 .iter()
                 .filter(|r| r.chatr.error.is_some() || r.chatr.clean_exit != Some(true))
@@ -483,6 +536,8 @@ impl ThroughputReport {
             "exit after last byte, s (Chatr send/recv; iroh)",
             "CPU s/GiB Chatr send/recv",
             "CPU s/GiB iroh send/recv",
+            "server CPU s/GiB Chatr / iroh relay",
+            "Chatr path",
             "Chatr failed",
         ]);
         for path in LinkPath::ALL {
@@ -509,6 +564,8 @@ impl ThroughputReport {
                     ),
                     format!("{} / {}", f2(s.chatr_cpu.0), f2(s.chatr_cpu.1)),
                     format!("{} / {}", f2(s.iroh_cpu.0), f2(s.iroh_cpu.1)),
+                    format!("{} / {}", f2(s.server_cpu.0), f2(s.server_cpu.1)),
+                    s.chatr_path.clone().unwrap_or_else(|| "–".into()),
                     format!("{}/{}", s.chatr_failures, s.runs),
                 ]);
             }
@@ -521,6 +578,7 @@ impl ThroughputReport {
             "iroh s",
             "Chatr MiB/s",
             "Chatr s",
+            "Chatr path",
             "Chatr exit s send/recv",
             "Chatr CPU s send/recv",
             "iroh CPU s send/recv",
@@ -551,6 +609,7 @@ impl ThroughputReport {
                 f2(r.iroh.as_ref().and_then(|s| s.secs)),
                 f0(r.chatr.mib_s),
                 f2(r.chatr.secs),
+                r.chatr.path_class.clone().unwrap_or_else(|| "–".into()),
                 format!("{} / {}", f2(r.chatr.send_exit_s), f2(r.chatr.recv_exit_s)),
                 format!("{} / {}", f2(r.chatr.send_cpu_s), f2(r.chatr.recv_cpu_s)),
                 format!(
@@ -599,6 +658,8 @@ impl ThroughputReport {
             "slowest ÷ iroh time",
             "exit max s send/recv",
             "CPU s/GiB send/recv",
+            "server CPU s/GiB",
+            "path",
             "failed",
         ]);
         let labels: Vec<String> = std::iter::once("main".to_owned())
@@ -663,6 +724,8 @@ impl ThroughputReport {
                             f2(med(&|s| per_gib(s.send_cpu_s, mib))),
                             f2(med(&|s| per_gib(s.recv_cpu_s, mib)))
                         ),
+                        f2(med(&|s| per_gib(s.server_cpu_s, mib))),
+                        common_path(samples.iter().copied()).unwrap_or_else(|| "–".into()),
                         format!("{failed}/{}", samples.len()),
                     ]);
                 }
@@ -818,6 +881,7 @@ fn buffer_errors(pair: &PeerPair) -> Option<u64> {
 }
 
 /// `chatr pipe` from Bob to Alice; see the module docs.
+#[allow(clippy::too_many_arguments)]
 fn chatr_run(
     bins: &Binaries,
     env: &[(String, String)],
@@ -826,6 +890,7 @@ fn chatr_run(
     bytes: u64,
     out_dir: &Path,
     exit_wait: Duration,
+    (server_pid, must_be_direct): (u32, bool),
 ) -> Result<Sample, BenchError> {
     let dir = &pair.alice.dir;
     let out = out_dir.join("alice.pipe.out");
@@ -835,6 +900,7 @@ fn chatr_run(
         let _ = std::fs::remove_file(f);
     }
     let drops_before = buffer_errors(pair);
+    let server_before = cpu_secs(server_pid);
     let mut alice = spawn(
         pair.alice
             .command(bins, &["--report"])
@@ -888,13 +954,24 @@ fn chatr_run(
     }
     bob.kill();
     alice.kill();
+    let server_after = cpu_secs(server_pid);
     let report = |p: &Path| serde_json::from_str::<AttemptReport>(&read_text(p)).ok();
-    let direct = [report(&alice_report), report(&bob_report)]
-        .iter()
-        .all(|r| r.as_ref().is_some_and(AttemptReport::is_direct));
+    let reports = [report(&alice_report), report(&bob_report)];
+    let linked = reports.iter().all(|r| {
+        r.as_ref()
+            .is_some_and(|r| r.is_linked() && (!must_be_direct || r.is_direct()))
+    });
+    // Where Bob's link was at the end: the pipe's transfer says, else the link report.
+    let path_class = reports[1].as_ref().and_then(|r| {
+        r.transfer
+            .as_ref()
+            .and_then(|t| t.path_class)
+            .or(r.path_class)
+            .map(|c| c.to_string())
+    });
     let (bob_exit, alice_exit) = (bob.exit, alice.exit);
     let exited_ok = |e: Option<Exit>| e.is_some_and(|e| e.code == Some(0));
-    let clean = direct && exited_ok(bob_exit) && exited_ok(alice_exit);
+    let clean = linked && exited_ok(bob_exit) && exited_ok(alice_exit);
     let after_last = |e: Option<Exit>| {
         last.zip(e)
             .map(|((at, ..), e)| e.at.saturating_duration_since(at).as_secs_f64())
@@ -905,6 +982,8 @@ fn chatr_run(
         send_cpu_s: bob_exit.map(|e| e.cpu_s),
         recv_cpu_s: alice_exit.map(|e| e.cpu_s),
         clean_exit: Some(clean),
+        path_class,
+        server_cpu_s: server_before.zip(server_after).map(|(a, b)| b - a),
         udp_buffer_drops: drops_before
             .zip(buffer_errors(pair))
             .map(|(a, b)| b.saturating_sub(a)),
@@ -924,7 +1003,7 @@ fn chatr_run(
             lines.into_iter().rev().collect::<Vec<_>>().join(" / ")
         };
         sample.error = Some(format!(
-            "{}direct {direct}, exit alice {:?} bob {:?}; alice: {}; bob: {}",
+            "{}linked {linked} (direct required: {must_be_direct}), exit alice {:?} bob {:?}; alice: {}; bob: {}",
             if last.is_none() {
                 format!(
                     "delivered {} of {bytes} bytes; ",
@@ -1026,7 +1105,7 @@ struct IrohRelay {
     binary: PathBuf,
     url: String,
     cert: PathBuf,
-    _relay: Watched,
+    relay: Watched,
 }
 
 impl IrohRelay {
@@ -1048,7 +1127,7 @@ impl IrohRelay {
             binary: binary.to_owned(),
             url: format!("https://{}:{IROH_RELAY_PORT}", host.ip()),
             cert,
-            _relay: relay,
+            relay,
         })
     }
 
@@ -1086,8 +1165,15 @@ impl IrohRelay {
         Ok(IrohPath { listener, id })
     }
 
-    fn dial(&self, path: &mut IrohPath, pair: &PeerPair, bytes: u64, dir: &Path) -> Sample {
-        match self.try_dial(path, pair, bytes, dir) {
+    fn dial(
+        &self,
+        path: &mut IrohPath,
+        pair: &PeerPair,
+        bytes: u64,
+        dir: &Path,
+        must_be_direct: bool,
+    ) -> Sample {
+        match self.try_dial(path, pair, bytes, dir, must_be_direct) {
             Ok(s) => s,
             Err(e) => Sample {
                 error: Some(e.to_string()),
@@ -1102,8 +1188,10 @@ impl IrohRelay {
         pair: &PeerPair,
         bytes: u64,
         dir: &Path,
+        must_be_direct: bool,
     ) -> Result<Sample, BenchError> {
         let bob = &pair.bob.host;
+        let relay_before = cpu_secs(self.relay.pid());
         let out = dir.join("iroh.dial.out");
         let err = dir.join("iroh.dial.err");
         let listener_before = cpu_secs(path.listener.pid());
@@ -1131,6 +1219,7 @@ impl IrohRelay {
         // The listener's connection task winds down just after the dialer closes.
         std::thread::sleep(Duration::from_millis(100));
         let listener_after = cpu_secs(path.listener.pid());
+        let relay_after = cpu_secs(self.relay.pid());
         if path.listener.poll() {
             return Err(BenchError::Tool {
                 tool: "iroh-probe listen".into(),
@@ -1159,12 +1248,14 @@ impl IrohRelay {
                 .map(|(l, e)| e.at.saturating_duration_since(l).as_secs_f64()),
             send_cpu_s: exit.map(|e| e.cpu_s),
             recv_cpu_s: listener_before.zip(listener_after).map(|(a, b)| b - a),
+            path_class: Some(if direct { "direct" } else { "relay" }.to_owned()),
+            server_cpu_s: relay_before.zip(relay_after).map(|(a, b)| b - a),
             udp_buffer_drops: drops_before
                 .zip(buffer_errors(pair))
                 .map(|(a, b)| b.saturating_sub(a)),
             ..Sample::default()
         };
-        if received != Some(bytes) || !direct {
+        if received != Some(bytes) || (must_be_direct && !direct) {
             sample.error = Some(format!(
                 "received {received:?} of {bytes}, direct {direct}: {}",
                 text.trim()
@@ -1311,7 +1402,8 @@ pub fn run(args: &ThroughputArgs) -> Result<ThroughputReport, BenchError> {
                     lose_initial(args, bob_router.as_deref())
                         .and_then(|()| {
                             let wait = Duration::from_secs(args.exit_wait_s);
-                            chatr_run(bins, env, &pair, &input, bytes, shm.path(), wait)
+                            let server = (server.pid(), path.expects_direct());
+                            chatr_run(bins, env, &pair, &input, bytes, shm.path(), wait, server)
                         })
                         .unwrap_or_else(|e| Sample {
                             error: Some(e.to_string()),
@@ -1329,7 +1421,13 @@ pub fn run(args: &ThroughputArgs) -> Result<ThroughputReport, BenchError> {
                         }
                         1 => {
                             if let (Some(relay), Some(iroh)) = (&relay, iroh.as_mut()) {
-                                run.iroh = Some(relay.dial(iroh, &pair, bytes, &dir));
+                                run.iroh = Some(relay.dial(
+                                    iroh,
+                                    &pair,
+                                    bytes,
+                                    &dir,
+                                    path.expects_direct(),
+                                ));
                             }
                         }
                         2 => run.chatr = chatr_once(&bins, &[]),

@@ -105,6 +105,11 @@ impl LabServer {
         format!("{}:{CONNECT_PORT}", self.ip)
     }
 
+    /// The server process (for its CPU time).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The registry API's URL.
     pub fn api_url(&self) -> String {
         format!("https://{}:{API_PORT}", self.ip)
