@@ -7,7 +7,7 @@ use chatr_client::link::StreamKind;
 use chatr_client::link::chat::{ChatProfile, ChatSession, Status};
 use chatr_client::punch::Role;
 use chatr_client::{Client, ClientError};
-use session_support::{TestServer, WAIT, client_options};
+use session_support::{TestServer, WAIT, client_options, pattern, sha256};
 
 fn profile(alias: &str) -> ChatProfile {
     ChatProfile {
@@ -150,26 +150,6 @@ impl Pair {
         self.bob.shutdown().await;
         self.server.stop().await;
     }
-}
-
-fn sha256(data: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .to_vec()
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so a corruption cannot hide in zeros.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 #[tokio::test]

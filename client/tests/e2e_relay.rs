@@ -10,7 +10,7 @@ use chatr_client::link::pipe::{PipeReport, run_pipe};
 use chatr_client::link::{PeerLink, StreamKind};
 use chatr_client::path::{PathClass, PathId, PathPolicy, RelayVia};
 use chatr_client::{Client, LinkReport};
-use session_support::{TestServer, WAIT, client_options};
+use session_support::{TestServer, WAIT, client_options, pattern, sha256};
 
 /// Two online clients under `policy` and a link between them (alice initiates).
 struct Pair {
@@ -108,26 +108,6 @@ impl Pair {
         assert_eq!(sha256(&received), sha256(&data));
         report
     }
-}
-
-fn sha256(data: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .to_vec()
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so a corruption cannot hide in zeros.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 #[tokio::test]

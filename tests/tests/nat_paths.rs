@@ -17,6 +17,7 @@ use chatr_tests::lab::cli_runner::{ChatrRunner, wait};
 use chatr_tests::lab::lab_server::LabServer;
 use chatr_tests::lab::matrix::Binaries;
 use chatr_tests::lab::{self, Host, Lab, LinkCondition, NatProfile, Site};
+use chatr_tests::pattern::{pattern, sha256};
 
 const PIPE_LIMIT: Duration = Duration::from_secs(90);
 
@@ -34,6 +35,30 @@ fn site(lab: &mut Lab, name: &str, profile: NatProfile) -> (Site, Host) {
         .unwrap();
     let host = lab.add_host(&mut site, "h").unwrap();
     (site, host)
+}
+
+/// Two befriended users, alice behind `alice_nat` and bob behind `bob_nat`, with a
+/// Connect server on the public segment; runs `test` with them, then tears it all down.
+fn with_friends(
+    alice_nat: NatProfile,
+    bob_nat: NatProfile,
+    test: impl FnOnce(&ChatrRunner<'_>, (&Site, &Host), (&Site, &Host)),
+) {
+    let _serial = lab::exclusive();
+    let binaries = binaries();
+    let mut lab = Lab::new().unwrap();
+    let server_host = lab.add_public_host("srv").unwrap();
+    let (alice_site, alice) = site(&mut lab, "a", alice_nat);
+    let (bob_site, bob) = site(&mut lab, "b", bob_nat);
+    let work = tempfile::tempdir().unwrap();
+    let server = LabServer::start(&binaries, &server_host, &work.path().join("server")).unwrap();
+    let runner = ChatrRunner {
+        chatr: binaries.chatr.clone(),
+        server: &server,
+        dir: work.path().join("users"),
+    };
+    befriend(&runner, &alice, &bob);
+    test(&runner, (&alice_site, &alice), (&bob_site, &bob));
 }
 
 /// Enrols alice and bob and makes them each other's contacts.
@@ -63,26 +88,6 @@ fn report(path: &Path) -> AttemptReport {
     let text =
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}: {text}", path.display()))
-}
-
-fn sha256(data: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .to_vec()
-}
-
-/// Pseudo-random bytes (xorshift), so a corruption cannot hide in zeros.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Waits until `file` has a line containing `needle`; returns when it was seen.
@@ -164,44 +169,27 @@ fn paced_pipe(
 
 #[test]
 fn a_blackholed_direct_path_moves_the_transfer_to_the_relay_within_five_seconds() {
-    let _serial = lab::exclusive();
-    let binaries = binaries();
-    let mut lab = Lab::new().unwrap();
-    let server_host = lab.add_public_host("srv").unwrap();
-    let (alice_site, alice) = site(&mut lab, "a", NatProfile::PortRestricted);
-    let (bob_site, bob) = site(&mut lab, "b", NatProfile::PortRestricted);
-    let work = tempfile::tempdir().unwrap();
-    let server = LabServer::start(&binaries, &server_host, &work.path().join("server")).unwrap();
-    let runner = ChatrRunner {
-        chatr: binaries.chatr.clone(),
-        server: &server,
-        dir: work.path().join("users"),
-    };
-    befriend(&runner, &alice, &bob);
-
-    // 12 MiB at about 1.5 MiB/s: some 8 s of transfer, the blackhole after 2 s of it.
-    let data = pattern(12 * 1024 * 1024, 11);
-    let bob_ip = bob_site.public_ip().unwrap();
-    let router = alice_site.routers().last().unwrap().clone();
-    let bob_err = runner.dir.join("bob.pipe.err");
-    let alice_err = runner.dir.join("alice.pipe.err");
-    let received = paced_pipe(
-        &runner,
-        &alice,
-        &bob,
-        &data,
-        Duration::from_millis(40),
-        || {
-            let linked = std::fs::read_to_string(&bob_err).unwrap();
-            assert!(
-                linked.contains("direct (internet)"),
-                "port-restricted peers link directly: {linked}"
-            );
-            std::thread::sleep(Duration::from_secs(2));
-            // Alice's router now drops all UDP between the peers; the server stays reachable.
-            router
-                .nft(&format!(
-                    "table inet chatr_blackhole {{
+    with_friends(
+        NatProfile::PortRestricted,
+        NatProfile::PortRestricted,
+        |runner, (alice_site, alice), (bob_site, bob)| {
+            // 12 MiB at about 1.5 MiB/s: some 8 s of transfer, the blackhole after 2 s of it.
+            let data = pattern(12 * 1024 * 1024, 11);
+            let bob_ip = bob_site.public_ip().unwrap();
+            let router = alice_site.routers().last().unwrap().clone();
+            let bob_err = runner.dir.join("bob.pipe.err");
+            let alice_err = runner.dir.join("alice.pipe.err");
+            let received = paced_pipe(runner, alice, bob, &data, Duration::from_millis(40), || {
+                let linked = std::fs::read_to_string(&bob_err).unwrap();
+                assert!(
+                    linked.contains("direct (internet)"),
+                    "port-restricted peers link directly: {linked}"
+                );
+                std::thread::sleep(Duration::from_secs(2));
+                // Alice's router now drops all UDP between the peers; the server stays reachable.
+                router
+                    .nft(&format!(
+                        "table inet chatr_blackhole {{
   chain forward {{
     type filter hook forward priority -10; policy accept;
     meta l4proto udp ip saddr {bob_ip} drop
@@ -209,87 +197,80 @@ fn a_blackholed_direct_path_moves_the_transfer_to_the_relay_within_five_seconds(
   }}
 }}
 "
-                ))
-                .unwrap();
-            let holed = Instant::now();
-            for (who, stderr) in [("bob", &bob_err), ("alice", &alice_err)] {
-                let moved = wait_for_line(stderr, "now relayed", Duration::from_secs(10))
-                    .unwrap_or_else(|| {
-                        panic!(
-                            "{who} never moved to the relay: {}",
-                            std::fs::read_to_string(stderr).unwrap_or_default()
-                        )
-                    });
-                let after = moved.duration_since(holed);
-                eprintln!("{who} on the relay {after:?} after the blackhole");
-                assert!(
-                    after <= Duration::from_secs(5),
-                    "{who} took {after:?} to move to the relay"
-                );
-            }
+                    ))
+                    .unwrap();
+                let holed = Instant::now();
+                for (who, stderr) in [("bob", &bob_err), ("alice", &alice_err)] {
+                    let moved = wait_for_line(stderr, "now relayed", Duration::from_secs(10))
+                        .unwrap_or_else(|| {
+                            panic!(
+                                "{who} never moved to the relay: {}",
+                                std::fs::read_to_string(stderr).unwrap_or_default()
+                            )
+                        });
+                    let after = moved.duration_since(holed);
+                    eprintln!("{who} on the relay {after:?} after the blackhole");
+                    assert!(
+                        after <= Duration::from_secs(5),
+                        "{who} took {after:?} to move to the relay"
+                    );
+                }
+            });
+            assert_eq!(received.len(), data.len());
+            assert_eq!(sha256(&received), sha256(&data));
+            let bob_report = report(&runner.report_path("bob"));
+            let transfer = bob_report
+                .transfer
+                .expect("bob's pipe reports its transfer");
+            assert_eq!(transfer.path_class, Some(PathClass::RelayUdp));
+            assert!(transfer.switches >= 1);
+            assert!(
+                transfer
+                    .relay_reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("stopped answering")),
+                "{transfer:?}"
+            );
         },
-    );
-    assert_eq!(received.len(), data.len());
-    assert_eq!(sha256(&received), sha256(&data));
-    let bob_report = report(&runner.report_path("bob"));
-    let transfer = bob_report
-        .transfer
-        .expect("bob's pipe reports its transfer");
-    assert_eq!(transfer.path_class, Some(PathClass::RelayUdp));
-    assert!(transfer.switches >= 1);
-    assert!(
-        transfer
-            .relay_reason
-            .as_deref()
-            .is_some_and(|r| r.contains("stopped answering")),
-        "{transfer:?}"
     );
 }
 
 #[test]
 fn a_network_that_blocks_udp_links_over_the_tls_relay() {
-    let _serial = lab::exclusive();
-    let binaries = binaries();
-    let mut lab = Lab::new().unwrap();
-    let server_host = lab.add_public_host("srv").unwrap();
-    let (_alice_site, alice) = site(&mut lab, "a", NatProfile::PortRestricted);
-    let (_bob_site, bob) = site(&mut lab, "b", NatProfile::UdpBlocked);
-    let work = tempfile::tempdir().unwrap();
-    let server = LabServer::start(&binaries, &server_host, &work.path().join("server")).unwrap();
-    let runner = ChatrRunner {
-        chatr: binaries.chatr.clone(),
-        server: &server,
-        dir: work.path().join("users"),
-    };
-    befriend(&runner, &alice, &bob);
-    let data = pattern(2 * 1024 * 1024, 5);
-    let received = paced_pipe(&runner, &alice, &bob, &data, Duration::ZERO, || {});
-    assert_eq!(sha256(&received), sha256(&data));
-    let bob_report = report(&runner.report_path("bob"));
-    let alice_report = report(&runner.report_path("alice"));
-    assert_eq!(
-        bob_report.path_class,
-        Some(PathClass::RelayTls),
-        "{bob_report:?}"
-    );
-    assert!(
-        bob_report
-            .relay_reason
-            .as_deref()
-            .is_some_and(|r| r.contains("UDP to the Connect server does not get through")),
-        "{bob_report:?}"
-    );
-    // Alice's network passes UDP: her side of the same relay uses it.
-    assert_eq!(
-        alice_report.path_class,
-        Some(PathClass::RelayUdp),
-        "{alice_report:?}"
-    );
-    let status = runner
-        .step(&bob, "bob", "status", &["status", "--timeout", "3"])
-        .unwrap_or_else(|e| e);
-    assert!(
-        status.contains("inside the TLS connection"),
-        "chatr status explains the relay: {status}"
+    with_friends(
+        NatProfile::PortRestricted,
+        NatProfile::UdpBlocked,
+        |runner, (_, alice), (_, bob)| {
+            let data = pattern(2 * 1024 * 1024, 5);
+            let received = paced_pipe(runner, alice, bob, &data, Duration::ZERO, || {});
+            assert_eq!(sha256(&received), sha256(&data));
+            let bob_report = report(&runner.report_path("bob"));
+            let alice_report = report(&runner.report_path("alice"));
+            assert_eq!(
+                bob_report.path_class,
+                Some(PathClass::RelayTls),
+                "{bob_report:?}"
+            );
+            assert!(
+                bob_report
+                    .relay_reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("UDP to the Connect server does not get through")),
+                "{bob_report:?}"
+            );
+            // Alice's network passes UDP: her side of the same relay uses it.
+            assert_eq!(
+                alice_report.path_class,
+                Some(PathClass::RelayUdp),
+                "{alice_report:?}"
+            );
+            let status = runner
+                .step(bob, "bob", "status", &["status", "--timeout", "3"])
+                .unwrap_or_else(|e| e);
+            assert!(
+                status.contains("inside the TLS connection"),
+                "chatr status explains the relay: {status}"
+            );
+        },
     );
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use chatr_proto::RelayId;
 
+use crate::net::canonical;
 use crate::path::{PathId, SendPlan};
 
 /// Paths a datagram of one link may go on at once (primary plus copies).
@@ -30,11 +31,6 @@ pub(crate) fn is_virtual(addr: SocketAddr) -> bool {
         IpAddr::V4(v4) => v4.octets()[0] == 0 && !v4.is_unspecified(),
         IpAddr::V6(_) => false,
     }
-}
-
-/// The plain form of an address (IPv4-mapped IPv6 as IPv4).
-pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Where route activity times count from.

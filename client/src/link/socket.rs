@@ -56,7 +56,8 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 use tokio::io::Interest;
 use tokio::sync::mpsc;
 
-use super::routes::{Route, Routes, canonical, is_virtual};
+use super::routes::{Route, Routes, is_virtual};
+use crate::net::canonical;
 use crate::path::{PathId, RelayVia, SendPlan};
 
 /// The bit every QUIC packet (long or short header) has set when the QUIC bit is not greased.

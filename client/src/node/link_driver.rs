@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::report::LinkReport;
 use super::shared::{Brokered, ExchangeGuard, LinkInput, Shared, WaiterGuard};
+use crate::deadline::sleep_until_opt;
 use crate::error::ClientError;
 use crate::link::routes::Route;
 use crate::link::{IncomingLink, LinkEndpoint, LinkError, PeerLink, Source};
@@ -509,13 +510,6 @@ async fn recv_incoming(
 async fn poll_opt<T>(slot: &mut Option<BoxFuture<'static, T>>) -> T {
     match slot {
         Some(fut) => fut.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }

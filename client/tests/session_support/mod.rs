@@ -141,3 +141,24 @@ pub fn client_options(server: &TestServer, identity: Identity) -> chatr_client::
 
 /// Loopback tests wait at most this long for anything.
 pub const WAIT: Duration = Duration::from_secs(15);
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .to_vec()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a corruption cannot hide in zeros.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

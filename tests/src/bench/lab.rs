@@ -285,14 +285,11 @@ pub(crate) fn write_pattern(path: &Path, bytes: u64) -> Result<(), BenchError> {
     use std::io::Write;
     let mut f =
         std::io::BufWriter::new(File::create(path).map_err(|e| BenchError::io("create input", e))?);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    // Incompressible, so nothing on the path can shortcut it.
+    let mut words = crate::pattern::Xorshift::new(0x9E37_79B9_7F4A_7C15);
     let mut left = bytes;
     while left > 0 {
-        // xorshift: incompressible, so nothing on the path can shortcut it.
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let chunk = x.to_le_bytes();
+        let chunk = words.next().unwrap_or_default().to_le_bytes();
         let n = left.min(8) as usize;
         f.write_all(chunk.get(..n).unwrap_or_default())
             .map_err(|e| BenchError::io("write input", e))?;

@@ -957,18 +957,23 @@ fn chatr_run(
     let server_after = cpu_secs(server_pid);
     let report = |p: &Path| serde_json::from_str::<AttemptReport>(&read_text(p)).ok();
     let reports = [report(&alice_report), report(&bob_report)];
-    let linked = reports.iter().all(|r| {
-        r.as_ref()
-            .is_some_and(|r| r.is_linked() && (!must_be_direct || r.is_direct()))
-    });
-    // Where Bob's link was at the end: the pipe's transfer says, else the link report.
-    let path_class = reports[1].as_ref().and_then(|r| {
+    // Where a link was at the end: the pipe's transfer says, else the link report (a link
+    // may come up relayed and move to direct while the pipe runs: that counts as direct).
+    let final_class = |r: &AttemptReport| {
         r.transfer
             .as_ref()
             .and_then(|t| t.path_class)
             .or(r.path_class)
-            .map(|c| c.to_string())
+    };
+    let linked = reports.iter().all(|r| {
+        r.as_ref().is_some_and(|r| {
+            r.is_linked() && (!must_be_direct || final_class(r).is_some_and(|c| !c.is_relayed()))
+        })
     });
+    let path_class = reports[1]
+        .as_ref()
+        .and_then(final_class)
+        .map(|c| c.to_string());
     let (bob_exit, alice_exit) = (bob.exit, alice.exit);
     let exited_ok = |e: Option<Exit>| e.is_some_and(|e| e.code == Some(0));
     let clean = linked && exited_ok(bob_exit) && exited_ok(alice_exit);
