@@ -1407,7 +1407,12 @@ pub fn run(args: &ThroughputArgs) -> Result<ThroughputReport, BenchError> {
                     lose_initial(args, bob_router.as_deref())
                         .and_then(|()| {
                             let wait = Duration::from_secs(args.exit_wait_s);
-                            let server = (server.pid(), path.expects_direct());
+                            // A variant pinned to the relay (`CHATR_PATH=relay…`) is not
+                            // expected to go direct on any path.
+                            let pinned = env
+                                .iter()
+                                .any(|(k, v)| k == "CHATR_PATH" && v.starts_with("relay"));
+                            let server = (server.pid(), path.expects_direct() && !pinned);
                             chatr_run(bins, env, &pair, &input, bytes, shm.path(), wait, server)
                         })
                         .unwrap_or_else(|e| Sample {
