@@ -90,6 +90,16 @@ async fn packet_within(session: &mut Session, wait: Duration) -> Option<Packet> 
 
 /// A requests B; B accepts; both get ClientInfo about each other with one secret.
 async fn exchange(a: &mut Session, a_id: Uuid, b: &mut Session, b_id: Uuid) {
+    exchange_infos(a, a_id, b, b_id).await;
+}
+
+/// [`exchange`], returning the two ClientInfos (A's, B's).
+async fn exchange_infos(
+    a: &mut Session,
+    a_id: Uuid,
+    b: &mut Session,
+    b_id: Uuid,
+) -> (chatr_proto::PacketClientInfo, chatr_proto::PacketClientInfo) {
     a.send(request(b_id, 7001)).await.unwrap();
     match next_packet(b).await {
         Packet::ConnectionRequest(r) => assert_eq!(r.uuid, a_id),
@@ -119,9 +129,7 @@ async fn exchange(a: &mut Session, a_id: Uuid, b: &mut Session, b_id: Uuid) {
         a_info.link_secret, b_info.link_secret,
         "one secret per exchange"
     );
-    // Cross-node exchanges are not relayed (a relay lives on one node).
-    assert_eq!(a_info.relay_id, None);
-    assert_eq!(b_info.relay_id, None);
+    (a_info, b_info)
 }
 
 async fn expect_denied(session: &mut Session, of: Uuid, wait: Duration) {
@@ -152,7 +160,11 @@ async fn requests_are_brokered_across_nodes_and_udp_bindings_routed_by_token() {
     let (mut a, token) = logged_in_with_token(&n1, &a_id).await;
     let mut b = logged_in(&n2, &b_id).await;
     let mut c = logged_in(&n3, &c_id).await;
-    exchange(&mut a, a_id.uuid, &mut b, b_id.uuid).await;
+    let (a_info, b_info) = exchange_infos(&mut a, a_id.uuid, &mut b, b_id.uuid).await;
+    // ClientInfo announces the endpoint the *other* node observed.
+    assert_eq!(b_info.public_endpoint.ip, std::net::Ipv4Addr::LOCALHOST);
+    // Cross-node exchanges are not relayed (a relay lives on one node).
+    assert_eq!((a_info.relay_id, b_info.relay_id), (None, None));
     exchange(&mut c, c_id.uuid, &mut a, a_id.uuid).await;
 
     // B denies C: C hears it from across the cluster.
@@ -909,11 +921,16 @@ async fn a_killed_node_reads_offline_and_its_clients_log_in_elsewhere() {
         "login after the node died: {first:?}"
     );
     exchange(&mut y, y_id.uuid, &mut x, x_id.uuid).await;
-    let body = p2.api().get("/healthz").await.text();
-    assert!(
-        body.starts_with("ok\n") && body.contains("peers: 0"),
-        "{body}"
-    );
+    // The survivor stops listing the dead node once its heartbeats are missed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = p2.api().get("/healthz").await.text();
+        if body.starts_with("ok\n") && body.contains("peers: 0") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
