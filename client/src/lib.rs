@@ -39,4 +39,4 @@ pub mod stun;
 pub mod trust;
 
 pub use error::ClientError;
-pub use node::{AttemptReport, Client, ClientOptions, IncomingRequest, LinkReport};
+pub use node::{AttemptReport, Client, ClientOptions, IncomingRequest, LinkReport, TransferReport};

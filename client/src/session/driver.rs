@@ -94,6 +94,7 @@ pub(crate) fn spawn_with<C: Connect>(
     let (cmd_tx, cmd_rx) = mpsc::channel(32);
     let (udp_tx, udp_rx) = mpsc::channel(32);
     let (status_tx, status_rx) = watch::channel(SessionStatus::Connecting { attempt: 0 });
+    let (hints_tx, hints_rx) = watch::channel(chatr_proto::LinkHints::default());
     let span =
         tracing::info_span!("session", uuid = %config.identity.uuid(), server = %config.server);
     let driver = Driver {
@@ -107,12 +108,14 @@ pub(crate) fn spawn_with<C: Connect>(
         status: status_tx,
         logins: 0,
         relay,
+        hints: hints_rx,
     };
     tracker.spawn(driver.run().instrument(span));
     SessionHandle {
         commands: cmd_tx,
         status: status_rx,
         udp_in: udp_tx,
+        hints: std::sync::Arc::new(hints_tx),
     }
 }
 
@@ -125,6 +128,8 @@ struct Driver<C> {
     commands: mpsc::Receiver<Command>,
     udp_in: mpsc::Receiver<(SocketAddr, UdpMessage)>,
     status: watch::Sender<SessionStatus>,
+    /// What our requests and accepts tell peers about us.
+    hints: watch::Receiver<chatr_proto::LinkHints>,
     logins: u64,
     relay: Option<TlsRelayPort>,
 }
@@ -247,6 +252,7 @@ impl<C: Connect> Driver<C> {
             logins: self.logins,
             server_rtt: rtt,
             tls_relay: false,
+            udp_relay: false,
         };
         let mut logged_in = false;
         let mut shutting_down = false;
@@ -274,10 +280,12 @@ impl<C: Connect> Driver<C> {
                         logged_in = true;
                         self.logins += 1;
                         info.logins = self.logins;
-                        info.tls_relay = session.server_version() >= chatr_proto::VERSION_3
-                            && session
-                                .features()
-                                .contains(chatr_proto::SessionFeatures::RELAY_TLS);
+                        let v3 = session.server_version() >= chatr_proto::VERSION_3;
+                        let features = session.features();
+                        info.tls_relay =
+                            v3 && features.contains(chatr_proto::SessionFeatures::RELAY_TLS);
+                        info.udp_relay =
+                            v3 && features.contains(chatr_proto::SessionFeatures::RELAY_UDP);
                         // Whatever waited for the TLS relay while we were offline is stale.
                         if let Some(relay) = self.relay.as_mut() {
                             while relay.outgoing.try_recv().is_ok() {}
@@ -371,8 +379,12 @@ impl<C: Connect> Driver<C> {
                 },
                 Some(cmd) = self.commands.recv() => {
                     let result = match &cmd {
-                        Command::Request(peer, ep, _) => session.request(*peer, *ep),
-                        Command::Accept(peer, ep, _) => session.accept(*peer, *ep),
+                        Command::Request(peer, ep, _) => {
+                            session.request(*peer, *ep, self.hints.borrow().clone())
+                        }
+                        Command::Accept(peer, ep, _) => {
+                            session.accept(*peer, *ep, self.hints.borrow().clone())
+                        }
                         Command::Deny(peer, _) => session.deny(*peer),
                         Command::CloseRelay(relay, _) => {
                             session.close_relay(*relay);
