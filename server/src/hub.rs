@@ -22,8 +22,8 @@
 //! binding tokens.
 //!
 //! What this node cannot answer alone (a UUID with no session here, a claim that
-//! must hold cluster-wide) goes to the [`Cluster`] the hub was given: in a single
-//! node that is [`LocalOnly`], for which every other node is "offline". A session is
+//! must hold cluster-wide) goes to the `Cluster` the hub was given: in a single
+//! node that is `LocalOnly`, for which every other node is "offline". A session is
 //! only reachable once it is *ready* (its claim held everywhere): until then a
 //! request for it is undeliverable and a probe of it answers "alive".
 
@@ -228,8 +228,10 @@ pub struct Hub {
 
 /// A hub handle that does not keep the hub alive (the cluster's, which the hub holds).
 #[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) struct WeakHub(Weak<Inner>);
 
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 impl WeakHub {
     /// The hub, while it exists.
     pub(crate) fn upgrade(&self) -> Option<Hub> {
@@ -239,6 +241,7 @@ impl WeakHub {
 
 /// Where a message from another node for one of our sessions went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) enum Delivery {
     /// In the session's inbox.
     Delivered,
@@ -286,6 +289,7 @@ impl Hub {
     }
 
     /// A handle that does not keep the hub alive.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn downgrade(&self) -> WeakHub {
         WeakHub(Arc::downgrade(&self.inner))
     }
@@ -443,6 +447,7 @@ impl Hub {
     }
 
     /// Delivers a message another node routed here to `to`'s session.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn deliver_remote(
         &self,
         from: Uuid,
@@ -504,6 +509,7 @@ impl Hub {
 
     /// Asks this node's session `id` of `uuid` (another node's newcomer probes it):
     /// like [`Hub::probe`], `None` when that session is not here any more.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn probe_session(&self, uuid: &Uuid, id: u64) -> Option<oneshot::Receiver<()>> {
         let held = self
             .inner
@@ -518,6 +524,7 @@ impl Hub {
 
     /// Ends this node's session `id` of `uuid`, if it is still here (another node took
     /// the UUID over, or holds it while we were cut off). Returns whether it was.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn kick_session(&self, uuid: &Uuid, id: u64, message: &str) -> bool {
         let kick = self
             .inner
@@ -535,6 +542,7 @@ impl Hub {
     }
 
     /// Every session of this node: UUID and session id.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub(crate) fn sessions(&self) -> Vec<(Uuid, u64)> {
         self.inner
             .sessions

@@ -174,6 +174,7 @@ pub async fn start(
         Arc::clone(&metrics),
         std::time::Instant::now(),
     );
+    cluster.set_relay(relay.downgrade());
     let ctx = Arc::new(ConnContext {
         hub: hub.clone(),
         tls: tls.clone(),

@@ -15,11 +15,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use api_support::{Api, Identity, Session, disconnect_message, login, next_packet};
+use api_support::{Api, Identity, Session, disconnect_message, login, login_version, next_packet};
 use chatr_proto::udp::UdpMessage;
 use chatr_proto::{
-    Endpoint, Packet, PacketConnectionRequest, PacketConnectionRequestAccept,
-    PacketConnectionRequestDenied, PacketPong, UDP_BINDING_EXPORTER_LABEL,
+    CandidateOrigin, Endpoint, ExtraCandidate, LinkHints, NatHint, NatMapping, Packet,
+    PacketConnectionRequest, PacketConnectionRequestAccept, PacketConnectionRequestDenied,
+    PacketPong, PacketRelayClose, PacketRelayData, RelayId, UDP_BINDING_EXPORTER_LABEL,
 };
 use cluster_support::{Nats, Node, Postgres, eventually, wait_meshed};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -59,6 +60,7 @@ fn request(to: Uuid, port: u16) -> Packet {
     Packet::ConnectionRequest(PacketConnectionRequest {
         uuid: to,
         private_endpoint: Endpoint::new(SocketAddr::from(([10, 0, 0, 1], port))),
+        hints: None,
     })
 }
 
@@ -66,6 +68,7 @@ fn accept(to: Uuid, port: u16) -> Packet {
     Packet::ConnectionRequestAccept(PacketConnectionRequestAccept {
         uuid: to,
         private_endpoint: Endpoint::new(SocketAddr::from(([10, 0, 0, 2], port))),
+        hints: None,
     })
 }
 
@@ -163,8 +166,9 @@ async fn requests_are_brokered_across_nodes_and_udp_bindings_routed_by_token() {
     let (a_info, b_info) = exchange_infos(&mut a, a_id.uuid, &mut b, b_id.uuid).await;
     // ClientInfo announces the endpoint the *other* node observed.
     assert_eq!(b_info.public_endpoint.ip, std::net::Ipv4Addr::LOCALHOST);
-    // Cross-node exchanges are not relayed (a relay lives on one node).
-    assert_eq!((a_info.relay_id, b_info.relay_id), (None, None));
+    // Cross-node exchanges of version-3 clients are relayed like local ones.
+    assert!(a_info.relay_id.is_some());
+    assert_eq!(a_info.relay_id, b_info.relay_id);
     exchange(&mut c, c_id.uuid, &mut a, a_id.uuid).await;
 
     // B denies C: C hears it from across the cluster.
@@ -253,6 +257,266 @@ async fn requests_are_brokered_across_nodes_and_udp_bindings_routed_by_token() {
     for node in [n1, n2, n3] {
         node.stop().await;
     }
+}
+
+/// Binds `udp` to `session` (token `token`) on the node at `node`; panics unless bound.
+async fn bind_udp(
+    udp: &tokio::net::UdpSocket,
+    node: SocketAddr,
+    session: &Session,
+    token: [u8; 16],
+) {
+    let bind = UdpMessage::binding_request_auth(&v3_binding_key(session), token, 1).to_bytes();
+    let mut buf = [0u8; 128];
+    for _ in 0..5 {
+        udp.send_to(&bind, node).await.unwrap();
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_secs(1), udp.recv_from(&mut buf)).await
+            && matches!(
+                UdpMessage::decode(&buf[..n]),
+                Ok(UdpMessage::BindingResponse { .. })
+            )
+        {
+            return;
+        }
+    }
+    panic!("no binding response from {node}");
+}
+
+/// A relayed datagram: `00 'C' 'H' 'R' kind ‖ relay id ‖ inner`.
+fn relayed(kind: u8, relay: &RelayId, inner: &[u8]) -> Vec<u8> {
+    let mut out = chatr_proto::udp::relay_header(kind, relay).to_vec();
+    out.extend_from_slice(inner);
+    out
+}
+
+/// The next datagram on `udp` within `wait`, with its source.
+async fn datagram_within(
+    udp: &tokio::net::UdpSocket,
+    wait: Duration,
+) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = vec![0u8; 2048];
+    let (n, from) = tokio::time::timeout(wait, udp.recv_from(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    buf.truncate(n);
+    Some((buf, from))
+}
+
+#[tokio::test]
+async fn link_hints_and_relays_cross_nodes_as_on_one_node() {
+    const TO_SERVER: u8 = 0x30;
+    const FROM_SERVER: u8 = 0x31;
+    let nats = Nats::start();
+    // Raw clients here answer pings only while they read frames.
+    let patient = |c: &mut chatr_server::ServerConfig| {
+        c.timings.ping_interval = Duration::from_secs(60);
+        c.timings.ping_timeout = Duration::from_secs(120);
+    };
+    let n1 = Node::start(&nats, "n1", patient).await;
+    let n2 = Node::start(&nats, "n2", patient).await;
+    wait_meshed(&[&n1, &n2]).await;
+    let (a_id, b_id, c_id) = (Identity::new(), Identity::new(), Identity::new());
+    for id in [&a_id, &b_id, &c_id] {
+        register_everywhere(&[&n1, &n2], id);
+    }
+    let (mut a, a_token) = logged_in_with_token(&n1, &a_id).await;
+    let (mut b, b_token) = logged_in_with_token(&n2, &b_id).await;
+    let a_udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b_udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    bind_udp(&a_udp, n1.addr(), &a, a_token).await;
+    bind_udp(&b_udp, n2.addr(), &b, b_token).await;
+
+    // Version-3 link hints pass across nodes exactly as sent, both ways.
+    let a_hints = LinkHints {
+        nat: NatHint {
+            mapping: NatMapping::DependentSequential,
+            step: 2,
+            last_port: Some(41_000),
+        },
+        candidates: vec![ExtraCandidate {
+            origin: CandidateOrigin::PortMapped,
+            addr: "203.0.113.9:4444".parse().unwrap(),
+        }],
+    };
+    let b_hints = LinkHints {
+        nat: NatHint {
+            mapping: NatMapping::EndpointIndependent,
+            step: 0,
+            last_port: None,
+        },
+        candidates: vec![ExtraCandidate {
+            origin: CandidateOrigin::Ipv6Global,
+            addr: "[2001:db8::2]:5555".parse().unwrap(),
+        }],
+    };
+    let private = Endpoint::new(SocketAddr::from(([10, 0, 0, 1], 7001)));
+    a.send(Packet::ConnectionRequest(PacketConnectionRequest {
+        uuid: b_id.uuid,
+        private_endpoint: private,
+        hints: Some(a_hints.clone()),
+    }))
+    .await
+    .unwrap();
+    match next_packet(&mut b).await {
+        Packet::ConnectionRequest(r) => {
+            assert_eq!((r.uuid, r.private_endpoint), (a_id.uuid, private));
+            assert_eq!(r.hints, Some(a_hints.clone()));
+        }
+        other => panic!("B expected the request, got {other:?}"),
+    }
+    b.send(Packet::ConnectionRequestAccept(
+        PacketConnectionRequestAccept {
+            uuid: a_id.uuid,
+            private_endpoint: private,
+            hints: Some(b_hints.clone()),
+        },
+    ))
+    .await
+    .unwrap();
+    let mut a_info = None;
+    let mut accepted = false;
+    while a_info.is_none() {
+        match next_packet(&mut a).await {
+            Packet::ConnectionRequestAccept(acc) => {
+                assert_eq!(acc.hints, Some(b_hints.clone()));
+                accepted = true;
+            }
+            Packet::ClientInfo(info) => a_info = Some(info),
+            other => panic!("A expected Accept and ClientInfo, got {other:?}"),
+        }
+    }
+    assert!(accepted);
+    let b_info = match next_packet(&mut b).await {
+        Packet::ClientInfo(info) => info,
+        other => panic!("B expected ClientInfo, got {other:?}"),
+    };
+    let relay = a_info
+        .unwrap()
+        .relay_id
+        .expect("a relay for two v3 parties");
+    assert_eq!(b_info.relay_id, Some(relay), "one relay, named to both");
+
+    // UDP: A → node 1 (the relay's home) → node 2 → B, and back.
+    a_udp
+        .send_to(&relayed(TO_SERVER, &relay, b"\x41hello"), n1.addr())
+        .await
+        .unwrap();
+    let (got, from) = datagram_within(&b_udp, Duration::from_secs(5))
+        .await
+        .expect("relayed to B on the other node");
+    assert_eq!(from, n2.addr(), "B hears from its own node");
+    assert_eq!(got, relayed(FROM_SERVER, &relay, b"\x41hello"));
+    b_udp
+        .send_to(&relayed(TO_SERVER, &relay, b"\x42back"), n2.addr())
+        .await
+        .unwrap();
+    let (got, from) = datagram_within(&a_udp, Duration::from_secs(5))
+        .await
+        .expect("relayed to A");
+    assert_eq!(from, n1.addr());
+    assert_eq!(got, relayed(FROM_SERVER, &relay, b"\x42back"));
+
+    // TLS: B's PacketRelayData reaches A (who last sent over UDP) over UDP ...
+    b.send(Packet::RelayData(PacketRelayData {
+        relay_id: relay,
+        datagram: b"\x42tls".to_vec(),
+    }))
+    .await
+    .unwrap();
+    let (got, _) = datagram_within(&a_udp, Duration::from_secs(5))
+        .await
+        .expect("B's TLS datagram relayed to A");
+    assert_eq!(got, relayed(FROM_SERVER, &relay, b"\x42tls"));
+    // ... and now that B last sent over TLS, A's datagrams reach B in its TLS session.
+    a_udp
+        .send_to(&relayed(TO_SERVER, &relay, b"\x41to-tls"), n1.addr())
+        .await
+        .unwrap();
+    match next_packet(&mut b).await {
+        Packet::RelayData(data) => {
+            assert_eq!(
+                (data.relay_id, data.datagram),
+                (relay, b"\x41to-tls".to_vec())
+            );
+        }
+        other => panic!("B expected RelayData, got {other:?}"),
+    }
+
+    // A stranger with the relay id, on either node, reaches nobody.
+    let stranger = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for node in [n1.addr(), n2.addr()] {
+        stranger
+            .send_to(&relayed(TO_SERVER, &relay, b"\x41inject"), node)
+            .await
+            .unwrap();
+    }
+    assert!(
+        datagram_within(&a_udp, Duration::from_millis(400))
+            .await
+            .is_none()
+    );
+    assert!(
+        datagram_within(&b_udp, Duration::from_millis(100))
+            .await
+            .is_none()
+    );
+    assert!(
+        datagram_within(&stranger, Duration::from_millis(100))
+            .await
+            .is_none()
+    );
+
+    // B closes the relay on its node: A hears it from the relay's home, and the relay
+    // is gone on both nodes.
+    b.send(Packet::RelayClose(PacketRelayClose {
+        relay_id: relay,
+        reason: "done".into(),
+    }))
+    .await
+    .unwrap();
+    match next_packet(&mut a).await {
+        Packet::RelayClose(close) => assert_eq!(close.relay_id, relay),
+        other => panic!("A expected RelayClose, got {other:?}"),
+    }
+    a_udp
+        .send_to(&relayed(TO_SERVER, &relay, b"\x41late"), n1.addr())
+        .await
+        .unwrap();
+    assert!(
+        datagram_within(&b_udp, Duration::from_millis(400))
+            .await
+            .is_none()
+    );
+
+    // A version-2 client on the other node never gets hints (only v3 → v3).
+    let (mut c, first) = login_version(
+        n2.addr(),
+        &n2.cert_pem(),
+        c_id.uuid,
+        &c_id.key,
+        chatr_proto::VERSION_2,
+    )
+    .await;
+    assert!(matches!(first, Packet::Connected(_)), "{first:?}");
+    a.send(Packet::ConnectionRequest(PacketConnectionRequest {
+        uuid: c_id.uuid,
+        private_endpoint: private,
+        hints: Some(a_hints),
+    }))
+    .await
+    .unwrap();
+    match next_packet(&mut c).await {
+        Packet::ConnectionRequest(r) => {
+            assert_eq!(r.uuid, a_id.uuid);
+            assert_eq!(r.hints, None, "hints reached a version-2 client");
+        }
+        other => panic!("C expected the request, got {other:?}"),
+    }
+    drop((a, b, c));
+    n1.stop().await;
+    n2.stop().await;
 }
 
 /// The key a version-3 session's authenticated UDP bindings are signed with.
@@ -720,7 +984,7 @@ fn take_info(
 
 /// Whom the clients of the 10 000-request test accept.
 fn accepts(requester: Uuid) -> bool {
-    requester.as_bytes()[15] % 3 != 0
+    !requester.as_bytes()[15].is_multiple_of(3)
 }
 
 async fn answer(session: &mut Session, requester: Uuid) {

@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[cfg(feature = "cluster")]
-#[allow(dead_code)]
 mod cluster_support;
 
 use chatr_server::registry::{RegisterOutcome, Registry, RegistryError, TokenHash, UpdateOutcome};

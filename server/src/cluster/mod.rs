@@ -1,20 +1,22 @@
 //! Cluster mode: several Connect nodes behind one name (docs/CLUSTER.md).
 //!
-//! The [`crate::hub::Hub`] knows the sessions of *this* node. What it cannot answer
-//! alone it asks a [`Cluster`]:
+//! The `crate::hub::Hub` knows the sessions of *this* node. What it cannot answer
+//! alone it asks a `Cluster`:
 //!
 //! - **Claims.** A login is admitted only once it holds the UUID both in the local
-//!   hub and cluster-wide ([`Cluster::claim`]), so "Already connected!" and the
+//!   hub and cluster-wide (`Cluster::claim`), so "Already connected!" and the
 //!   dead-session takeover keep their meaning across nodes: a UUID held on another
-//!   node is probed there ([`Cluster::probe`]) and taken over only if that session
-//!   does not answer ([`Cluster::take_over`]).
+//!   node is probed there (`Cluster::probe`) and taken over only if that session
+//!   does not answer (`Cluster::take_over`).
 //! - **Routing.** A ConnectionRequest, Accept, Denied or ClientInfo for a UUID with no
-//!   session here goes to the node that holds it ([`Cluster::forward`]); when no node
+//!   session here goes to the node that holds it (`Cluster::forward`); when no node
 //!   does, or the cluster cannot be reached, the sender is told the peer is offline.
 //! - **UDP bindings** whose token belongs to another node's session are routed there by
-//!   the token's first bytes ([`Cluster::bind_elsewhere`]).
+//!   the token's first bytes (`Cluster::bind_elsewhere`).
+//! - **Relays** whose two parties are on different nodes live on the initiator's node;
+//!   the other node hops their datagrams there (`Cluster::relay_hop`).
 //!
-//! Without the `cluster` feature (or without a NATS URL) the hub uses [`LocalOnly`]:
+//! Without the `cluster` feature (or without a NATS URL) the hub uses `LocalOnly`:
 //! every claim is granted at once and every other node is "offline", which is exactly
 //! the single-node server. With it, `nats::NatsCluster` implements all of the above
 //! on NATS core requests and a JetStream key-value bucket.
@@ -33,6 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::hub::Mailbox;
+use crate::relay::WeakRelay;
 use crate::session::{PeerEndpoints, PeerEvent};
 
 /// A boxed future.
@@ -54,6 +57,7 @@ pub(crate) struct Holder {
 
 /// The answer to [`Cluster::claim`] and [`Cluster::take_over`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 pub(crate) enum ClusterClaim {
     /// The UUID is ours cluster-wide.
     Claimed,
@@ -127,6 +131,27 @@ pub(crate) trait Cluster: Send + Sync + fmt::Debug {
 
     /// How the cluster looks, or `None` for a single node.
     fn health(&self) -> Option<ClusterHealth>;
+
+    /// This node's id among the others (`None`: a single node).
+    fn node_id(&self) -> Option<String> {
+        None
+    }
+
+    /// The node that holds `uuid`'s session, as last seen when routing to it or
+    /// hearing from it (`None`: not known, or a single node).
+    fn route_of(&self, _uuid: &Uuid) -> Option<String> {
+        None
+    }
+
+    /// Sends a relay hop (`crate::relay`'s cross-node datagrams) to `node` without
+    /// waiting, through a bounded queue; `false` when it cannot go (no cluster, NATS
+    /// down, queue full).
+    fn relay_hop(&self, _node: &str, _hop: bytes::Bytes) -> bool {
+        false
+    }
+
+    /// Gives the cluster this node's relay, for the hops other nodes send here.
+    fn set_relay(&self, _relay: WeakRelay) {}
 
     /// Appends this node's cluster metrics in Prometheus text format.
     fn render_metrics(&self, _out: &mut String) {}

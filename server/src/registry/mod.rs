@@ -7,7 +7,7 @@
 //! * The login path reads through [`Registry::lookup`], served from an in-memory
 //!   cache: a login never waits on storage.
 //! * Every write (registration, rotation, removal, token) is checked and committed
-//!   by the storage back-end ([`backend::Backend`]: the embedded redb file of a
+//!   by the storage back-end (`backend::Backend`: the embedded redb file of a
 //!   single node, or PostgreSQL shared by the nodes of a cluster) **before** the
 //!   caller gets its answer, and only then applied to the cache. A rotation
 //!   therefore takes effect for the next login, and an acknowledged write survives

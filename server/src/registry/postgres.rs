@@ -296,7 +296,8 @@ fn identity_payload(uuid: Uuid, key: Option<VerifyingKey>, version: u64) -> Stri
 /// What a notification says, if it is one of ours.
 #[derive(Debug, PartialEq, Eq)]
 enum Notice {
-    Identity(Versioned),
+    /// Boxed: a key is large and notices are rare.
+    Identity(Box<Versioned>),
     Tokens,
 }
 
@@ -311,7 +312,7 @@ fn parse_notice(payload: &str) -> Option<Notice> {
                 "-" => None,
                 hex_key => Some(parse_key(&hex::decode(hex_key).ok()?)?),
             };
-            Some(Notice::Identity(Versioned { uuid, key, version }))
+            Some(Notice::Identity(Box::new(Versioned { uuid, key, version })))
         }
         _ => None,
     }
@@ -420,7 +421,7 @@ async fn listen_once(
         tracing::info!("PostgreSQL registry listener connected; cache reloaded");
         while let Some(payload) = received.recv().await {
             match parse_notice(&payload) {
-                Some(Notice::Identity(change)) => cache.apply(change),
+                Some(Notice::Identity(change)) => cache.apply(*change),
                 Some(Notice::Tokens) => cache.set_tokens(token_count(&client).await?),
                 None => tracing::debug!(payload, "unknown registry notification ignored"),
             }
@@ -500,19 +501,19 @@ mod tests {
         let uuid = Uuid::from_bytes([9; 16]);
         assert_eq!(
             parse_notice(&identity_payload(uuid, Some(key), 42)),
-            Some(Notice::Identity(Versioned {
+            Some(Notice::Identity(Box::new(Versioned {
                 uuid,
                 key: Some(key),
                 version: 42
-            }))
+            })))
         );
         assert_eq!(
             parse_notice(&identity_payload(uuid, None, 43)),
-            Some(Notice::Identity(Versioned {
+            Some(Notice::Identity(Box::new(Versioned {
                 uuid,
                 key: None,
                 version: 43
-            }))
+            })))
         );
         assert_eq!(parse_notice("t"), Some(Notice::Tokens));
         for junk in [

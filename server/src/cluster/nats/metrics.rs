@@ -38,13 +38,14 @@ pub(crate) enum Received {
     Probe,
     Kick,
     Bind,
+    Relay,
     Invalid,
 }
 
 const FORWARDS: [&str; 5] = ["delivered", "busy", "offline", "timeout", "error"];
 const CLAIMS: [&str; 4] = ["claimed", "held", "taken_over", "unavailable"];
 const RECONCILED: [&str; 4] = ["kept", "created", "taken_over", "kicked"];
-const RECEIVED: [&str; 5] = ["peer", "probe", "kick", "bind", "invalid"];
+const RECEIVED: [&str; 6] = ["peer", "probe", "kick", "bind", "relay", "invalid"];
 
 /// The counters.
 #[derive(Debug, Default)]
@@ -52,7 +53,7 @@ pub(crate) struct ClusterMetrics {
     forwards: [AtomicU64; 5],
     claims: [AtomicU64; 4],
     reconciled: [AtomicU64; 4],
-    received: [AtomicU64; 5],
+    received: [AtomicU64; 6],
     udp_routed: AtomicU64,
     reconnects: AtomicU64,
 }

@@ -21,7 +21,7 @@ mod wire;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_nats::{Client, ConnectOptions, Event, Message, RequestErrorKind, ServerAddr};
@@ -43,6 +43,7 @@ use super::{
 };
 use crate::hub::{Delivery, Mailbox, WeakHub};
 use crate::metrics::Metrics;
+use crate::relay::{RelayBroker as _, WeakRelay};
 use crate::session::{HubEvent, PeerEndpoints, PeerEvent};
 
 /// Cross-node forwards in flight at once; more are refused (the sender is told the
@@ -56,6 +57,8 @@ const MAX_BINDS: usize = 1024;
 const RECONCILE_PARALLEL: usize = 64;
 /// Cached UUID → node routes before the cache is cleared.
 const MAX_ROUTES: usize = 200_000;
+/// Relay hops waiting to be published; more are dropped (and counted by the relay).
+const MAX_HOPS_QUEUED: usize = 8192;
 /// How often claims admitted while NATS was unreachable are retried.
 const RETRY_UNCONFIRMED: Duration = Duration::from_secs(2);
 
@@ -114,6 +117,10 @@ struct Shared {
     binds: Arc<Semaphore>,
     /// Woken when NATS (re)connects: open the bucket, reconcile.
     reconnected: Notify,
+    /// This node's relay, for hops from other nodes.
+    relay: OnceLock<WeakRelay>,
+    /// Relay hops to publish: subject and body.
+    hops: mpsc::Sender<(String, bytes::Bytes)>,
     tasks: TaskTracker,
 }
 
@@ -178,6 +185,7 @@ impl NatsCluster {
         }
         let client = options.connect(addrs).await?;
         let js = claims::context(client.clone(), config.request_timeout);
+        let (hops, mut hops_rx) = mpsc::channel::<(String, bytes::Bytes)>(MAX_HOPS_QUEUED);
         let inner = Arc::new(Shared {
             client,
             js,
@@ -198,11 +206,28 @@ impl NatsCluster {
             probes: Arc::new(Semaphore::new(MAX_PROBES)),
             binds: Arc::new(Semaphore::new(MAX_BINDS)),
             reconnected: Notify::new(),
+            relay: OnceLock::new(),
+            hops,
             tasks: TaskTracker::new(),
             config,
         });
         let cluster = Self { inner };
         tracing::info!(node = %cluster.inner.node_name, id = %cluster.inner.node_id, "joining the cluster");
+        // Relay hops go out in order, one publish at a time, from a bounded queue.
+        let publisher = cluster.inner.client.clone();
+        let stop = shutdown.clone();
+        cluster.inner.tasks.spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    () = stop.cancelled() => return,
+                    next = hops_rx.recv() => next,
+                };
+                let Some((subject, body)) = next else { return };
+                if let Err(err) = publisher.publish(subject, body).await {
+                    tracing::debug!(error = %err, "relay hop not sent");
+                }
+            }
+        });
         // Connection events: log, count, and re-check claims on every (re)connect.
         let watcher = cluster.clone();
         cluster.inner.tasks.spawn(async move {
@@ -449,7 +474,7 @@ impl NatsCluster {
 
     /// Asks `holder`'s node whether its session answers a ping.
     async fn probe_remote(&self, uuid: Uuid, holder: &Holder) -> bool {
-        if holder.node.is_empty() || !self.connected() {
+        if holder.node.is_empty() || !self.connected() || self.silent(&holder.node) {
             return false;
         }
         let body = wire::encode(&SessionRef {
@@ -628,7 +653,13 @@ impl NatsCluster {
         to: Uuid,
         event: &PeerEvent,
     ) -> ForwardResult {
-        let body = wire::encode(&PeerMessage::new(from, endpoints, to, event));
+        let body = wire::encode(&PeerMessage::new(
+            &self.inner.node_id,
+            from,
+            endpoints,
+            to,
+            event,
+        ));
         let cached = self.inner.routes.get(&to).map(|n| n.value().clone());
         let mut node = cached.clone();
         for _ in 0..2 {
@@ -643,6 +674,9 @@ impl NatsCluster {
                     _ => return ForwardResult::Offline,
                 },
             };
+            if self.silent(&target) {
+                return ForwardResult::Offline;
+            }
             let subject = self.inner.subjects.node(&target, "peer");
             let request = async_nats::Request::new()
                 .payload(body.clone())
@@ -727,8 +761,15 @@ impl NatsCluster {
                 let reply = match wire::decode::<PeerMessage>(&message.payload)
                     .and_then(|m| m.event().map(|(endpoints, event)| (m, endpoints, event)))
                 {
-                    Ok((m, endpoints, event)) => {
-                        match hub.deliver_remote(m.from, endpoints, m.to, event) {
+                    Ok((m, endpoints, mut event)) => {
+                        let adopted = self.adopt_relay(&m, &mut event);
+                        let delivery = hub.deliver_remote(m.from, endpoints, m.to, event);
+                        if delivery != Delivery::Delivered
+                            && let Some((relay, id)) = adopted
+                        {
+                            relay.close(id, m.to);
+                        }
+                        match delivery {
                             Delivery::Delivered => DeliveryReply::Delivered,
                             Delivery::Busy => DeliveryReply::Busy,
                             Delivery::Offline => DeliveryReply::Offline,
@@ -799,8 +840,55 @@ impl NatsCluster {
                     .unwrap_or_default();
                 self.respond(&message, reply.into()).await;
             }
+            "relay" => {
+                self.inner.metrics.received(Received::Relay);
+                let Some(relay) = self.inner.relay.get().and_then(WeakRelay::upgrade) else {
+                    return;
+                };
+                if let Some((party, node)) = relay.on_hop(&message.payload, Instant::now())
+                    && !node.is_empty()
+                    && node != self.inner.node_id
+                {
+                    self.learn_route(party, node);
+                }
+            }
             _ => self.inner.metrics.received(Received::Invalid),
         }
+    }
+
+    /// A ClientInfo naming a relay on the sending node: our party's datagrams for it
+    /// hop there. If this node cannot (no relay, cap reached), the client is not told
+    /// of the relay at all, exactly as when a single node's relay is full.
+    fn adopt_relay(
+        &self,
+        message: &PeerMessage,
+        event: &mut PeerEvent,
+    ) -> Option<(crate::relay::Relay, chatr_proto::RelayId)> {
+        let PeerEvent::ClientInfo { relay_id, .. } = event else {
+            return None;
+        };
+        let id = (*relay_id)?;
+        let relay = self.inner.relay.get().and_then(WeakRelay::upgrade);
+        match relay {
+            Some(relay)
+                if !message.node.is_empty()
+                    && relay.adopt(id, message.node.clone(), message.to, Instant::now()) =>
+            {
+                Some((relay, id))
+            }
+            _ => {
+                *relay_id = None;
+                None
+            }
+        }
+    }
+
+    /// `uuid`'s session is on `node`.
+    fn learn_route(&self, uuid: Uuid, node: String) {
+        if self.inner.routes.len() >= MAX_ROUTES {
+            self.inner.routes.clear();
+        }
+        self.inner.routes.insert(uuid, node);
     }
 
     async fn respond(&self, message: &Message, body: bytes::Bytes) {
@@ -853,6 +941,21 @@ impl NatsCluster {
         }
     }
 
+    /// Whether `node` was heard from before but has been silent for three heartbeats:
+    /// it is hung or gone. (NATS drops a hung client only once its pings go
+    /// unanswered, and it skips pings while it is *sending* to that client, as it does
+    /// to a hung node that keeps receiving heartbeats and requests.) A node never
+    /// heard from (just started) is asked anyway.
+    fn silent(&self, node: &str) -> bool {
+        let horizon = self.inner.config.heartbeat * 3;
+        self.inner
+            .peers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(node)
+            .is_some_and(|(_, seen)| seen.elapsed() > horizon)
+    }
+
     /// Names of the other nodes heard from within three heartbeats.
     fn peers(&self) -> Vec<String> {
         let horizon = self.inner.config.heartbeat * 3;
@@ -861,7 +964,8 @@ impl NatsCluster {
             .peers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        peers.retain(|_, (_, seen)| seen.elapsed() <= horizon * 10);
+        // Kept long after they fall silent, so a hung node keeps reading "silent".
+        peers.retain(|_, (_, seen)| seen.elapsed() <= (horizon * 10).max(Duration::from_secs(600)));
         let mut names: Vec<String> = peers
             .values()
             .filter(|(_, seen)| seen.elapsed() <= horizon)
@@ -983,6 +1087,26 @@ impl Cluster for NatsCluster {
             this.inner.metrics.udp_routed();
             (!reply.payload.is_empty()).then(|| reply.payload.to_vec())
         }))
+    }
+
+    fn node_id(&self) -> Option<String> {
+        Some(self.inner.node_id.clone())
+    }
+
+    fn route_of(&self, uuid: &Uuid) -> Option<String> {
+        self.inner.routes.get(uuid).map(|n| n.value().clone())
+    }
+
+    fn relay_hop(&self, node: &str, hop: bytes::Bytes) -> bool {
+        if !self.connected() || self.silent(node) {
+            return false;
+        }
+        let subject = self.inner.subjects.node(node, "relay");
+        self.inner.hops.try_send((subject, hop)).is_ok()
+    }
+
+    fn set_relay(&self, relay: WeakRelay) {
+        let _ = self.inner.relay.set(relay);
     }
 
     fn health(&self) -> Option<ClusterHealth> {

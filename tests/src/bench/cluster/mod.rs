@@ -284,6 +284,7 @@ async fn exchange(pair: &mut Pair) -> Result<Option<Duration>, BenchError> {
     let request = Packet::ConnectionRequest(PacketConnectionRequest {
         uuid: pair.b_id,
         private_endpoint: pair.a.endpoint(),
+        hints: None,
     });
     pair.a.send(&request).await?;
     let (mut a_info, mut b_info) = (false, false);
@@ -309,6 +310,7 @@ async fn exchange(pair: &mut Pair) -> Result<Option<Duration>, BenchError> {
                         PacketConnectionRequestAccept {
                             uuid: r.uuid,
                             private_endpoint: pair.b.endpoint(),
+                            hints: None,
                         },
                     ))
                     .await?;
@@ -594,11 +596,15 @@ async fn until_offline(
         from.send(&Packet::ConnectionRequest(PacketConnectionRequest {
             uuid: to,
             private_endpoint: from.endpoint(),
+            hints: None,
         }))
         .await?;
         match tokio::time::timeout(Duration::from_secs(10), next(from)).await {
             Ok(Ok(Packet::ConnectionRequestDenied(d))) if d.uuid == to => {
                 let answered = since.elapsed();
+                if std::env::var_os("CHATR_BENCH_DEBUG").is_some() {
+                    eprintln!("denied after {:?} at {answered:?}", asked.elapsed());
+                }
                 first_answer.get_or_insert(answered);
                 if asked.elapsed() <= quick {
                     return Ok((first_answer.unwrap_or(answered), answered));
