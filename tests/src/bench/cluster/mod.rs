@@ -602,9 +602,6 @@ async fn until_offline(
         match tokio::time::timeout(Duration::from_secs(10), next(from)).await {
             Ok(Ok(Packet::ConnectionRequestDenied(d))) if d.uuid == to => {
                 let answered = since.elapsed();
-                if std::env::var_os("CHATR_BENCH_DEBUG").is_some() {
-                    eprintln!("denied after {:?} at {answered:?}", asked.elapsed());
-                }
                 first_answer.get_or_insert(answered);
                 if asked.elapsed() <= quick {
                     return Ok((first_answer.unwrap_or(answered), answered));
