@@ -4,6 +4,8 @@
 #   the declared minimum Rust version, a build of the fuzz target, all unit / integration /
 #   end-to-end tests (the NAT lab included: it builds network namespaces and nftables NATs),
 #   and a smoke run of chatr-bench so the benchmark tool keeps compiling and working.
+#   Cluster mode (feature `cluster`) is checked and tested too, against Debian's real
+#   nats-server and PostgreSQL: the tests start them on loopback (random ports, temp dirs).
 # It installs the system packages it needs when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +13,9 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# The cluster tests' real servers (started by the tests themselves, never as a service).
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
@@ -27,6 +32,8 @@ echo "run-all: cargo fmt --check"
 cargo fmt --all -- --check
 echo "run-all: cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "run-all: cargo clippy --all-features (cluster mode)"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 echo "run-all: cargo doc (warnings are errors: the docs are a newcomer's map)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 echo "run-all: MSRV check"
@@ -62,6 +69,9 @@ trap 'rm -f "$log"' EXIT
 # --no-fail-fast: one failing test binary must not hide the results of the others.
 status=0
 cargo test --workspace --locked --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
+echo "run-all: cluster tests (feature cluster; real nats-server and PostgreSQL on loopback)"
+cargo test -p chatr-server --features cluster --locked --no-fail-fast --lib --test cluster --test registry_backends \
+  -- --test-threads=2 2>&1 | tee -a "$log" || status=$?
 passed=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^passed/) s += $i } END { print s + 0 }' "$log")
 failed=$(awk '/^test result:/ { for (i = 1; i < NF; i++) if ($(i + 1) ~ /^failed/) s += $i } END { print s + 0 }' "$log")
 if [ "$status" -ne 0 ]; then
@@ -72,5 +82,7 @@ if [ "$status" -ne 0 ]; then
 fi
 echo "run-all: chatr-bench smoke run"
 cargo run -q -p chatr-tests --bin chatr-bench --locked -- smoke
+echo "run-all: chatr-bench cluster builds (feature cluster)"
+cargo build -q -p chatr-tests --features cluster --bin chatr-bench --locked
 echo "run-all: all checks passed"
 echo "tests: ${passed} passed, ${failed} failed"

@@ -163,6 +163,20 @@ impl Default for RelayConfig {
     }
 }
 
+/// Where a cluster keeps its registry: PostgreSQL, shared by every node (feature
+/// `cluster`). Without it the registry is the redb file in the data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// libpq-style connection string or URL, e.g.
+    /// `postgresql://chatr@db.internal/chatr?sslmode=require`.
+    pub url: String,
+    /// PEM CA certificate(s) to verify the server's certificate with when TLS is
+    /// used; default: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Connections kept open for writes and lookups.
+    pub pool_size: usize,
+}
+
 /// Everything `chatr_server::start` needs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -190,6 +204,10 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// The relay.
     pub relay: RelayConfig,
+    /// Cluster mode (several nodes behind one name); off without a NATS URL.
+    pub cluster: crate::cluster::ClusterConfig,
+    /// The cluster's shared registry; `None`: the redb file in `data_dir`.
+    pub registry_postgres: Option<PostgresConfig>,
 }
 
 impl ServerConfig {
@@ -207,6 +225,8 @@ impl ServerConfig {
             timings: Timings::default(),
             limits: Limits::default(),
             relay: RelayConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
+            registry_postgres: None,
         }
     }
 

@@ -42,4 +42,15 @@ pub enum ServerError {
     /// The admin socket could not be set up.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// Cluster settings are given, but this build has no cluster mode.
+    #[error(
+        "{0} is set, but this chatr-server was built without cluster mode; rebuild with \
+         `cargo build --release -p chatr-server --features cluster` or remove the cluster_* and \
+         registry_postgres* settings"
+    )]
+    ClusterNotBuilt(&'static str),
+    /// Joining the cluster failed.
+    #[cfg(feature = "cluster")]
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::nats::ClusterError),
 }

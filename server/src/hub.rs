@@ -20,10 +20,16 @@
 //! Login claims go through here too ([`Hub`] decides atomically whether a UUID
 //! is free), as do duplicate-UUID probes and takeovers, admin kicks and the UDP
 //! binding tokens.
+//!
+//! What this node cannot answer alone (a UUID with no session here, a claim that
+//! must hold cluster-wide) goes to the `Cluster` the hub was given: in a single
+//! node that is `LocalOnly`, for which every other node is "offline". A session is
+//! only reachable once it is *ready* (its claim held everywhere): until then a
+//! request for it is undeliverable and a probe of it answers "alive".
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use chatr_proto::udp::{BINDING_KEY_LEN, UdpMessage};
 use chatr_proto::{DisconnectReason, UDP_TOKEN_LEN};
@@ -34,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use uuid::Uuid;
 
+use crate::cluster::{Cluster, LocalOnly};
 use crate::metrics::Metrics;
 use crate::relay::RelayOut;
 use crate::session::{ClaimOutcome, HubEvent, PeerEndpoints, PeerEvent};
@@ -52,6 +59,8 @@ pub(crate) struct SessionShared {
     udp: Mutex<Option<SocketAddr>>,
     /// Version 3 only: what the session's client needs beyond version 2.
     v3: Option<SessionV3>,
+    /// Logged in: the claim is held (cluster-wide) and the client was told.
+    ready: AtomicBool,
 }
 
 /// What the server keeps for a version-3 session.
@@ -90,7 +99,18 @@ impl SessionShared {
             udp_token,
             udp: Mutex::new(None),
             v3: None,
+            ready: AtomicBool::new(false),
         }
+    }
+
+    /// The login completed: others may reach this session now.
+    pub(crate) fn mark_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Whether the login completed.
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
     /// The same session, speaking version 3.
@@ -206,12 +226,39 @@ pub struct Hub {
     inner: Arc<Inner>,
 }
 
+/// A hub handle that does not keep the hub alive (the cluster's, which the hub holds).
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) struct WeakHub(Weak<Inner>);
+
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+impl WeakHub {
+    /// The hub, while it exists.
+    pub(crate) fn upgrade(&self) -> Option<Hub> {
+        self.0.upgrade().map(|inner| Hub { inner })
+    }
+}
+
+/// Where a message from another node for one of our sessions went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) enum Delivery {
+    /// In the session's inbox.
+    Delivered,
+    /// The session's inbox for that kind of message is full (the sender is denied).
+    Busy,
+    /// No ready session of that UUID here.
+    Offline,
+}
+
 #[derive(Debug)]
 struct Inner {
     sessions: DashMap<Uuid, SessionEntry>,
     tokens: DashMap<[u8; UDP_TOKEN_LEN], Arc<SessionShared>>,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
+    /// The other nodes; [`LocalOnly`] until [`Hub::set_cluster`].
+    cluster: OnceLock<Arc<dyn Cluster>>,
 }
 
 impl Hub {
@@ -223,8 +270,28 @@ impl Hub {
                 tokens: DashMap::new(),
                 next_id: AtomicU64::new(1),
                 metrics,
+                cluster: OnceLock::new(),
             }),
         }
+    }
+
+    /// Joins this hub to a cluster (once, before serving). Later calls are ignored.
+    pub(crate) fn set_cluster(&self, cluster: Arc<dyn Cluster>) {
+        let _ = self.inner.cluster.set(cluster);
+    }
+
+    /// The other nodes (a [`LocalOnly`] stand-in on a single node).
+    pub(crate) fn cluster(&self) -> &dyn Cluster {
+        match self.inner.cluster.get() {
+            Some(cluster) => cluster.as_ref(),
+            None => &LocalOnly,
+        }
+    }
+
+    /// A handle that does not keep the hub alive.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn downgrade(&self) -> WeakHub {
+        WeakHub(Arc::downgrade(&self.inner))
     }
 
     // ----- public: operators, admin, tests -----
@@ -331,7 +398,11 @@ impl Hub {
     pub(crate) fn probe(&self, uuid: &Uuid) -> Option<(u64, oneshot::Receiver<()>)> {
         let entry = self.inner.sessions.get(uuid).map(|e| e.value().clone())?;
         let (answer, answered) = oneshot::channel();
-        if entry.owed.try_send(Mailbox::Probe(answer)).is_err() {
+        if !entry.shared.is_ready() {
+            // Still logging in (its cluster claim is on its way): it came first, so it
+            // counts as alive.
+            let _ = answer.send(());
+        } else if entry.owed.try_send(Mailbox::Probe(answer)).is_err() {
             // Inbox full: not reading; treated as dead (the dropped sender
             // resolves the receiver at once).
             tracing::debug!(%uuid, "could not probe the existing session");
@@ -348,13 +419,72 @@ impl Hub {
         to: Uuid,
         event: PeerEvent,
     ) -> Result<(), PeerEvent> {
-        let Some(target) = self.inner.sessions.get(&to).map(|e| e.value().clone()) else {
-            return Err(event);
+        let target = self.inner.sessions.get(&to).map(|e| e.value().clone());
+        match target {
+            Some(target) if target.shared.is_ready() => {
+                self.deliver(&target, from.uuid, from.endpoints(), event)
+            }
+            // Logging in here: not reachable yet.
+            Some(_) => Err(event),
+            None => {
+                let cluster = self.cluster();
+                if !cluster.is_clustered() {
+                    return Err(event);
+                }
+                // The answer to our own request comes back through our owed inbox.
+                let Some(owed) = self
+                    .inner
+                    .sessions
+                    .get(&from.uuid)
+                    .filter(|e| e.shared.id == from.id)
+                    .map(|e| e.owed.clone())
+                else {
+                    return Err(event);
+                };
+                cluster.forward(from.uuid, from.endpoints(), to, event, owed)
+            }
+        }
+    }
+
+    /// Delivers a message another node routed here to `to`'s session.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn deliver_remote(
+        &self,
+        from: Uuid,
+        endpoints: PeerEndpoints,
+        to: Uuid,
+        event: PeerEvent,
+    ) -> Delivery {
+        let Some(target) = self
+            .inner
+            .sessions
+            .get(&to)
+            .map(|e| e.value().clone())
+            .filter(|t| t.shared.is_ready())
+        else {
+            return Delivery::Offline;
         };
         let pushed = matches!(event, PeerEvent::Request { .. });
+        match self.deliver(&target, from, endpoints, event) {
+            Ok(()) => Delivery::Delivered,
+            Err(_) if pushed => Delivery::Busy,
+            Err(_) => Delivery::Offline,
+        }
+    }
+
+    /// Puts `event` into the right inbox of `target`.
+    fn deliver(
+        &self,
+        target: &SessionEntry,
+        from: Uuid,
+        endpoints: PeerEndpoints,
+        event: PeerEvent,
+    ) -> Result<(), PeerEvent> {
+        let to = target.shared.uuid;
+        let pushed = matches!(event, PeerEvent::Request { .. });
         let message = Mailbox::Event(Box::new(HubEvent::Peer {
-            from: from.uuid,
-            endpoints: from.endpoints(),
+            from,
+            endpoints,
             event: event.clone(),
         }));
         let inbox = if pushed { &target.inbox } else { &target.owed };
@@ -377,11 +507,59 @@ impl Hub {
         }
     }
 
-    /// Removes a session that ended (if it is still the one registered).
-    pub(crate) fn remove(&self, shared: &SessionShared) {
+    /// Asks this node's session `id` of `uuid` (another node's newcomer probes it):
+    /// like [`Hub::probe`], `None` when that session is not here any more.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn probe_session(&self, uuid: &Uuid, id: u64) -> Option<oneshot::Receiver<()>> {
+        let held = self
+            .inner
+            .sessions
+            .get(uuid)
+            .is_some_and(|e| e.shared.id == id);
+        if !held {
+            return None;
+        }
+        self.probe(uuid).map(|(_, answer)| answer)
+    }
+
+    /// Ends this node's session `id` of `uuid`, if it is still here (another node took
+    /// the UUID over, or holds it while we were cut off). Returns whether it was.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn kick_session(&self, uuid: &Uuid, id: u64, message: &str) -> bool {
+        let kick = self
+            .inner
+            .sessions
+            .get(uuid)
+            .filter(|e| e.shared.id == id)
+            .map(|e| e.kick.clone());
+        match kick {
+            Some(kick) => {
+                kick.kick(Some(message));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every session of this node: UUID and session id.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn sessions(&self) -> Vec<(Uuid, u64)> {
         self.inner
             .sessions
+            .iter()
+            .map(|e| (*e.key(), e.shared.id))
+            .collect()
+    }
+
+    /// Removes a session that ended (if it is still the one registered).
+    pub(crate) fn remove(&self, shared: &SessionShared) {
+        let removed = self
+            .inner
+            .sessions
             .remove_if(&shared.uuid, |_, entry| entry.shared.id == shared.id);
+        if removed.is_some() {
+            self.cluster().release(shared.uuid, shared.id);
+        }
         self.forget_token(shared);
         self.inner.metrics.client_disconnected();
     }
@@ -429,6 +607,11 @@ impl Hub {
         }
         shared.set_udp(observed);
         Some((shared.uuid, shared.tcp))
+    }
+
+    /// Whether a session of this node holds `token`.
+    pub(crate) fn has_token(&self, token: &[u8; UDP_TOKEN_LEN]) -> bool {
+        self.inner.tokens.contains_key(token)
     }
 
     fn forget_token(&self, shared: &SessionShared) {
@@ -481,6 +664,7 @@ mod tests {
             "192.0.2.1:4000".parse().unwrap(),
             token,
         ));
+        shared.mark_ready();
         (
             SessionEntry {
                 shared,

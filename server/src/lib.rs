@@ -19,9 +19,15 @@
 //!
 //! [`metrics`] counts what operators ask about; [`settings`] turns CLI flags,
 //! `CHATR_*` variables and TOML into a [`ServerConfig`].
+//!
+//! With the `cluster` feature, several nodes serve behind one name: the
+//! [`cluster`] module routes brokering between nodes and claims each UUID
+//! cluster-wide over NATS, and the [`registry`] lives in PostgreSQL
+//! (`docs/CLUSTER.md`). Without it (the default) the server is one node.
 
 pub mod admin;
 pub mod api;
+pub mod cluster;
 pub mod config;
 mod conn_limit;
 pub mod error;
@@ -37,7 +43,8 @@ pub mod stun;
 pub mod tls;
 mod udp;
 
-pub use config::{Limits, RegistrationPolicy, RelayConfig, ServerConfig, Timings};
+pub use cluster::ClusterConfig;
+pub use config::{Limits, PostgresConfig, RegistrationPolicy, RelayConfig, ServerConfig, Timings};
 pub use error::ServerError;
 pub use hub::Hub;
 pub use server::{ServerHandle, run, start};

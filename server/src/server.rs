@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminContext, AdminListener, SessionControl, serve_admin};
 use crate::api::{ApiContext, serve_api};
+use crate::cluster::{Cluster, LocalOnly};
 use crate::config::ServerConfig;
 use crate::conn_limit::ConnectionLimiter;
 use crate::error::ServerError;
@@ -93,6 +94,11 @@ impl ServerHandle {
         &self.hub
     }
 
+    /// How the cluster looks from this node (`None`: a single node).
+    pub fn cluster_health(&self) -> Option<crate::cluster::ClusterHealth> {
+        self.hub.cluster().health()
+    }
+
     /// The token that stops the server.
     pub fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown
@@ -103,6 +109,7 @@ impl ServerHandle {
     pub async fn join(self) {
         self.tracker.close();
         self.tracker.wait().await;
+        self.hub.cluster().close().await;
         self.registry.close().await;
         tracing::info!("server stopped");
     }
@@ -124,9 +131,11 @@ pub async fn start(
             source,
         })?;
     let tls = TlsIdentity::load_or_create(&config)?;
-    let registry = Registry::open_in(&config.data_dir)?;
+    let registry = open_registry(&config, &shutdown).await?;
     let metrics = Arc::new(Metrics::default());
     let hub = Hub::new(Arc::clone(&metrics));
+    let cluster = join_cluster(&config, &hub, &metrics, &shutdown).await?;
+    hub.set_cluster(Arc::clone(&cluster));
 
     let backlog = config.limits.listen_backlog;
     if let Some(cap) = crate::listen::somaxconn()
@@ -165,12 +174,16 @@ pub async fn start(
         Arc::clone(&metrics),
         std::time::Instant::now(),
     );
+    cluster.set_relay(relay.downgrade());
     let ctx = Arc::new(ConnContext {
         hub: hub.clone(),
         tls: tls.clone(),
         keys: Arc::new(registry.clone()),
         metrics: Arc::clone(&metrics),
-        session: SessionConfig::from_server(&config),
+        session: SessionConfig {
+            udp_token_prefix: cluster.token_prefix(),
+            ..SessionConfig::from_server(&config)
+        },
         queue: config.limits.session_queue,
         relay: relay.clone(),
     });
@@ -193,7 +206,12 @@ pub async fn start(
         shutdown.clone(),
     ));
     tracker.spawn(sweep_relays(relay, shutdown.clone()));
-    let api = ApiContext::new(&config, registry.clone(), Arc::clone(&metrics), tls.clone());
+    let api = ApiContext::new(&config, registry.clone(), Arc::clone(&metrics), tls.clone())
+        .with_health(Arc::new(NodeHealth {
+            hub: hub.clone(),
+            registry: registry.clone(),
+            shutdown: shutdown.clone(),
+        }));
     tracker.spawn(serve_api(api, api_listener, shutdown.clone()));
     let sessions: Arc<dyn SessionControl> = Arc::new(hub.clone());
     let admin = AdminContext::new(registry.clone(), Some(sessions));
@@ -210,6 +228,120 @@ pub async fn start(
         shutdown,
         tracker,
     })
+}
+
+/// The registry: the cluster's PostgreSQL when configured, else the redb file.
+async fn open_registry(
+    config: &ServerConfig,
+    shutdown: &CancellationToken,
+) -> Result<Registry, ServerError> {
+    match &config.registry_postgres {
+        None => Ok(Registry::open_in(&config.data_dir)?),
+        #[cfg(feature = "cluster")]
+        Some(postgres) => {
+            let registry = Registry::open_postgres(postgres, shutdown.clone()).await?;
+            tracing::info!(identities = registry.len(), "registry: PostgreSQL");
+            Ok(registry)
+        }
+        #[cfg(not(feature = "cluster"))]
+        Some(_) => {
+            let _ = shutdown;
+            Err(ServerError::ClusterNotBuilt("registry_postgres_url"))
+        }
+    }
+}
+
+/// The other nodes: NATS when a URL is configured, else none.
+async fn join_cluster(
+    config: &ServerConfig,
+    hub: &Hub,
+    metrics: &Arc<Metrics>,
+    shutdown: &CancellationToken,
+) -> Result<Arc<dyn Cluster>, ServerError> {
+    if config.cluster.nats_url.is_none() {
+        return Ok(Arc::new(LocalOnly));
+    }
+    #[cfg(feature = "cluster")]
+    {
+        let cluster = crate::cluster::nats::NatsCluster::start(
+            config.cluster.clone(),
+            hub.downgrade(),
+            Arc::clone(metrics),
+            config.timings.takeover_probe,
+            shutdown.clone(),
+        )
+        .await?;
+        Ok(Arc::new(cluster))
+    }
+    #[cfg(not(feature = "cluster"))]
+    {
+        let _ = (hub, metrics, shutdown);
+        Err(ServerError::ClusterNotBuilt("cluster_nats_url"))
+    }
+}
+
+/// What `/healthz` reports: "down" while shutting down; "degraded" when this node
+/// serves its own clients but its cluster (NATS, the claims, the shared registry)
+/// is not all there; else "ok".
+#[derive(Debug)]
+struct NodeHealth {
+    hub: Hub,
+    registry: Registry,
+    shutdown: CancellationToken,
+}
+
+impl crate::api::HealthSource for NodeHealth {
+    fn health(&self) -> crate::api::Health {
+        use crate::api::{Health, HealthStatus};
+        let mut problems: Vec<&str> = Vec::new();
+        let mut details = Vec::new();
+        if let Some(c) = self.hub.cluster().health() {
+            details.push(format!("node: {}", c.node));
+            details.push(format!("sessions: {}", self.hub.len()));
+            let nats = if c.connected {
+                "connected"
+            } else {
+                "disconnected"
+            };
+            details.push(format!("nats: {nats}"));
+            let claims = if c.claims_ok { "ok" } else { "unavailable" };
+            details.push(format!("claims: {claims}"));
+            details.push(
+                format!("peers: {} {}", c.peers.len(), c.peers.join(" "))
+                    .trim_end()
+                    .to_owned(),
+            );
+            if !c.connected {
+                problems.push("NATS unreachable: clients of other nodes read offline");
+            } else if !c.claims_ok {
+                problems.push("claims bucket unavailable: logins are not checked cluster-wide");
+            }
+        }
+        if !self.registry.is_reachable() {
+            details.push("registry: unreachable".to_owned());
+            problems
+                .push("registry storage unreachable: registrations fail, logins use cached keys");
+        }
+        if self.shutdown.is_cancelled() {
+            problems.insert(0, "shutting down: clients are being disconnected");
+        }
+        let status = if self.shutdown.is_cancelled() {
+            HealthStatus::Down
+        } else if problems.is_empty() {
+            HealthStatus::Ok
+        } else {
+            HealthStatus::Degraded
+        };
+        Health {
+            status,
+            problems: problems.into_iter().map(str::to_owned).collect(),
+            details,
+        }
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        self.hub.cluster().render_metrics(out);
+    }
 }
 
 /// Starts the server and runs it until `shutdown` is cancelled and every

@@ -211,6 +211,53 @@ settings_table! {
     relay_tls_queue: usize => server.relay.tls_queue,
         env "CHATR_RELAY_TLS_QUEUE" parse parse_number,
         arg(value_name = "N");
+    /// Cluster mode: NATS server URL(s), comma-separated (nats://… or tls://…); unset: one node.
+    cluster_nats_url: String => server.cluster.nats_url,
+        env "CHATR_CLUSTER_NATS_URL" parse parse_text,
+        arg(value_name = "URL");
+    /// This node's name in logs, metrics and /healthz (default: the host name).
+    cluster_node_name: String => server.cluster.node_name,
+        env "CHATR_CLUSTER_NODE_NAME" parse parse_text,
+        arg(value_name = "NAME");
+    /// Prefix of the NATS subjects the nodes of one cluster share.
+    cluster_subject_prefix: String => server.cluster.subject_prefix,
+        env "CHATR_CLUSTER_SUBJECT_PREFIX" parse parse_text,
+        arg(value_name = "PREFIX");
+    /// JetStream key-value bucket holding the session claims.
+    cluster_claims_bucket: String => server.cluster.claims_bucket,
+        env "CHATR_CLUSTER_CLAIMS_BUCKET" parse parse_text,
+        arg(value_name = "NAME");
+    /// Longest a request to another node (forward, probe, UDP binding) waits for its answer.
+    cluster_request_timeout: Duration => server.cluster.request_timeout,
+        env "CHATR_CLUSTER_REQUEST_TIMEOUT" parse parse_duration,
+        arg(value_parser = parse_duration, value_name = "DURATION"),
+        serde(default, deserialize_with = "de_duration");
+    /// A session claim not refreshed for this long expires (nodes refresh at a quarter of it).
+    cluster_claim_ttl: Duration => server.cluster.claim_ttl,
+        env "CHATR_CLUSTER_CLAIM_TTL" parse parse_duration,
+        arg(value_parser = parse_duration, value_name = "DURATION"),
+        serde(default, deserialize_with = "de_duration");
+    /// How often nodes announce themselves; one silent for three intervals counts as gone.
+    cluster_heartbeat: Duration => server.cluster.heartbeat,
+        env "CHATR_CLUSTER_HEARTBEAT" parse parse_duration,
+        arg(value_parser = parse_duration, value_name = "DURATION"),
+        serde(default, deserialize_with = "de_duration");
+    /// PEM CA file to verify a tls:// NATS server with.
+    cluster_nats_ca: PathBuf => server.cluster.nats_ca,
+        env "CHATR_CLUSTER_NATS_CA" parse parse_path,
+        arg(value_name = "FILE");
+    /// Cluster registry: PostgreSQL URL shared by every node; unset: the redb file in the data dir.
+    registry_postgres_url: String => registry_postgres_url,
+        env "CHATR_REGISTRY_POSTGRES_URL" parse parse_text,
+        arg(value_name = "URL");
+    /// PEM CA file to verify PostgreSQL's certificate with (sslmode=require or stricter).
+    registry_postgres_ca: PathBuf => registry_postgres_ca,
+        env "CHATR_REGISTRY_POSTGRES_CA" parse parse_path,
+        arg(value_name = "FILE");
+    /// PostgreSQL connections each node keeps for registry writes and lookups.
+    registry_postgres_pool: usize => registry_postgres_pool,
+        env "CHATR_REGISTRY_POSTGRES_POOL" parse parse_number,
+        arg(value_name = "N");
 }
 
 /// Why the settings could not be resolved.
@@ -261,6 +308,12 @@ pub struct Settings {
     pub log_level: String,
     /// Where to announce the bound addresses, if anywhere.
     pub ready_file: Option<PathBuf>,
+    /// The cluster's PostgreSQL registry (becomes `server.registry_postgres`).
+    pub registry_postgres_url: Option<String>,
+    /// Its CA file.
+    pub registry_postgres_ca: Option<PathBuf>,
+    /// Its pool size.
+    pub registry_postgres_pool: usize,
 }
 
 impl Settings {
@@ -271,6 +324,9 @@ impl Settings {
             log_format: LogFormat::default(),
             log_level: "info".to_owned(),
             ready_file: None,
+            registry_postgres_url: None,
+            registry_postgres_ca: None,
+            registry_postgres_pool: 8,
         }
     }
 }
@@ -343,6 +399,15 @@ impl ServeArgs {
         if settings.server.cert.is_some() != settings.server.key.is_some() {
             return Err(SettingsError::CertWithoutKey);
         }
+        settings.server.registry_postgres =
+            settings
+                .registry_postgres_url
+                .clone()
+                .map(|url| crate::config::PostgresConfig {
+                    url,
+                    ca_file: settings.registry_postgres_ca.clone(),
+                    pool_size: settings.registry_postgres_pool,
+                });
         Ok(settings)
     }
 }
@@ -502,6 +567,17 @@ mod tests {
             relay_total_rate = 3000
             relay_total_burst = 4000
             relay_tls_queue = 5
+            cluster_nats_url = "nats://127.0.0.1:4222"
+            cluster_node_name = "n1"
+            cluster_subject_prefix = "c1"
+            cluster_claims_bucket = "b1"
+            cluster_request_timeout = "750ms"
+            cluster_claim_ttl = "10m"
+            cluster_heartbeat = "2s"
+            cluster_nats_ca = "nats-ca.pem"
+            registry_postgres_url = "postgresql://chatr@db/chatr"
+            registry_postgres_ca = "pg-ca.pem"
+            registry_postgres_pool = 3
             "#,
         );
         let from_file = cli(&["--config", config.to_str().unwrap()])
@@ -546,6 +622,17 @@ mod tests {
                 ("CHATR_RELAY_TOTAL_RATE", "3000"),
                 ("CHATR_RELAY_TOTAL_BURST", "4000"),
                 ("CHATR_RELAY_TLS_QUEUE", "5"),
+                ("CHATR_CLUSTER_NATS_URL", "nats://127.0.0.1:4222"),
+                ("CHATR_CLUSTER_NODE_NAME", "n1"),
+                ("CHATR_CLUSTER_SUBJECT_PREFIX", "c1"),
+                ("CHATR_CLUSTER_CLAIMS_BUCKET", "b1"),
+                ("CHATR_CLUSTER_REQUEST_TIMEOUT", "750ms"),
+                ("CHATR_CLUSTER_CLAIM_TTL", "10m"),
+                ("CHATR_CLUSTER_HEARTBEAT", "2s"),
+                ("CHATR_CLUSTER_NATS_CA", "nats-ca.pem"),
+                ("CHATR_REGISTRY_POSTGRES_URL", "postgresql://chatr@db/chatr"),
+                ("CHATR_REGISTRY_POSTGRES_CA", "pg-ca.pem"),
+                ("CHATR_REGISTRY_POSTGRES_POOL", "3"),
             ]))
             .unwrap();
         let from_cli = cli(&[
@@ -587,6 +674,17 @@ mod tests {
             "--relay-total-rate=3000",
             "--relay-total-burst=4000",
             "--relay-tls-queue=5",
+            "--cluster-nats-url=nats://127.0.0.1:4222",
+            "--cluster-node-name=n1",
+            "--cluster-subject-prefix=c1",
+            "--cluster-claims-bucket=b1",
+            "--cluster-request-timeout=750ms",
+            "--cluster-claim-ttl=10m",
+            "--cluster-heartbeat=2s",
+            "--cluster-nats-ca=nats-ca.pem",
+            "--registry-postgres-url=postgresql://chatr@db/chatr",
+            "--registry-postgres-ca=pg-ca.pem",
+            "--registry-postgres-pool=3",
         ])
         .resolve(&env_of(&[]))
         .unwrap();
@@ -629,6 +727,23 @@ mod tests {
             assert_eq!(c.relay.total_rate, 3000);
             assert_eq!(c.relay.total_burst, 4000);
             assert_eq!(c.relay.tls_queue, 5);
+            let k = &c.cluster;
+            assert_eq!(k.nats_url.as_deref(), Some("nats://127.0.0.1:4222"));
+            assert_eq!(k.node_name.as_deref(), Some("n1"));
+            assert_eq!(k.subject_prefix, "c1");
+            assert_eq!(k.claims_bucket, "b1");
+            assert_eq!(k.request_timeout, Duration::from_millis(750));
+            assert_eq!(k.claim_ttl, Duration::from_secs(600));
+            assert_eq!(k.heartbeat, Duration::from_secs(2));
+            assert_eq!(k.nats_ca.as_deref(), Some(Path::new("nats-ca.pem")));
+            assert_eq!(
+                c.registry_postgres,
+                Some(crate::config::PostgresConfig {
+                    url: "postgresql://chatr@db/chatr".into(),
+                    ca_file: Some("pg-ca.pem".into()),
+                    pool_size: 3,
+                })
+            );
         }
     }
 
@@ -677,7 +792,7 @@ mod tests {
 
     #[test]
     fn every_variable_is_chatr_and_the_key_in_upper_case() {
-        assert_eq!(ServeArgs::KEYS.len(), 37);
+        assert_eq!(ServeArgs::KEYS.len(), 48);
         for (key, var) in ServeArgs::KEYS {
             assert_eq!(*var, format!("CHATR_{}", key.to_ascii_uppercase()), "{key}");
         }

@@ -144,7 +144,7 @@ pub(crate) async fn serve(
 /// datagram.
 #[allow(clippy::too_many_arguments)]
 async fn handle_batch(
-    socket: &UdpSocket,
+    socket: &Arc<UdpSocket>,
     state: &UdpSocketState,
     hub: &Hub,
     relay: &Relay,
@@ -180,12 +180,45 @@ async fn handle_batch(
         meta.stride
     };
     for datagram in batch.chunks(stride.max(1)) {
-        if let Some(reply) = handle_datagram(hub, metrics, source, datagram)
-            && let Err(err) = socket.send_to(&reply, source).await
-        {
-            tracing::debug!(error = %err, %source, "UDP reply failed");
+        match handle_datagram(hub, metrics, source, datagram) {
+            Some(reply) => {
+                if let Err(err) = socket.send_to(&reply, source).await {
+                    tracing::debug!(error = %err, %source, "UDP reply failed");
+                }
+            }
+            None => route_binding(socket, hub, source, datagram),
         }
     }
+}
+
+/// In a cluster, a binding request whose token no session here holds may be for a
+/// session on another node (the client's datagram reached this node: a UDP load
+/// balancer, another address of the same name). The node that issued the token
+/// (named by its first bytes) checks it and records the mapping *this* node saw;
+/// its reply is sent from here.
+fn route_binding(socket: &Arc<UdpSocket>, hub: &Hub, source: SocketAddr, datagram: &[u8]) {
+    let token = match UdpMessage::decode(datagram) {
+        Ok(UdpMessage::BindingRequest { token } | UdpMessage::BindingRequestAuth { token, .. }) => {
+            token
+        }
+        _ => return,
+    };
+    if hub.has_token(&token) {
+        return;
+    }
+    let source = SocketAddr::new(source.ip().to_canonical(), source.port());
+    let Some(routed) = hub.cluster().bind_elsewhere(&token, datagram, source) else {
+        return;
+    };
+    let socket = Arc::clone(socket);
+    tokio::spawn(async move {
+        if let Some(reply) = routed.await {
+            let to = map_destination(&socket, source);
+            if let Err(err) = socket.send_to(&reply, to).await {
+                tracing::debug!(error = %err, %source, "routed UDP reply failed");
+            }
+        }
+    });
 }
 
 /// Sends one (GSO) transmit, waiting for the socket once if its buffer is full.

@@ -11,7 +11,7 @@
 //! | `POST /api/1/clients/{uuid}` | rotate the key |
 //! | `GET /api/1/clients/{uuid}` | look the key up |
 //! | `GET /certificate` | the Connect server's certificate chain (PEM) |
-//! | `GET /healthz` | `ok` |
+//! | `GET /healthz` | `ok`, `degraded` or `down` (503), then details (see [`Health`]) |
 //! | `GET /metrics` | Prometheus text format |
 //!
 //! Each TCP connection is accepted here, TLS-terminated with the *current*
@@ -70,6 +70,61 @@ pub const BODY_LIMIT: usize = 1024;
 /// How long in-flight requests get to finish on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// Whether a node is serving, as `/healthz` tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthStatus {
+    /// Everything this node depends on answers (HTTP 200, `ok`).
+    Ok,
+    /// The node serves its own clients, but part of the cluster is missing: NATS,
+    /// the claims bucket or the shared registry (HTTP 200, `degraded`; keep it in the
+    /// load balancer, alert on it).
+    Degraded,
+    /// The node is shutting down (HTTP 503, `down`; take it out of the balancer).
+    Down,
+}
+
+/// A node's health: the status, what is wrong, and details (cluster mode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The verdict.
+    pub status: HealthStatus,
+    /// What is wrong, one line each.
+    pub problems: Vec<String>,
+    /// `key: value` lines (node, NATS, claims, peers, …).
+    pub details: Vec<String>,
+}
+
+impl Health {
+    /// The `/healthz` body: the status word, then the problems and details, one per line.
+    pub fn render(&self) -> String {
+        let word = match self.status {
+            HealthStatus::Ok => "ok",
+            HealthStatus::Degraded => "degraded",
+            HealthStatus::Down => "down",
+        };
+        let mut out = format!("{word}\n");
+        for line in self
+            .problems
+            .iter()
+            .map(|p| format!("problem: {p}"))
+            .chain(self.details.iter().cloned())
+        {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Where `/healthz` gets its answer.
+pub trait HealthSource: Send + Sync + std::fmt::Debug {
+    /// The node's health now.
+    fn health(&self) -> Health;
+
+    /// Appends metrics beyond the server's own (the cluster's), Prometheus text.
+    fn render_metrics(&self, _out: &mut String) {}
+}
+
 /// Shared state of the handlers.
 #[derive(Debug)]
 pub(crate) struct ApiState {
@@ -80,6 +135,7 @@ pub(crate) struct ApiState {
     body_limit: usize,
     limiter: Mutex<RateLimiter>,
     limits: ApiLimits,
+    health: Option<Arc<dyn HealthSource>>,
 }
 
 /// The connection limits and time-out of the API (from [`ServerConfig`]).
@@ -121,8 +177,18 @@ impl ApiContext {
                     max_connections_per_ip: config.limits.api_max_connections_per_ip,
                     timeout: config.timings.api_timeout,
                 },
+                health: None,
             }),
         }
+    }
+
+    /// Answers `/healthz` from `health` (without: always `ok`).
+    #[must_use]
+    pub fn with_health(mut self, health: Arc<dyn HealthSource>) -> Self {
+        if let Some(state) = Arc::get_mut(&mut self.state) {
+            state.health = Some(health);
+        }
+        self
     }
 
     /// The axum router (routes, body limit, rate limit), e.g. to drive it
@@ -358,9 +424,17 @@ async fn certificate(State(state): State<Arc<ApiState>>) -> Response {
         .into_response()
 }
 
-/// `GET /healthz`.
-async fn healthz() -> &'static str {
-    "ok\n"
+/// `GET /healthz`: 200 for `ok` and `degraded`, 503 for `down`.
+async fn healthz(State(state): State<Arc<ApiState>>) -> Response {
+    let Some(source) = &state.health else {
+        return "ok\n".into_response();
+    };
+    let health = source.health();
+    let code = match health.status {
+        HealthStatus::Down => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        HealthStatus::Ok | HealthStatus::Degraded => axum::http::StatusCode::OK,
+    };
+    (code, health.render()).into_response()
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -376,6 +450,9 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         state.registry.len(),
         state.registry.unused_tokens(),
     ));
+    if let Some(source) = &state.health {
+        source.render_metrics(&mut text);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -43,6 +43,21 @@ pub enum RegistryError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The registry configuration is unusable (e.g. a bad PostgreSQL URL or CA file).
+    #[error("registry configuration: {0}")]
+    Config(String),
+    /// PostgreSQL refused or failed a query; nothing was acknowledged.
+    #[cfg(feature = "cluster")]
+    #[error("PostgreSQL registry: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had in time; nothing was acknowledged.
+    #[cfg(feature = "cluster")]
+    #[error("PostgreSQL registry unreachable: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    /// The storage did not answer in time; the write was not acknowledged (it may or
+    /// may not have been committed).
+    #[error("registry storage did not answer within {0:?}; retry")]
+    Timeout(std::time::Duration),
     /// The blocking write task died (a bug; nothing was acknowledged).
     #[error("registry write task failed: {0}")]
     Task(String),

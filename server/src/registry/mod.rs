@@ -5,24 +5,31 @@
 //! identities through the admin socket (`admin/`).
 //!
 //! * The login path reads through [`Registry::lookup`], served from an in-memory
-//!   map: a login never waits on disk.
-//! * Every write (registration, rotation, removal, token) is committed to the
-//!   redb database with immediate durability **before** the caller gets its
-//!   answer, and only then applied to the in-memory map. A rotation therefore
-//!   takes effect for the next login, and an acknowledged write survives a crash.
-//! * Writes run on tokio's blocking pool (redb's commit does an fsync) and are
-//!   serialized by one lock, so the map always equals what is on disk.
+//!   cache: a login never waits on storage.
+//! * Every write (registration, rotation, removal, token) is checked and committed
+//!   by the storage back-end (`backend::Backend`: the embedded redb file of a
+//!   single node, or PostgreSQL shared by the nodes of a cluster) **before** the
+//!   caller gets its answer, and only then applied to the cache. A rotation
+//!   therefore takes effect for the next login, and an acknowledged write survives
+//!   a crash.
+//! * Changes carry versions in commit order and the cache keeps the newest per
+//!   UUID, so concurrent writes (and, in a cluster, other nodes' changes, which
+//!   PostgreSQL notifies) land in the cache in the order they were committed.
+//! * A write runs in its own task: it finishes even if its caller stops waiting.
 //!   [`Registry::close`] refuses new writes and waits for in-flight ones
 //!   (graceful shutdown).
 
+mod backend;
 mod error;
+#[cfg(feature = "cluster")]
+mod postgres;
 mod store;
 mod token;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::VerifyingKey;
@@ -32,7 +39,8 @@ use uuid::Uuid;
 pub use error::RegistryError;
 pub use token::TokenHash;
 
-use store::{Change, Store};
+use backend::{Applied, Backend, MemoryBackend, Op, Outcome, Snapshot, Versioned};
+use store::RedbBackend;
 
 /// File name of the registry database inside the data directory.
 pub const DATABASE_FILE: &str = "registry.redb";
@@ -58,47 +66,134 @@ pub enum UpdateOutcome {
 }
 
 /// Shared handle to the identity registry. Cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Registry {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug, Default)]
+impl Default for Registry {
+    fn default() -> Self {
+        Self::in_memory()
+    }
+}
+
+#[derive(Debug)]
 struct Inner {
-    /// The login path's view; equal to the database whenever `write_lock` is free.
-    keys: RwLock<HashMap<Uuid, VerifyingKey>>,
-    /// Unused registration tokens (hashes), mirrored like `keys`.
-    tokens: Mutex<HashSet<TokenHash>>,
-    /// `None` for [`Registry::in_memory`].
-    store: Option<Store>,
-    /// Serializes writes so that "check, commit, update memory" is atomic.
-    write_lock: Mutex<()>,
+    cache: Arc<Cache>,
+    backend: Arc<dyn Backend>,
+    /// The back-end of [`Registry::in_memory`], for [`Registry::insert_unchecked`].
+    memory: Option<Arc<MemoryBackend>>,
     /// In-flight writes, awaited by [`Registry::close`].
     writes: TaskTracker,
     closed: AtomicBool,
+    /// Bounds the storage reads of logins that missed the cache.
+    fetches: Arc<tokio::sync::Semaphore>,
+}
+
+/// Storage reads for cache misses in flight at once.
+const MAX_FETCHES: usize = 32;
+
+/// The login path's view of the stored identities.
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    keys: RwLock<CacheMap>,
+    /// Unused registration tokens.
+    tokens: AtomicI64,
+}
+
+#[derive(Debug, Default)]
+struct CacheMap {
+    /// Newest known state per UUID; `None` keys are removals (kept for their version).
+    entries: HashMap<Uuid, (Option<VerifyingKey>, u64)>,
+    /// Entries with a key.
+    live: usize,
+}
+
+impl Cache {
+    fn from_snapshot(snapshot: Snapshot) -> Self {
+        let cache = Self::default();
+        cache.load(snapshot);
+        cache
+    }
+
+    /// Applies every identity of `snapshot` (newest version wins) and takes its
+    /// token count.
+    pub(crate) fn load(&self, snapshot: Snapshot) {
+        for change in snapshot.identities {
+            self.apply(change);
+        }
+        self.set_tokens(snapshot.tokens);
+    }
+
+    /// Applies one committed change unless the cache already has a newer one.
+    pub(crate) fn apply(&self, change: Versioned) {
+        let mut map = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+        let map = &mut *map;
+        let before = match map.entries.get(&change.uuid) {
+            Some((_, version)) if *version > change.version => return,
+            Some((key, _)) => key.is_some(),
+            None => false,
+        };
+        if change.key.is_none() && change.version == 0 {
+            // A removal without a version has nothing to order it by: just forget.
+            map.entries.remove(&change.uuid);
+        } else {
+            map.entries
+                .insert(change.uuid, (change.key, change.version));
+        }
+        match (before, change.key.is_some()) {
+            (false, true) => map.live += 1,
+            (true, false) => map.live = map.live.saturating_sub(1),
+            _ => {}
+        }
+    }
+
+    /// Sets the number of unused tokens.
+    pub(crate) fn set_tokens(&self, count: usize) {
+        self.tokens
+            .store(i64::try_from(count).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    fn lookup(&self, uuid: &Uuid) -> Option<VerifyingKey> {
+        let map = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        map.entries.get(uuid).and_then(|(key, _)| *key)
+    }
 }
 
 impl Registry {
     /// An empty registry that keeps nothing on disk (tests).
     pub fn in_memory() -> Self {
-        Self::default()
+        let memory = Arc::new(MemoryBackend::default());
+        Self::with_backend(Arc::new(Cache::default()), memory.clone(), Some(memory))
+    }
+
+    fn with_backend(
+        cache: Arc<Cache>,
+        backend: Arc<dyn Backend>,
+        memory: Option<Arc<MemoryBackend>>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                cache,
+                backend,
+                memory,
+                writes: TaskTracker::new(),
+                closed: AtomicBool::new(false),
+                fetches: Arc::new(tokio::sync::Semaphore::new(MAX_FETCHES)),
+            }),
+        }
     }
 
     /// Opens (or creates) the registry database at `path` and loads it into memory.
     ///
     /// Fails with [`RegistryError::Locked`] if another process has it open.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, RegistryError> {
-        let (store, snapshot) = Store::open(path.as_ref())?;
-        let keys = snapshot.identities.into_iter().collect();
-        let tokens = snapshot.tokens.into_iter().collect();
-        Ok(Self {
-            inner: Arc::new(Inner {
-                keys: RwLock::new(keys),
-                tokens: Mutex::new(tokens),
-                store: Some(store),
-                ..Inner::default()
-            }),
-        })
+        let (store, snapshot) = RedbBackend::open(path.as_ref())?;
+        Ok(Self::with_backend(
+            Arc::new(Cache::from_snapshot(snapshot)),
+            Arc::new(store),
+            None,
+        ))
     }
 
     /// Opens `<data_dir>/registry.redb` (see [`Registry::open`]).
@@ -106,39 +201,103 @@ impl Registry {
         Self::open(data_dir.as_ref().join(DATABASE_FILE))
     }
 
-    /// The registered key of `uuid`, from memory.
-    pub fn lookup(&self, uuid: &Uuid) -> Option<VerifyingKey> {
-        self.inner
-            .keys
-            .read()
-            .ok()
-            .and_then(|map| map.get(uuid).copied())
+    /// Connects to the PostgreSQL registry shared by the nodes of a cluster, creates
+    /// its tables if needed, loads every identity into memory and keeps listening for
+    /// other nodes' changes (rotations, removals) until `shutdown`.
+    #[cfg(feature = "cluster")]
+    pub async fn open_postgres(
+        config: &crate::config::PostgresConfig,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<Self, RegistryError> {
+        let cache = Arc::new(Cache::default());
+        let backend = postgres::PgBackend::connect(config, Arc::clone(&cache), shutdown).await?;
+        Ok(Self::with_backend(cache, Arc::new(backend), None))
     }
 
-    /// Registers or replaces a key in memory only, without persisting it or
-    /// checking anything (tests).
+    /// The registered key of `uuid`, from memory.
+    pub fn lookup(&self, uuid: &Uuid) -> Option<VerifyingKey> {
+        self.inner.cache.lookup(uuid)
+    }
+
+    /// For a login whose UUID missed the cache: reads it from shared storage (another
+    /// node may have registered it a moment ago) and caches what it finds. Returns
+    /// the key, if any. Without shared storage this is just [`Registry::lookup`].
+    pub async fn refresh(&self, uuid: &Uuid) -> Option<VerifyingKey> {
+        if let Some(fetch) = self.inner.backend.fetch(*uuid) {
+            match fetch.await {
+                Ok(Some(found)) => self.inner.cache.apply(found),
+                Ok(None) => {}
+                Err(err) => tracing::debug!(%uuid, error = %err, "registry lookup failed"),
+            }
+        }
+        self.lookup(uuid)
+    }
+
+    /// Like [`Registry::refresh`], as a future the login path can await, or `None`
+    /// when there is no shared storage to read or too many reads are in flight (a
+    /// flood of logins for unknown UUIDs does not become a flood of queries).
+    pub(crate) fn fetch_missing(&self, uuid: Uuid) -> Option<crate::cluster::BoxFuture<()>> {
+        let permit = Arc::clone(&self.inner.fetches).try_acquire_owned().ok()?;
+        let fetch = self.inner.backend.fetch(uuid)?;
+        let cache = Arc::clone(&self.inner.cache);
+        Some(Box::pin(async move {
+            let _permit = permit;
+            match fetch.await {
+                Ok(Some(found)) => cache.apply(found),
+                Ok(None) => {}
+                Err(err) => tracing::debug!(%uuid, error = %err, "registry lookup failed"),
+            }
+        }))
+    }
+
+    /// Registers or replaces a key without persisting it or checking anything
+    /// (tests and benchmarks).
     pub fn insert_unchecked(&self, uuid: Uuid, key: VerifyingKey) {
-        let _serial = self.inner.lock_writes();
-        self.inner.keys_mut().insert(uuid, key);
+        if let Some(memory) = &self.inner.memory {
+            memory.insert_unchecked(uuid, key);
+        }
+        let version = {
+            let map = self
+                .inner
+                .cache
+                .keys
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            map.entries.get(&uuid).map_or(0, |(_, v)| *v)
+        };
+        self.inner.cache.apply(Versioned {
+            uuid,
+            key: Some(key),
+            version,
+        });
     }
 
     /// Every identity, sorted by UUID (from memory).
     pub fn list(&self) -> Vec<(Uuid, VerifyingKey)> {
-        let mut all: Vec<_> = match self.inner.keys.read() {
-            Ok(map) => map.iter().map(|(u, k)| (*u, *k)).collect(),
-            Err(poisoned) => poisoned
-                .into_inner()
-                .iter()
-                .map(|(u, k)| (*u, *k))
-                .collect(),
-        };
+        let map = self
+            .inner
+            .cache
+            .keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut all: Vec<_> = map
+            .entries
+            .iter()
+            .filter_map(|(uuid, (key, _))| key.map(|key| (*uuid, key)))
+            .collect();
+        drop(map);
         all.sort_by_key(|(uuid, _)| *uuid);
         all
     }
 
     /// Number of registered identities.
     pub fn len(&self) -> usize {
-        self.inner.keys.read().map(|m| m.len()).unwrap_or(0)
+        self.inner
+            .cache
+            .keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .live
     }
 
     /// Whether no identity is registered.
@@ -146,9 +305,15 @@ impl Registry {
         self.len() == 0
     }
 
-    /// Whether the registry keeps its data on disk.
+    /// Whether the registry keeps its data across restarts.
     pub fn is_durable(&self) -> bool {
-        self.inner.store.is_some()
+        self.inner.backend.is_durable()
+    }
+
+    /// Whether the storage answered the last time it was used (a cluster's
+    /// PostgreSQL may be unreachable; logins keep working from the cache).
+    pub fn is_reachable(&self) -> bool {
+        self.inner.backend.is_reachable()
     }
 
     /// Registers `key` for `uuid` (client self-registration).
@@ -163,27 +328,10 @@ impl Registry {
         key: VerifyingKey,
         token: Option<TokenHash>,
     ) -> Result<RegisterOutcome, RegistryError> {
-        self.write(move |inner| {
-            match inner.current(&uuid) {
-                Some(existing) if existing == key => return Ok(RegisterOutcome::Unchanged),
-                Some(_) => return Err(RegistryError::AlreadyRegistered(uuid)),
-                None => {}
-            }
-            let mut changes = vec![Change::PutIdentity(uuid, key)];
-            if let Some(hash) = token {
-                if !inner.tokens_mut().contains(&hash) {
-                    return Err(RegistryError::InvalidToken);
-                }
-                changes.push(Change::RemoveToken(hash));
-            }
-            inner.persist(&changes)?;
-            if let Some(hash) = token {
-                inner.tokens_mut().remove(&hash);
-            }
-            inner.keys_mut().insert(uuid, key);
-            Ok(RegisterOutcome::Created)
-        })
-        .await
+        match self.write(Op::Register { uuid, key, token }).await? {
+            Outcome::Registered(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Replaces the key of `uuid` with `new`, provided the current key is still
@@ -194,82 +342,57 @@ impl Registry {
         old: VerifyingKey,
         new: VerifyingKey,
     ) -> Result<UpdateOutcome, RegistryError> {
-        self.write(move |inner| {
-            match inner.current(&uuid) {
-                None => return Err(RegistryError::DoesNotExist(uuid)),
-                Some(current) if current != old => return Err(RegistryError::KeyChanged(uuid)),
-                Some(_) if old == new => return Ok(UpdateOutcome::Unchanged),
-                Some(_) => {}
-            }
-            inner.persist(&[Change::PutIdentity(uuid, new)])?;
-            inner.keys_mut().insert(uuid, new);
-            Ok(UpdateOutcome::Replaced)
-        })
-        .await
+        match self.write(Op::Rotate { uuid, old, new }).await? {
+            Outcome::Updated(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Sets the key of `uuid`, whatever it was (admin).
     pub async fn put(&self, uuid: Uuid, key: VerifyingKey) -> Result<UpdateOutcome, RegistryError> {
-        self.write(move |inner| {
-            let outcome = match inner.current(&uuid) {
-                Some(current) if current == key => return Ok(UpdateOutcome::Unchanged),
-                Some(_) => UpdateOutcome::Replaced,
-                None => UpdateOutcome::Created,
-            };
-            inner.persist(&[Change::PutIdentity(uuid, key)])?;
-            inner.keys_mut().insert(uuid, key);
-            Ok(outcome)
-        })
-        .await
+        match self.write(Op::Put { uuid, key }).await? {
+            Outcome::Updated(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Forgets `uuid`. Returns whether it was registered.
     pub async fn remove(&self, uuid: Uuid) -> Result<bool, RegistryError> {
-        self.write(move |inner| {
-            if inner.current(&uuid).is_none() {
-                return Ok(false);
-            }
-            inner.persist(&[Change::RemoveIdentity(uuid)])?;
-            inner.keys_mut().remove(&uuid);
-            Ok(true)
-        })
-        .await
+        match self.write(Op::Remove { uuid }).await? {
+            Outcome::Removed(removed) => Ok(removed),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Issues a single-use registration token and returns its text (shown once).
     pub async fn issue_token(&self) -> Result<String, RegistryError> {
-        self.write(move |inner| {
-            let (text, hash) = token::generate()
-                .map_err(|_| RegistryError::Task("no system randomness".into()))?;
-            let issued = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            inner.persist(&[Change::PutToken(hash, issued)])?;
-            inner.tokens_mut().insert(hash);
-            Ok(text)
-        })
-        .await
+        let (text, hash) =
+            token::generate().map_err(|_| RegistryError::Task("no system randomness".into()))?;
+        let issued = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        match self.write(Op::IssueToken { hash, issued }).await? {
+            Outcome::TokenIssued => Ok(text),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Number of issued, unused registration tokens.
     pub fn unused_tokens(&self) -> usize {
-        self.inner.tokens_mut().len()
+        usize::try_from(self.inner.cache.tokens.load(Ordering::Relaxed)).unwrap_or(0)
     }
 
-    /// Refuses new writes and waits until in-flight writes are on disk.
+    /// Refuses new writes and waits until in-flight writes are committed.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.writes.close();
         self.inner.writes.wait().await;
+        self.inner.backend.close().await;
     }
 
-    /// Runs one write on the blocking pool, serialized with all other writes.
-    async fn write<T, F>(&self, op: F) -> Result<T, RegistryError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Inner) -> Result<T, RegistryError> + Send + 'static,
-    {
+    /// Commits `op` in its own task, then applies it to the cache.
+    async fn write(&self, op: Op) -> Result<Outcome, RegistryError> {
         // Take the tracker token before checking `closed`: either we see the
         // flag, or `close()` waits for us.
         let guard = self.inner.writes.token();
@@ -277,46 +400,30 @@ impl Registry {
             return Err(RegistryError::ShuttingDown);
         }
         let inner = Arc::clone(&self.inner);
-        // The write finishes even if the caller stops waiting (client hung up):
-        // it never leaves memory and disk disagreeing.
-        let task = tokio::task::spawn_blocking(move || {
+        // The write finishes even if the caller stops waiting (client hung up): an
+        // acknowledged-to-storage change always reaches the cache.
+        let task = tokio::spawn(async move {
             let _guard = guard;
-            let _serial = inner.lock_writes();
-            op(&inner)
+            let applied: Applied = inner.backend.apply(op).await?;
+            if let Some(change) = applied.change {
+                inner.cache.apply(change);
+            }
+            if applied.tokens_delta != 0 {
+                inner
+                    .cache
+                    .tokens
+                    .fetch_add(applied.tokens_delta, Ordering::Relaxed);
+            }
+            Ok(applied.outcome)
         });
         task.await
             .map_err(|err| RegistryError::Task(err.to_string()))?
     }
 }
 
-impl Inner {
-    fn lock_writes(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.write_lock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn keys_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Uuid, VerifyingKey>> {
-        self.keys.write().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn tokens_mut(&self) -> std::sync::MutexGuard<'_, HashSet<TokenHash>> {
-        self.tokens.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn current(&self, uuid: &Uuid) -> Option<VerifyingKey> {
-        match self.keys.read() {
-            Ok(map) => map.get(uuid).copied(),
-            Err(poisoned) => poisoned.into_inner().get(uuid).copied(),
-        }
-    }
-
-    fn persist(&self, changes: &[Change]) -> Result<(), RegistryError> {
-        match &self.store {
-            Some(store) => store.commit(changes),
-            None => Ok(()),
-        }
-    }
+/// A back-end answered an operation with another operation's outcome (a bug).
+fn unexpected(outcome: Outcome) -> RegistryError {
+    RegistryError::Task(format!("storage answered with {outcome:?}"))
 }
 
 #[cfg(test)]

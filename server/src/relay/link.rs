@@ -15,14 +15,14 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
-    fn to_wire(self) -> u8 {
+    pub(super) fn to_wire(self) -> u8 {
         match self {
             Self::Udp => 1,
             Self::Tls => 2,
         }
     }
 
-    fn from_wire(v: u8) -> Option<Self> {
+    pub(super) fn from_wire(v: u8) -> Option<Self> {
         match v {
             1 => Some(Self::Udp),
             2 => Some(Self::Tls),

@@ -26,13 +26,18 @@
 //! byte-rate token buckets per client and for the whole server ([`ByteBucket`]), a
 //! bounded TLS queue per session, and an idle expiry ([`Relay::sweep`]). Every drop is
 //! counted by cause in `/metrics`.
+//!
+//! In a cluster the two parties may be on different nodes: the relay lives on the
+//! initiator's node and the other node passes the datagrams on over NATS (`remote`),
+//! admitted against the same limits on the relay's node.
 
 mod byte_bucket;
 mod link;
+mod remote;
 mod udp_batch;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Instant;
 
 use chatr_proto::{RelayId, SessionFeatures};
@@ -43,6 +48,7 @@ use uuid::Uuid;
 
 pub(crate) use self::byte_bucket::ByteBucket;
 pub(crate) use self::link::{RelayLink, Transport};
+use self::remote::{Hop, HopKind, RemoteLink};
 pub(crate) use self::udp_batch::UdpForward;
 use crate::config::RelayConfig;
 use crate::hub::{Hub, SessionShared};
@@ -102,6 +108,8 @@ struct Inner {
     hub: Hub,
     metrics: Arc<Metrics>,
     links: DashMap<RelayId, Arc<RelayLink>>,
+    /// Relays living on another node whose party here is one of ours (clusters only).
+    remote: DashMap<RelayId, Arc<RemoteLink>>,
     clients: DashMap<Uuid, ClientRelay>,
     total: Mutex<ByteBucket>,
     /// The Connect UDP socket, for forwarding what arrives over TLS to a UDP party.
@@ -123,12 +131,18 @@ impl Relay {
                 hub,
                 metrics,
                 links: DashMap::new(),
+                remote: DashMap::new(),
                 clients: DashMap::new(),
                 total: Mutex::new(total),
                 udp: OnceLock::new(),
                 epoch: now,
             }),
         }
+    }
+
+    /// A handle that does not keep the relay alive (the cluster's).
+    pub(crate) fn downgrade(&self) -> WeakRelay {
+        WeakRelay(Arc::downgrade(&self.inner))
     }
 
     /// Gives the relay the Connect UDP socket (once, when the UDP port starts).
@@ -208,14 +222,27 @@ impl Relay {
     /// Where datagrams for party `to` of `link` go now.
     fn target(&self, link: &RelayLink, to: usize) -> Result<Target, Dropped> {
         let uuid = link.party(to);
-        let session = self
-            .inner
-            .hub
-            .session_of(&uuid)
-            .ok_or(RelayDrop::PeerOffline)?;
+        let Some(session) = self.inner.hub.session_of(&uuid) else {
+            // On another node of the cluster: hop there.
+            return self
+                .inner
+                .hub
+                .cluster()
+                .route_of(&uuid)
+                .map(Target::Remote)
+                .ok_or(RelayDrop::PeerOffline);
+        };
+        self.local_target(&session, link.via(to))
+    }
+
+    /// Where datagrams for `session`, which last sent over `via`, go.
+    fn local_target(
+        &self,
+        session: &SessionShared,
+        via: Option<Transport>,
+    ) -> Result<Target, Dropped> {
         let udp = session.udp_endpoint();
         let queue = session.relay_queue();
-        let via = link.via(to);
         let use_udp = match via {
             Some(Transport::Udp) => udp.is_some(),
             Some(Transport::Tls) => false,
@@ -243,6 +270,19 @@ impl Relay {
             return;
         }
         let Some(link) = self.link(&id) else {
+            if let Some(remote) = self.remote_link(&id) {
+                // Its home is another node: admitted there.
+                if remote.party != sender.uuid {
+                    metrics.relay_dropped(RelayDrop::Stranger);
+                    return;
+                }
+                remote.sent(Transport::Tls, self.elapsed_ms(now));
+                let kind = HopKind::ToHome(Transport::Tls);
+                if !self.hop(&remote.home, kind, id, sender.uuid, &datagram) {
+                    metrics.relay_dropped(RelayDrop::QueueFull);
+                }
+                return;
+            }
             metrics.relay_dropped(RelayDrop::UnknownRelay);
             // Tell the client once per datagram: its relay is gone (expired, or never
             // was); it stops using it. Best effort, like the datagram itself.
@@ -264,7 +304,125 @@ impl Relay {
         match self.target(&link, to) {
             Ok(Target::Tls(queue)) => self.push_tls(&queue, id, datagram),
             Ok(Target::Udp(addr)) => self.send_udp_one(addr, id, &datagram),
+            Ok(Target::Remote(node)) => self.push_remote(&node, id, link.party(to), &datagram),
             Err(cause) => metrics.relay_dropped(cause),
+        }
+    }
+
+    /// The relay with `id` living on another node, if one of our sessions is its party.
+    fn remote_link(&self, id: &RelayId) -> Option<Arc<RemoteLink>> {
+        self.inner.remote.get(id).map(|l| Arc::clone(l.value()))
+    }
+
+    /// Sends a hop to `node` over the cluster; `false` if it cannot go now.
+    fn hop(&self, node: &str, kind: HopKind, id: RelayId, party: Uuid, datagram: &[u8]) -> bool {
+        let cluster = self.inner.hub.cluster();
+        let Some(me) = cluster.node_id() else {
+            return false;
+        };
+        cluster.relay_hop(node, Hop::encode(kind, &id, &party, &me, datagram))
+    }
+
+    /// Forwards a datagram of relay `id` (admitted here) to party `to` on `node`.
+    fn push_remote(&self, node: &str, id: RelayId, to: Uuid, datagram: &[u8]) {
+        if !self.hop(node, HopKind::ToParty, id, to, datagram) {
+            self.inner.metrics.relay_dropped(RelayDrop::QueueFull);
+        }
+    }
+
+    /// Another node's session `party` is the responder of relay `id`, which lives on
+    /// node `home`: its datagrams hop there. `false` (the exchange is not relayed for
+    /// that party) when relaying is off or this node's cap is reached.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn adopt(&self, id: RelayId, home: String, party: Uuid, now: Instant) -> bool {
+        let config = &self.inner.config;
+        if !config.enabled || self.inner.remote.len() >= config.max_links {
+            self.inner.metrics.relay_open(if config.enabled {
+                RelayOpenResult::ServerCap
+            } else {
+                RelayOpenResult::Disabled
+            });
+            return false;
+        }
+        tracing::info!(relay = %id, %party, %home, "relay on another node adopted");
+        let link = RemoteLink::new(home, party, self.elapsed_ms(now));
+        self.inner.remote.insert(id, Arc::new(link));
+        true
+    }
+
+    /// A hop another node sent here. Returns the party it came from and that party's
+    /// node, so the cluster can route to it.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn on_hop(&self, bytes: &[u8], now: Instant) -> Option<(Uuid, String)> {
+        let metrics = &self.inner.metrics;
+        let Some(hop) = Hop::parse(bytes) else {
+            metrics.relay_dropped(RelayDrop::Malformed);
+            return None;
+        };
+        match hop.kind {
+            HopKind::ToHome(transport) => {
+                let Some(link) = self.link(&hop.id) else {
+                    metrics.relay_dropped(RelayDrop::UnknownRelay);
+                    return None;
+                };
+                let Some(from) = link.index_of(&hop.party) else {
+                    metrics.relay_dropped(RelayDrop::Stranger);
+                    return None;
+                };
+                if let Err(cause) = self.admit(hop.party, hop.datagram.len(), now) {
+                    metrics.relay_dropped(cause);
+                } else {
+                    link.record(from, transport, self.elapsed_ms(now));
+                    let to = 1 - from;
+                    match self.target(&link, to) {
+                        Ok(Target::Tls(queue)) => {
+                            self.push_tls(&queue, hop.id, hop.datagram.to_vec());
+                        }
+                        Ok(Target::Udp(addr)) => self.send_udp_one(addr, hop.id, hop.datagram),
+                        Ok(Target::Remote(node)) => {
+                            self.push_remote(&node, hop.id, link.party(to), hop.datagram);
+                        }
+                        Err(cause) => metrics.relay_dropped(cause),
+                    }
+                }
+                Some((hop.party, hop.node.to_owned()))
+            }
+            HopKind::ToParty => {
+                let Some(remote) = self.remote_link(&hop.id).filter(|r| r.party == hop.party)
+                else {
+                    metrics.relay_dropped(RelayDrop::UnknownRelay);
+                    return None;
+                };
+                remote.touch(self.elapsed_ms(now));
+                let Some(session) = self.inner.hub.session_of(&hop.party) else {
+                    metrics.relay_dropped(RelayDrop::PeerOffline);
+                    return None;
+                };
+                match self.local_target(&session, remote.via()) {
+                    Ok(Target::Tls(queue)) => self.push_tls(&queue, hop.id, hop.datagram.to_vec()),
+                    Ok(Target::Udp(addr)) => self.send_udp_one(addr, hop.id, hop.datagram),
+                    Ok(Target::Remote(_)) => metrics.relay_dropped(RelayDrop::PeerOffline),
+                    Err(cause) => metrics.relay_dropped(cause),
+                }
+                None
+            }
+            HopKind::Close => {
+                self.close(hop.id, hop.party);
+                Some((hop.party, hop.node.to_owned()))
+            }
+            HopKind::Closed(reason) => {
+                let removed = self
+                    .inner
+                    .remote
+                    .remove_if(&hop.id, |_, r| r.party == hop.party);
+                if removed.is_some()
+                    && let Some(session) = self.inner.hub.session_of(&hop.party)
+                    && let Some(queue) = session.relay_queue()
+                {
+                    let _ = queue.try_send(RelayOut::Closed(hop.id, reason.message()));
+                }
+                None
+            }
         }
     }
 
@@ -326,11 +484,20 @@ impl Relay {
                     client.remove();
                 }
             }
-            if tell
-                && let Some(session) = self.inner.hub.session_of(&uuid)
-                && let Some(queue) = session.relay_queue()
-            {
-                let _ = queue.try_send(RelayOut::Closed(*id, reason.message()));
+            if !tell {
+                continue;
+            }
+            match self.inner.hub.session_of(&uuid) {
+                Some(session) => {
+                    if let Some(queue) = session.relay_queue() {
+                        let _ = queue.try_send(RelayOut::Closed(*id, reason.message()));
+                    }
+                }
+                None => {
+                    if let Some(node) = self.inner.hub.cluster().route_of(&uuid) {
+                        self.hop(&node, HopKind::Closed(reason), *id, uuid, &[]);
+                    }
+                }
             }
         }
         tracing::info!(relay = %id, initiator = %link.party(0), responder = %link.party(1), reason = reason.message(), "relay closed");
@@ -350,6 +517,10 @@ impl Relay {
         for id in &idle {
             self.remove(id, RelayCloseReason::Idle, [true, true]);
         }
+        // Relays of other nodes idle as long: their home closes them too, and says so.
+        self.inner
+            .remote
+            .retain(|_, r| now_ms.saturating_sub(r.last_active_ms()) < idle_ms);
         idle.len()
     }
 
@@ -429,6 +600,10 @@ impl RelayBroker for Relay {
 
     fn close(&self, id: RelayId, by: Uuid) {
         let Some(link) = self.link(&id) else {
+            // Living on another node: tell it.
+            if let Some((_, remote)) = self.inner.remote.remove_if(&id, |_, r| r.party == by) {
+                self.hop(&remote.home, HopKind::Close, id, by, &[]);
+            }
             return;
         };
         let Some(from) = link.index_of(&by) else {
@@ -451,4 +626,19 @@ pub(crate) enum Target {
     Udp(SocketAddr),
     /// Into this session's TLS queue.
     Tls(mpsc::Sender<RelayOut>),
+    /// To the party's node, over the cluster (a hop).
+    Remote(String),
+}
+
+/// A relay handle that does not keep the relay alive.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+pub(crate) struct WeakRelay(Weak<Inner>);
+
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+impl WeakRelay {
+    /// The relay, while it exists.
+    pub(crate) fn upgrade(&self) -> Option<Relay> {
+        self.0.upgrade().map(|inner| Relay { inner })
+    }
 }

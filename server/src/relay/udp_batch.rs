@@ -15,6 +15,7 @@ use chatr_proto::udp::{
     RELAY_HEADER_LEN, TYPE_RELAY_FROM_SERVER, TYPE_RELAY_TO_SERVER, parse_relayed,
 };
 
+use super::remote::{HopKind, RemoteLink};
 use super::{Relay, RelayDrop, Target, Transport};
 
 /// What the UDP port must send after [`Relay::from_udp`].
@@ -102,11 +103,14 @@ fn forward_uniform(
         return drop(RelayDrop::Malformed);
     }
     let id = relayed.relay;
-    let Some(link) = relay.link(&id) else {
-        return drop(RelayDrop::UnknownRelay);
-    };
     // The sender is the party whose session bound exactly this UDP endpoint.
     let source = SocketAddr::new(source.ip().to_canonical(), source.port());
+    let Some(link) = relay.link(&id) else {
+        return match relay.remote_link(&id) {
+            Some(remote) => to_home(relay, &remote, id, source, batch, stride, now),
+            None => drop(RelayDrop::UnknownRelay),
+        };
+    };
     let from = (0..2).find(|&i| {
         relay
             .inner
@@ -157,6 +161,15 @@ fn forward_uniform(
             }
             UdpForward::Done
         }
+        Ok(Target::Remote(node)) => {
+            let to = link.party(1 - from);
+            for (start, end) in segments(len, stride) {
+                if let Some(inner) = batch.get(start + RELAY_HEADER_LEN..end) {
+                    relay.push_remote(&node, id, to, inner);
+                }
+            }
+            UdpForward::Done
+        }
         Err(cause) => {
             for _ in 0..admitted {
                 metrics.relay_dropped(cause);
@@ -164,6 +177,40 @@ fn forward_uniform(
             UdpForward::Done
         }
     }
+}
+
+/// A batch for a relay living on another node, from our party there: each datagram
+/// hops to the relay's node, which admits and forwards it.
+fn to_home(
+    relay: &Relay,
+    remote: &RemoteLink,
+    id: chatr_proto::RelayId,
+    source: SocketAddr,
+    batch: &[u8],
+    stride: usize,
+    now: Instant,
+) -> UdpForward {
+    let metrics = &relay.inner.metrics;
+    let bound = relay
+        .inner
+        .hub
+        .session_of(&remote.party)
+        .and_then(|s| s.udp_endpoint());
+    if bound != Some(source) {
+        for _ in segments(batch.len(), stride) {
+            metrics.relay_dropped(RelayDrop::Stranger);
+        }
+        return UdpForward::Done;
+    }
+    remote.sent(Transport::Udp, relay.elapsed_ms(now));
+    for (start, end) in segments(batch.len(), stride) {
+        let inner = batch.get(start + RELAY_HEADER_LEN..end).unwrap_or_default();
+        let kind = HopKind::ToHome(Transport::Udp);
+        if !relay.hop(&remote.home, kind, id, remote.party, inner) {
+            metrics.relay_dropped(RelayDrop::QueueFull);
+        }
+    }
+    UdpForward::Done
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ use tracing::Instrument;
 
 use super::machine::Session;
 use super::{Action, ClaimOutcome, HubEvent, KeyLookup, SessionConfig};
+use crate::cluster::{BoxFuture, ClusterClaim, Holder};
 use crate::hub::{Hub, Kick, Mailbox, SessionEntry, SessionShared, SessionV3};
 use crate::metrics::{LoginResult, Metrics};
 use crate::relay::{Relay, RelayOut};
@@ -155,6 +156,8 @@ pub(crate) async fn run_session<S>(
         probe: None,
         probed_id: None,
         probe_waiters: Vec::new(),
+        cluster_claim: None,
+        remote_holder: None,
         kicked: false,
         shutting_down: false,
         scratch: Vec::new(),
@@ -168,6 +171,31 @@ pub(crate) async fn run_session<S>(
         driver.ctx.hub.remove(&shared);
         tracing::info!("session ended");
     }
+    if let Some((entry, answer)) = driver.cluster_claim.take() {
+        // Gone while the cluster was still answering our claim: free the local slot,
+        // and the cluster-wide one once it is known to be ours.
+        driver.ctx.hub.remove(&entry.shared);
+        let hub = driver.ctx.hub.clone();
+        tokio::spawn(async move {
+            if answer.await == ClusterClaim::Claimed {
+                hub.cluster().release(entry.shared.uuid, entry.shared.id);
+            }
+        });
+    }
+}
+
+/// A login for `uuid` is about to be checked: if its key is not cached, the registry
+/// may know it already (registered on another node a moment ago).
+async fn refresh_key(ctx: &ConnContext, uuid: uuid::Uuid) {
+    if ctx.keys.lookup(&uuid).is_some() {
+        return;
+    }
+    if let Some(fetch) = ctx.keys.fetch(uuid) {
+        let budget = ctx.session.timings.login_timeout;
+        if tokio::time::timeout(budget, fetch).await.is_err() {
+            tracing::debug!(%uuid, "registry lookup for a login timed out");
+        }
+    }
 }
 
 /// Why the select loop woke up.
@@ -178,6 +206,8 @@ enum Wake {
     Mail(Option<Mailbox>),
     Relay(Option<RelayOut>),
     ProbeAnswer(bool),
+    /// The cluster answered our claim of the UUID.
+    ClusterClaim(ClusterClaim),
     Timer,
 }
 
@@ -205,6 +235,10 @@ struct Driver<S> {
     probed_id: Option<u64>,
     /// Newcomers waiting for us to prove we are alive.
     probe_waiters: Vec<oneshot::Sender<()>>,
+    /// Our cluster-wide claim of the UUID, on its way (the local one is held).
+    cluster_claim: Option<(SessionEntry, BoxFuture<ClusterClaim>)>,
+    /// The session on another node that holds our UUID (probed, maybe taken over).
+    remote_holder: Option<Holder>,
     kicked: bool,
     shutting_down: bool,
     scratch: Vec<u8>,
@@ -259,7 +293,14 @@ where
                     self.machine
                         .handle_kick(now, Some(DisconnectReason::ServerShuttingDown.as_str()));
                 }
-                Wake::Frame(Some(Ok(packet))) => self.machine.handle_packet(now, packet),
+                Wake::Frame(Some(Ok(packet))) => {
+                    if let Packet::Connect(connect) = &packet {
+                        refresh_key(&self.ctx, connect.uuid).await;
+                    }
+                    // The lookup may have waited: time moved on.
+                    let after = tokio::time::Instant::now().into_std().max(now);
+                    self.machine.handle_packet(after, packet);
+                }
                 Wake::Frame(Some(Err(CodecError::Decode(err)))) => {
                     tracing::debug!(error = %err, "invalid frame");
                     self.machine.handle_malformed(now);
@@ -285,6 +326,7 @@ where
                     self.probe = None;
                     self.machine.handle_probe_result(now, alive);
                 }
+                Wake::ClusterClaim(answer) => self.after_cluster_claim(answer),
                 Wake::Timer => self.machine.handle_timeout(now),
             }
         }
@@ -305,8 +347,15 @@ where
             owed_rx,
             probe,
             relay_rx,
+            cluster_claim,
             ..
         } = self;
+        let claimed = async {
+            match cluster_claim.as_mut() {
+                Some((_, answer)) => answer.await,
+                None => std::future::pending().await,
+            }
+        };
         let relayed = async {
             match relay_rx.as_mut() {
                 Some(relay) => relay.recv().await,
@@ -330,6 +379,7 @@ where
             () = kick, if !kicked => Wake::Kicked,
             () = shutdown, if !shutting_down => Wake::Shutdown,
             alive = probe_answer => Wake::ProbeAnswer(alive),
+            answer = claimed => Wake::ClusterClaim(answer),
             () = timer => Wake::Timer,
             mail = owed_rx.recv() => Wake::Mail(mail),
             mail = rx.recv() => Wake::Mail(mail),
@@ -393,20 +443,33 @@ where
                 Action::Claim(claim) => {
                     let entry = self.entry(&claim);
                     let outcome = self.ctx.hub.claim(entry.clone());
-                    self.after_claim(entry, outcome);
+                    self.claim_cluster_wide(entry, outcome, None);
                 }
-                Action::Probe { uuid } => match self.ctx.hub.probe(&uuid) {
-                    Some((id, answer)) => {
-                        tracing::info!(%uuid, "UUID already online; probing the existing session");
-                        self.probed_id = Some(id);
-                        self.probe = Some(answer);
+                Action::Probe { uuid } => {
+                    if let Some(holder) = &self.remote_holder {
+                        tracing::info!(%uuid, node = %holder.node, "UUID online on another node; probing that session");
+                        self.probe = Some(self.ctx.hub.cluster().probe(uuid, holder));
+                    } else {
+                        match self.ctx.hub.probe(&uuid) {
+                            Some((id, answer)) => {
+                                tracing::info!(%uuid, "UUID already online; probing the existing session");
+                                self.probed_id = Some(id);
+                                self.probe = Some(answer);
+                            }
+                            None => self.machine.handle_probe_result(now(), false),
+                        }
                     }
-                    None => self.machine.handle_probe_result(now(), false),
-                },
+                }
                 Action::TakeOver(claim) => {
                     let entry = self.entry(&claim);
-                    let outcome = self.ctx.hub.take_over(entry.clone(), self.probed_id.take());
-                    self.after_claim(entry, outcome);
+                    let holder = self.remote_holder.take();
+                    let old_id = if holder.is_some() {
+                        None
+                    } else {
+                        self.probed_id.take()
+                    };
+                    let outcome = self.ctx.hub.take_over(entry.clone(), old_id);
+                    self.claim_cluster_wide(entry, outcome, holder);
                 }
                 Action::Forward { to, event } => {
                     if let Some(shared) = &self.shared
@@ -457,8 +520,53 @@ where
         }
     }
 
+    /// The local hub answered `outcome` for `entry`: in a cluster, a local admission
+    /// still needs the UUID cluster-wide (a fresh claim, or the takeover of `holder`
+    /// on another node) before the machine hears "admitted".
+    fn claim_cluster_wide(
+        &mut self,
+        entry: SessionEntry,
+        outcome: ClaimOutcome,
+        holder: Option<Holder>,
+    ) {
+        let cluster = self.ctx.hub.cluster();
+        if outcome != ClaimOutcome::Admitted || !cluster.is_clustered() {
+            self.after_claim(entry, outcome);
+            return;
+        }
+        let (uuid, id) = (entry.shared.uuid, entry.shared.id);
+        let answer = match holder {
+            Some(holder) => cluster.take_over(uuid, id, holder),
+            None => cluster.claim(uuid, id),
+        };
+        self.cluster_claim = Some((entry, answer));
+    }
+
+    fn after_cluster_claim(&mut self, answer: ClusterClaim) {
+        let Some((entry, _)) = self.cluster_claim.take() else {
+            return;
+        };
+        match answer {
+            ClusterClaim::Claimed => self.after_claim(entry, ClaimOutcome::Admitted),
+            ClusterClaim::Unavailable => {
+                tracing::warn!(
+                    "cluster unreachable: admitted on this node only; the claim is checked when it is back"
+                );
+                self.after_claim(entry, ClaimOutcome::Admitted);
+            }
+            ClusterClaim::Held(holder) => {
+                // Give the local slot back; the machine probes the holder (or, after a
+                // probe already, refuses: someone else won the race).
+                self.ctx.hub.remove(&entry.shared);
+                self.remote_holder = Some(holder);
+                self.after_claim(entry, ClaimOutcome::Occupied);
+            }
+        }
+    }
+
     fn after_claim(&mut self, entry: SessionEntry, outcome: ClaimOutcome) {
         if outcome == ClaimOutcome::Admitted {
+            entry.shared.mark_ready();
             tracing::Span::current().record("uuid", tracing::field::display(entry.shared.uuid));
             let extended = entry.shared.udp_token.is_some();
             tracing::info!(extended, "logged in");

@@ -334,7 +334,17 @@ impl Session {
                     self.config.require_channel_binding,
                 ) {
                     Ok(layout) => {
-                        let udp_token = layout.is_extended().then(|| self.rng.random());
+                        let udp_token = layout.is_extended().then(|| {
+                            let mut token: [u8; chatr_proto::UDP_TOKEN_LEN] = self.rng.random();
+                            // In a cluster the token starts with this node's tag, so a
+                            // binding datagram reaching another node is routed here.
+                            if let Some(prefix) = self.config.udp_token_prefix
+                                && let Some(head) = token.get_mut(..prefix.len())
+                            {
+                                head.copy_from_slice(&prefix);
+                            }
+                            token
+                        });
                         let claim = Claim {
                             uuid: connect.uuid,
                             udp_token,

@@ -31,11 +31,21 @@ use crate::registry::Registry;
 pub(crate) trait KeyLookup: Send + Sync {
     /// The registered key of `uuid`.
     fn lookup(&self, uuid: &Uuid) -> Option<VerifyingKey>;
+
+    /// For a `uuid` that [`KeyLookup::lookup`] did not find: a read of shared storage
+    /// that caches what it finds, if there is shared storage to read (a cluster's).
+    fn fetch(&self, _uuid: Uuid) -> Option<crate::cluster::BoxFuture<()>> {
+        None
+    }
 }
 
 impl KeyLookup for Registry {
     fn lookup(&self, uuid: &Uuid) -> Option<VerifyingKey> {
         Registry::lookup(self, uuid)
+    }
+
+    fn fetch(&self, uuid: Uuid) -> Option<crate::cluster::BoxFuture<()>> {
+        self.fetch_missing(uuid)
     }
 }
 
@@ -52,6 +62,8 @@ pub(crate) struct SessionConfig {
     /// UDP ports that answer STUN for NAT behaviour discovery (announced to
     /// version-3 sessions).
     pub(crate) nat_probe_ports: Vec<u16>,
+    /// In a cluster: the first bytes of every UDP token this node issues (its tag).
+    pub(crate) udp_token_prefix: Option<[u8; crate::cluster::TOKEN_PREFIX_LEN]>,
 }
 
 impl SessionConfig {
@@ -65,6 +77,7 @@ impl SessionConfig {
             incoming_requests_per_second: config.limits.incoming_requests_per_second,
             incoming_request_burst: config.limits.incoming_request_burst,
             nat_probe_ports: Vec::new(),
+            udp_token_prefix: None,
         }
     }
 }

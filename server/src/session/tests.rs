@@ -54,6 +54,7 @@ fn config() -> SessionConfig {
         incoming_requests_per_second: 2,
         incoming_request_burst: 4,
         nat_probe_ports: Vec::new(),
+        udp_token_prefix: None,
     }
 }
 

@@ -258,6 +258,17 @@ pub async fn login(
     uuid: Uuid,
     key: &SigningKey,
 ) -> (Session, Packet) {
+    login_version(addr, cert_pem, uuid, key, chatr_proto::VERSION_CURRENT).await
+}
+
+/// [`login`] speaking protocol `version`.
+pub async fn login_version(
+    addr: SocketAddr,
+    cert_pem: &str,
+    uuid: Uuid,
+    key: &SigningKey,
+    version: u32,
+) -> (Session, Packet) {
     let tls = tls_connect(addr, cert_pem).await;
     let mut exporter = [0u8; 32];
     tls.get_ref()
@@ -272,7 +283,7 @@ pub async fn login(
     let mut session = Framed::new(tls, ConnectCodec::new());
     session
         .send(Packet::Connect(PacketConnect {
-            version: chatr_proto::VERSION_CURRENT,
+            version,
             uuid,
             signature: key.sign(&message).to_bytes().to_vec(),
         }))

@@ -16,6 +16,9 @@
 //! ([`chatr_proto::decode_frame`], [`chatr_proto::Packet::encode`]), not with the
 //! `chatr-client` library, so the figures measure the server.
 //!
+//! With the `cluster` feature, `cluster` measures issue 14's cluster figures against
+//! real nats-server and PostgreSQL.
+//!
 //! Modules: [`login_rate`], [`concurrent`], [`broker`], [`hostile`] (issue 16's attacks),
 //! [`lab`] (punch time in the NAT lab), [`throughput`] (link throughput in the NAT lab, beside
 //! iperf3 and iroh) and [`smoke`] are the subcommands; [`stats`], [`sys`],
@@ -23,6 +26,8 @@
 
 pub mod broker;
 pub mod client;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod concurrent;
 mod error;
 pub mod hostile;

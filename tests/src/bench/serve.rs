@@ -89,6 +89,18 @@ pub struct ServeArgs {
     /// meaningful when this binary was built with the glibc allocator).
     #[arg(long)]
     pub malloc_trim_ms: Option<u64>,
+    /// Cluster mode: NATS URL (chatr kind; needs the `cluster` feature).
+    #[arg(long)]
+    pub cluster_nats_url: Option<String>,
+    /// Cluster mode: this node's name.
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Cluster mode: the PostgreSQL registry.
+    #[arg(long)]
+    pub registry_postgres_url: Option<String>,
+    /// Takeover probe in ms [default: the server's, 2000].
+    #[arg(long)]
+    pub takeover_probe_ms: Option<u64>,
 }
 
 /// Runs the child until its stdin closes.
@@ -132,6 +144,24 @@ async fn serve_chatr(args: &ServeArgs, shutdown: CancellationToken) -> Result<()
     }
     if let Some(cap) = args.api_max_connections {
         config.limits.api_max_connections = cap;
+    }
+    config.cluster.nats_url = args.cluster_nats_url.clone();
+    config.cluster.node_name = args.node_name.clone();
+    config.registry_postgres =
+        args.registry_postgres_url
+            .clone()
+            .map(|url| chatr_server::PostgresConfig {
+                url,
+                ca_file: None,
+                pool_size: 8,
+            });
+    if let Some(ms) = args.takeover_probe_ms {
+        config.timings.takeover_probe = Duration::from_millis(ms);
+    }
+    if config.registry_postgres.is_some() {
+        // The registry benchmark registers as fast as it can from one address.
+        config.limits.api_requests_per_second = 1_000_000;
+        config.limits.api_burst = 1_000_000;
     }
     if let Some(ms) = args.malloc_trim_ms {
         std::thread::spawn(move || {

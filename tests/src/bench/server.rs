@@ -38,6 +38,21 @@ pub struct ServerSpec {
     pub api_max_connections: Option<usize>,
     /// glibc `malloc_trim` period, ms.
     pub malloc_trim_ms: Option<u64>,
+    /// Cluster mode (chatr kind; the binary needs the `cluster` feature).
+    pub cluster: Option<ClusterSpec>,
+}
+
+/// A chatr child as a cluster node.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterSpec {
+    /// NATS URL.
+    pub nats_url: Option<String>,
+    /// Node name.
+    pub node_name: String,
+    /// PostgreSQL registry URL (else the in-memory registry with the identities file).
+    pub postgres_url: Option<String>,
+    /// Takeover probe override, ms.
+    pub takeover_probe_ms: Option<u64>,
 }
 
 /// What the server reports about itself.
@@ -101,6 +116,18 @@ impl ServerProcess {
         }
         if let Some(ms) = spec.malloc_trim_ms {
             cmd.arg("--malloc-trim-ms").arg(ms.to_string());
+        }
+        if let Some(cluster) = &spec.cluster {
+            if let Some(url) = &cluster.nats_url {
+                cmd.arg("--cluster-nats-url").arg(url);
+            }
+            cmd.arg("--node-name").arg(&cluster.node_name);
+            if let Some(url) = &cluster.postgres_url {
+                cmd.arg("--registry-postgres-url").arg(url);
+            }
+            if let Some(ms) = cluster.takeover_probe_ms {
+                cmd.arg("--takeover-probe-ms").arg(ms.to_string());
+            }
         }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -240,6 +267,7 @@ impl Workspace {
             listen_backlog: None,
             api_max_connections: None,
             malloc_trim_ms: None,
+            cluster: None,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! target/release/chatr-bench punch-time --delay-ms 20      # root: NAT lab
 //! target/release/chatr-bench throughput                    # root: NAT lab + iperf3 + iroh-probe
 //! cargo run -p chatr-tests --bin chatr-bench -- smoke      # CI: does the tool work?
+//! cargo run --release -p chatr-tests --features cluster --bin chatr-bench -- cluster
 //! ```
 
 use std::path::PathBuf;
@@ -58,6 +59,10 @@ enum Command {
     Throughput(throughput::ThroughputArgs),
     /// A few seconds of login-rate, concurrent and broker with tiny numbers (CI).
     Smoke,
+    /// Cluster mode (feature `cluster`): cross-node vs same-node brokering, 1 and 3
+    /// nodes, dead/hung nodes, NATS restart, duplicate logins, registry durability.
+    #[cfg(feature = "cluster")]
+    Cluster(chatr_tests::bench::cluster::ClusterArgs),
     /// Internal: the server under test (run by the other subcommands).
     #[command(hide = true)]
     Serve(serve::ServeArgs),
@@ -120,6 +125,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             let r = runtime()?.block_on(concurrent::run(&args))?;
+            print_and_save(
+                cli.json.as_ref(),
+                format!("{}\n\n{}", r.machine.describe(), r.render()),
+                &r,
+            )?;
+        }
+        #[cfg(feature = "cluster")]
+        Command::Cluster(args) => {
+            let r = runtime()?.block_on(chatr_tests::bench::cluster::run(&args))?;
             print_and_save(
                 cli.json.as_ref(),
                 format!("{}\n\n{}", r.machine.describe(), r.render()),
