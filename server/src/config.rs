@@ -190,6 +190,8 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// The relay.
     pub relay: RelayConfig,
+    /// Presence of mutual contacts.
+    pub presence: crate::presence::PresenceConfig,
 }
 
 impl ServerConfig {
@@ -207,6 +209,7 @@ impl ServerConfig {
             timings: Timings::default(),
             limits: Limits::default(),
             relay: RelayConfig::default(),
+            presence: crate::presence::PresenceConfig::default(),
         }
     }
 

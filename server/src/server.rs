@@ -173,6 +173,7 @@ pub async fn start(
         session: SessionConfig::from_server(&config),
         queue: config.limits.session_queue,
         relay: relay.clone(),
+        presence: crate::presence::Presence::new(config.presence.clone(), Arc::clone(&metrics)),
     });
     let limiter = ConnectionLimiter::new(
         config.limits.max_connections,

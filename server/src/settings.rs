@@ -211,6 +211,23 @@ settings_table! {
     relay_tls_queue: usize => server.relay.tls_queue,
         env "CHATR_RELAY_TLS_QUEUE" parse parse_number,
         arg(value_name = "N");
+    /// Tell version-3 clients which of their mutual contacts are online.
+    presence: bool => server.presence.enabled,
+        env "CHATR_PRESENCE" parse parse_bool,
+        arg(num_args = 0..=1, require_equals = true, default_missing_value = "true",
+            value_parser = parse_bool, value_name = "BOOL");
+    /// Most contacts one session's presence list holds (memory: about 100 bytes each).
+    presence_max_contacts: usize => server.presence.max_contacts,
+        env "CHATR_PRESENCE_MAX_CONTACTS" parse parse_number,
+        arg(value_name = "N");
+    /// Presence packets a client may send per second, sustained.
+    presence_rate: u32 => server.presence.updates_per_second,
+        env "CHATR_PRESENCE_RATE" parse parse_number,
+        arg(value_name = "N");
+    /// Burst of presence packets a client may send.
+    presence_burst: u32 => server.presence.update_burst,
+        env "CHATR_PRESENCE_BURST" parse parse_number,
+        arg(value_name = "N");
 }
 
 /// Why the settings could not be resolved.
@@ -502,6 +519,10 @@ mod tests {
             relay_total_rate = 3000
             relay_total_burst = 4000
             relay_tls_queue = 5
+            presence = false
+            presence_max_contacts = 7
+            presence_rate = 8
+            presence_burst = 9
             "#,
         );
         let from_file = cli(&["--config", config.to_str().unwrap()])
@@ -546,6 +567,10 @@ mod tests {
                 ("CHATR_RELAY_TOTAL_RATE", "3000"),
                 ("CHATR_RELAY_TOTAL_BURST", "4000"),
                 ("CHATR_RELAY_TLS_QUEUE", "5"),
+                ("CHATR_PRESENCE", "false"),
+                ("CHATR_PRESENCE_MAX_CONTACTS", "7"),
+                ("CHATR_PRESENCE_RATE", "8"),
+                ("CHATR_PRESENCE_BURST", "9"),
             ]))
             .unwrap();
         let from_cli = cli(&[
@@ -587,6 +612,10 @@ mod tests {
             "--relay-total-rate=3000",
             "--relay-total-burst=4000",
             "--relay-tls-queue=5",
+            "--presence=false",
+            "--presence-max-contacts=7",
+            "--presence-rate=8",
+            "--presence-burst=9",
         ])
         .resolve(&env_of(&[]))
         .unwrap();
@@ -629,6 +658,10 @@ mod tests {
             assert_eq!(c.relay.total_rate, 3000);
             assert_eq!(c.relay.total_burst, 4000);
             assert_eq!(c.relay.tls_queue, 5);
+            assert!(!c.presence.enabled);
+            assert_eq!(c.presence.max_contacts, 7);
+            assert_eq!(c.presence.updates_per_second, 8);
+            assert_eq!(c.presence.update_burst, 9);
         }
     }
 
@@ -677,7 +710,7 @@ mod tests {
 
     #[test]
     fn every_variable_is_chatr_and_the_key_in_upper_case() {
-        assert_eq!(ServeArgs::KEYS.len(), 37);
+        assert_eq!(ServeArgs::KEYS.len(), 41);
         for (key, var) in ServeArgs::KEYS {
             assert_eq!(*var, format!("CHATR_{}", key.to_ascii_uppercase()), "{key}");
         }

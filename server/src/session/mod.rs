@@ -20,8 +20,8 @@ mod tests;
 use ed25519_dalek::VerifyingKey;
 use uuid::Uuid;
 
-pub(crate) use action::Action;
 pub use action::Layout;
+pub(crate) use action::{Action, PresenceAction};
 pub(crate) use event::{ClaimOutcome, HubEvent, PeerEndpoints, PeerEvent};
 
 use crate::config::{ServerConfig, Timings};
@@ -52,6 +52,10 @@ pub(crate) struct SessionConfig {
     /// UDP ports that answer STUN for NAT behaviour discovery (announced to
     /// version-3 sessions).
     pub(crate) nat_probe_ports: Vec<u16>,
+    /// Presence: offered at all, and the packet rate limit.
+    pub(crate) presence: bool,
+    pub(crate) presence_rate: u32,
+    pub(crate) presence_burst: u32,
 }
 
 impl SessionConfig {
@@ -65,6 +69,9 @@ impl SessionConfig {
             incoming_requests_per_second: config.limits.incoming_requests_per_second,
             incoming_request_burst: config.limits.incoming_request_burst,
             nat_probe_ports: Vec::new(),
+            presence: config.presence.enabled,
+            presence_rate: config.presence.updates_per_second,
+            presence_burst: config.presence.update_burst,
         }
     }
 }
