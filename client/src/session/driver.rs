@@ -34,7 +34,7 @@ use super::config::SessionConfig;
 use super::connect::{Connect, Connected, ServerTls};
 use super::error::{ConnectError, OfflineReason, SessionError};
 use super::event::{SessionEnd, SessionEvent};
-use super::handle::{Command, OnlineInfo, SessionHandle, SessionStatus};
+use super::handle::{Command, OnlineInfo, PresenceWanted, SessionHandle, SessionStatus};
 use super::machine::Session;
 use super::transport_error::TransportError;
 use crate::deadline::sleep_until_opt;
@@ -107,6 +107,7 @@ pub(crate) fn spawn_with<C: Connect>(
         status: status_tx,
         logins: 0,
         relay,
+        presence: PresenceWanted::default(),
     };
     tracker.spawn(driver.run().instrument(span));
     SessionHandle {
@@ -127,6 +128,8 @@ struct Driver<C> {
     status: watch::Sender<SessionStatus>,
     logins: u64,
     relay: Option<TlsRelayPort>,
+    /// What we share through presence; sent after each login.
+    presence: PresenceWanted,
 }
 
 /// How one round (a connection attempt and the session on it) ended.
@@ -247,6 +250,7 @@ impl<C: Connect> Driver<C> {
             logins: self.logins,
             server_rtt: rtt,
             tls_relay: false,
+            presence: false,
         };
         let mut logged_in = false;
         let mut shutting_down = false;
@@ -278,6 +282,15 @@ impl<C: Connect> Driver<C> {
                             && session
                                 .features()
                                 .contains(chatr_proto::SessionFeatures::RELAY_TLS);
+                        info.presence = session.has_presence();
+                        if info.presence {
+                            let wanted = &self.presence;
+                            let contacts: Vec<_> = wanted.contacts.iter().copied().collect();
+                            // Status first, so the first announcement carries it.
+                            let _ = session.presence_status(wanted.status, &wanted.message);
+                            let _ =
+                                session.presence_contacts(chatr_proto::ContactsOp::Add, &contacts);
+                        }
                         // Whatever waited for the TLS relay while we were offline is stale.
                         if let Some(relay) = self.relay.as_mut() {
                             while relay.outgoing.try_recv().is_ok() {}
@@ -378,6 +391,13 @@ impl<C: Connect> Driver<C> {
                             session.close_relay(*relay);
                             Ok(())
                         }
+                        Command::SetPresence(wanted, _) => {
+                            if logged_in {
+                                apply_presence(&mut session, &self.presence, wanted);
+                            }
+                            self.presence = wanted.clone();
+                            Ok(())
+                        }
                     };
                     cmd.reply(result.map_err(|_| SessionError::Offline));
                 }
@@ -448,6 +468,22 @@ impl<C: Connect> Driver<C> {
             // Nobody drains events during shutdown: don't hang on them.
             _ = self.shutdown.cancelled() => {}
         }
+    }
+}
+
+/// Sends the difference between what the server has (`old`) and `new`.
+fn apply_presence(session: &mut Session, old: &PresenceWanted, new: &PresenceWanted) {
+    let added: Vec<_> = new.contacts.difference(&old.contacts).copied().collect();
+    let removed: Vec<_> = old.contacts.difference(&new.contacts).copied().collect();
+    if (new.status, &new.message) != (old.status, &old.message) {
+        let _ = session.presence_status(new.status, &new.message);
+    }
+    if !removed.is_empty() {
+        let _ = session.presence_contacts(chatr_proto::ContactsOp::Remove, &removed);
+    }
+    if !added.is_empty() || removed.is_empty() {
+        // An empty add still gets an acknowledgement: the caller learns it was applied.
+        let _ = session.presence_contacts(chatr_proto::ContactsOp::Add, &added);
     }
 }
 
