@@ -4,8 +4,9 @@
 use chatr_client::contacts::Contacts;
 use chatr_client::identity::public_key_base64;
 use chatr_client::link::PeerLink;
+use chatr_client::path::LinkPaths;
 use chatr_client::{
-    AttemptReport, Client, ClientError, ClientOptions, IncomingRequest, LinkReport,
+    AttemptReport, Client, ClientError, ClientOptions, IncomingRequest, LinkReport, TransferReport,
 };
 use ed25519_dalek::VerifyingKey;
 use uuid::Uuid;
@@ -50,7 +51,8 @@ impl Policy {
 
 /// Starts a client from the home directory and waits until it is online.
 pub(crate) async fn start_client(g: &Globals) -> Result<Client, CliError> {
-    let options = ClientOptions::from_home(&g.home)?;
+    let mut options = ClientOptions::from_home(&g.home)?;
+    options.path_policy = g.path;
     let wait = options.online_timeout;
     let client = Client::start(options).await?;
     let online = interruptible(async { Ok(client.wait_online(wait).await?) }).await;
@@ -109,7 +111,7 @@ pub(crate) async fn request(
     };
     match attempt {
         Ok((link, report)) => {
-            announce(peer, &report);
+            announce(peer, &report, &link);
             write_report(g, &report.to_attempt());
             Ok(link)
         }
@@ -181,7 +183,7 @@ pub(crate) async fn accept_one(
         };
         match attempt {
             Ok((link, report)) => {
-                announce(&peer, &report);
+                announce(&peer, &report, &link);
                 write_report(g, &report.to_attempt());
                 return Ok((link, peer));
             }
@@ -196,16 +198,53 @@ pub(crate) async fn accept_one(
     }
 }
 
-fn announce(peer: &Peer, report: &LinkReport) {
+fn announce(peer: &Peer, report: &LinkReport, link: &PeerLink) {
     eprintln!("linked with {}: {}", peer.name, report.describe());
+    if let Some(paths) = link.paths() {
+        tokio::spawn(announce_path_changes(peer.name.clone(), paths.clone()));
+    }
+}
+
+/// Tells the user when the link moves to another path (direct ↔ relayed), and why.
+async fn announce_path_changes(name: String, mut paths: LinkPaths) {
+    let mut shown = paths.current().class;
+    while paths.changed().await {
+        let now = paths.current();
+        if now.class == shown {
+            continue;
+        }
+        shown = now.class;
+        let Some(class) = now.class else { continue };
+        match &now.reason {
+            Some(reason) => eprintln!("link with {name}: now {}: {reason}", class.describe()),
+            None => eprintln!("link with {name}: now {}", class.describe()),
+        }
+    }
 }
 
 /// Writes the `--report` file, if one was asked for.
 pub(crate) fn write_report(g: &Globals, report: &AttemptReport) {
+    if let Ok(mut last) = g.last_report.lock() {
+        *last = Some(report.clone());
+    }
     if let Some(path) = &g.report
         && let Err(e) = std::fs::write(path, report.to_json_line())
     {
         eprintln!("chatr: cannot write the report to {}: {e}", path.display());
+    }
+}
+
+/// Adds what went through the link to the last `--report` and writes it again.
+pub(crate) fn report_transfer(g: &Globals, transfer: TransferReport) {
+    let report = match g.last_report.lock() {
+        Ok(mut last) => last.as_mut().map(|r| {
+            r.transfer = Some(transfer);
+            r.clone()
+        }),
+        Err(_) => None,
+    };
+    if let Some(report) = report {
+        write_report(g, &report);
     }
 }
 

@@ -39,6 +39,16 @@ pub(crate) struct Cli {
     /// After a link attempt, write a JSON report of it to FILE
     #[arg(long, global = true, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Which paths peer links may use: auto (direct when it works, else relayed by the
+    /// server), direct (never relayed), relay (always relayed), relay-tls (relayed inside TLS)
+    #[arg(
+        long,
+        global = true,
+        env = "CHATR_PATH",
+        value_name = "POLICY",
+        default_value = "auto"
+    )]
+    path: chatr_client::path::PathPolicy,
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG also works
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -87,6 +97,10 @@ enum Command {
 pub(crate) struct Globals {
     pub(crate) home: Home,
     pub(crate) report: Option<PathBuf>,
+    /// `--path`: which paths links may use.
+    pub(crate) path: chatr_client::path::PathPolicy,
+    /// The last report written to `report`, which a pipe completes with its transfer.
+    pub(crate) last_report: std::sync::Arc<std::sync::Mutex<Option<chatr_client::AttemptReport>>>,
 }
 
 /// Errors of the CLI: a library error, or a CLI-level problem.
@@ -174,6 +188,8 @@ fn main() -> ExitCode {
     let globals = Globals {
         home: Home::new(cli.home.clone().unwrap_or_else(Home::default_dir)),
         report: cli.report.clone(),
+        path: cli.path,
+        last_report: std::sync::Arc::default(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

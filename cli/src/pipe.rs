@@ -10,7 +10,11 @@ use std::time::Duration;
 use chatr_client::link::pipe::run_pipe;
 use chatr_client::link::{CloseCode, StreamKind};
 
-use super::link::{Policy, accept_one, ctrl_c, request, resolve_peer, start_client};
+use chatr_client::TransferReport;
+
+use super::link::{
+    Policy, accept_one, ctrl_c, report_transfer, request, resolve_peer, start_client,
+};
 use super::{CliError, Globals};
 
 /// Arguments of `chatr pipe`.
@@ -63,10 +67,23 @@ pub(crate) async fn run(g: &Globals, args: PipeArgs) -> Result<(), CliError> {
                 (link, stream)
             }
         };
+        let began = std::time::Instant::now();
         let report = tokio::select! {
             r = run_pipe(stream, tokio::io::stdin(), tokio::io::stdout()) => r.map_err(|e| CliError::Undelivered(format!("the pipe failed: {e}")))?,
             _ = ctrl_c() => return Err(CliError::Undelivered("interrupted".into())),
         };
+        let path = link.paths().map(|p| p.current()).unwrap_or_default();
+        report_transfer(
+            g,
+            TransferReport {
+                ms: u64::try_from(began.elapsed().as_millis()).unwrap_or(u64::MAX),
+                path_class: path.class,
+                received: report.received,
+                relay_reason: path.reason.map(|r| r.to_string()),
+                sent: report.sent,
+                switches: path.switches,
+            },
+        );
         link.close(CloseCode::Normal, "pipe done");
         tracing::info!(sent = report.sent, received = report.received, "pipe finished");
         if report.delivered {

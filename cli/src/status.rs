@@ -108,7 +108,34 @@ async fn report(client: &Client, server: &str, timeout: Duration) -> Result<(), 
         "NAT:         {}",
         classify(online.local, port, observed, binding, stun)
     );
+    println!(
+        "relay:       {}",
+        relay_line(online.udp_relay, online.tls_relay, binding.is_some())
+    );
     Ok(())
+}
+
+/// What a link from here does when no direct path works.
+fn relay_line(udp_relay: bool, tls_relay: bool, udp_bound: bool) -> String {
+    let text = match (udp_relay && udp_bound, tls_relay) {
+        (true, _) => {
+            "the server relays links that cannot go direct; from here over UDP (links start \
+             direct when the peer's NAT allows, and move between the two)"
+        }
+        (false, true) => {
+            "the server relays links that cannot go direct; from here inside the TLS \
+             connection, because UDP to the server does not get through"
+        }
+        (false, false) if udp_relay => {
+            "the server relays over UDP only, and UDP to it does not get through from here: \
+             links need a direct path"
+        }
+        (false, false) => {
+            "this server does not relay (an older server, or relaying turned off): links need \
+             a direct path"
+        }
+    };
+    text.to_owned()
 }
 
 fn show(ep: Endpoint) -> String {
@@ -158,6 +185,14 @@ mod tests {
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn relay_line_says_which_relay_a_link_would_use() {
+        assert!(relay_line(true, true, true).contains("over UDP"));
+        assert!(relay_line(true, true, false).contains("inside the TLS"));
+        assert!(relay_line(true, false, false).contains("need a direct path"));
+        assert!(relay_line(false, false, true).contains("does not relay"));
     }
 
     #[test]

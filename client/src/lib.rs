@@ -46,5 +46,5 @@ pub mod trust;
 pub use error::ClientError;
 pub use node::{
     AttemptReport, Client, ClientOptions, ContactPresence, IncomingRequest, LinkReport,
-    PresenceView,
+    PresenceView, TransferReport,
 };

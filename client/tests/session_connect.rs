@@ -200,13 +200,28 @@ async fn commands_are_refused_while_offline_and_brokering_works_online() {
         Some(SessionEvent::Connected { .. })
     ));
 
+    // Version 3 on both ends: what A says about its NAT reaches B, and B's (default)
+    // hints reach A.
+    let a_hints = chatr_proto::LinkHints {
+        nat: chatr_proto::NatHint {
+            mapping: chatr_proto::NatMapping::DependentSequential,
+            step: 2,
+            last_port: Some(40_002),
+        },
+        candidates: vec![chatr_proto::ExtraCandidate {
+            origin: chatr_proto::CandidateOrigin::PortMapped,
+            addr: "198.51.100.9:4500".parse().unwrap(),
+        }],
+    };
+    ca.session.set_link_hints(a_hints.clone());
     ca.session.request(b.uuid(), ia.local.into()).await.unwrap();
     let ev = next_brokering(&mut cb.events).await;
     assert_eq!(
         ev,
         SessionEvent::IncomingRequest {
             peer: a.uuid(),
-            private_endpoint: ia.local.into()
+            private_endpoint: ia.local.into(),
+            hints: Some(a_hints),
         }
     );
     cb.session.accept(a.uuid(), ib.local.into()).await.unwrap();
@@ -214,7 +229,8 @@ async fn commands_are_refused_while_offline_and_brokering_works_online() {
         next_brokering(&mut ca.events).await,
         SessionEvent::Accepted {
             peer: b.uuid(),
-            private_endpoint: ib.local.into()
+            private_endpoint: ib.local.into(),
+            hints: Some(chatr_proto::LinkHints::default()),
         }
     );
     for (events, peer, peer_udp) in [

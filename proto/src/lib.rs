@@ -55,6 +55,7 @@ mod disconnect;
 mod endpoint;
 mod error;
 mod frame;
+mod hints;
 mod limits;
 mod packet;
 mod payload;
@@ -73,6 +74,9 @@ pub use disconnect::DisconnectReason;
 pub use endpoint::Endpoint;
 pub use error::DecodeError;
 pub use frame::{decode_frame, frame_len};
+pub use hints::{
+    CandidateOrigin, ExtraCandidate, LinkHints, MAX_EXTRA_CANDIDATES, NatHint, NatMapping,
+};
 pub use limits::{MAX_BYTE_ARRAY_LEN, MAX_FRAME, MAX_STRING_LEN};
 pub use packet::{
     LINK_SECRET_LEN, MAX_NAT_PROBE_PORTS, MAX_RELAY_DATAGRAM, Packet, PacketClientInfo,

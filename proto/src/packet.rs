@@ -9,6 +9,7 @@
 use uuid::Uuid;
 
 use crate::endpoint::Endpoint;
+use crate::hints::LinkHints;
 use crate::presence::{PacketPresence, PacketPresenceContacts, PacketPresenceStatus};
 
 /// Length in bytes of the per-session UDP binding token carried by
@@ -147,6 +148,8 @@ pub struct PacketConnectionRequest {
     pub uuid: Uuid,
     /// The private endpoint of the sender (Address, plus the port extension).
     pub private_endpoint: Endpoint,
+    /// *Extension (version 3)*: the sender's NAT and extra candidates.
+    pub hints: Option<LinkHints>,
 }
 
 /// Opcode 0x6, both directions: accept a connection request.
@@ -156,6 +159,8 @@ pub struct PacketConnectionRequestAccept {
     pub uuid: Uuid,
     /// The private endpoint of the accepter (Address, plus the port extension).
     pub private_endpoint: Endpoint,
+    /// *Extension (version 3)*: the accepter's NAT and extra candidates.
+    pub hints: Option<LinkHints>,
 }
 
 /// Opcode 0x7, both directions: deny a connection request (or the target is offline).

@@ -10,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use crate::endpoint::Endpoint;
 use crate::error::DecodeError;
+use crate::hints::LinkHints;
 use crate::limits::{MAX_BYTE_ARRAY_LEN, MAX_STRING_LEN};
 use crate::packet::{
     LINK_SECRET_LEN, MAX_NAT_PROBE_PORTS, MAX_RELAY_DATAGRAM, PacketClientInfo, PacketConnect,
@@ -214,56 +215,100 @@ impl Payload for PacketPong {
     }
 }
 
-/// Layout shared by ConnectionRequest and ConnectionRequestAccept:
-/// UUID, Address, then the trailing port extension (omitted when unknown).
-fn private_endpoint_len(ep: &Endpoint) -> usize {
-    16 + address_len(&ep.ip) + if ep.port.is_some() { 2 } else { 0 }
+/// Layout shared by ConnectionRequest and ConnectionRequestAccept: UUID, Address, then the
+/// trailing port extension (omitted when unknown and nothing follows), then the version-3
+/// hints (which need the port written, `0000` when unknown).
+fn private_endpoint_len(ep: &Endpoint, hints: Option<&LinkHints>) -> usize {
+    16 + address_len(&ep.ip)
+        + if ep.port.is_some() || hints.is_some() {
+            2
+        } else {
+            0
+        }
+        + hints.map_or(0, LinkHints::wire_len)
 }
 
-fn write_uuid_endpoint(w: &mut Writer<'_>, uuid: &uuid::Uuid, ep: &Endpoint) {
+fn write_uuid_endpoint(
+    w: &mut Writer<'_>,
+    uuid: &uuid::Uuid,
+    ep: &Endpoint,
+    hints: Option<&LinkHints>,
+) {
     w.uuid(uuid);
     w.address(&ep.ip);
-    if let Some(port) = ep.port {
-        w.u16(port);
+    if ep.port.is_some() || hints.is_some() {
+        w.u16(wire_port(ep.port));
     }
+    if let Some(hints) = hints {
+        hints.write(w);
+    }
+}
+
+/// UUID, private endpoint and hints, as both packets carry them.
+fn read_uuid_endpoint(
+    r: &mut Reader<'_>,
+    fields: [&'static str; 3],
+) -> Result<(uuid::Uuid, Endpoint, Option<LinkHints>), DecodeError> {
+    let [uuid_field, ip_field, port_field] = fields;
+    let uuid = r.uuid(uuid_field)?;
+    let ip = r.address(ip_field)?;
+    let port = read_trailing_port(r, port_field)?;
+    let hints = if r.is_empty() {
+        None
+    } else {
+        Some(LinkHints::read(r)?)
+    };
+    Ok((uuid, Endpoint { ip, port }, hints))
 }
 
 impl Payload for PacketConnectionRequest {
     fn payload_len(&self) -> usize {
-        private_endpoint_len(&self.private_endpoint)
+        private_endpoint_len(&self.private_endpoint, self.hints.as_ref())
     }
 
     fn write(&self, w: &mut Writer<'_>) {
-        write_uuid_endpoint(w, &self.uuid, &self.private_endpoint);
+        write_uuid_endpoint(w, &self.uuid, &self.private_endpoint, self.hints.as_ref());
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let uuid = r.uuid("PacketConnectionRequest.uuid")?;
-        let ip = r.address("PacketConnectionRequest.private_endpoint")?;
-        let port = read_trailing_port(r, "PacketConnectionRequest.private_endpoint.port")?;
+        let (uuid, private_endpoint, hints) = read_uuid_endpoint(
+            r,
+            [
+                "PacketConnectionRequest.uuid",
+                "PacketConnectionRequest.private_endpoint",
+                "PacketConnectionRequest.private_endpoint.port",
+            ],
+        )?;
         Ok(Self {
             uuid,
-            private_endpoint: Endpoint { ip, port },
+            private_endpoint,
+            hints,
         })
     }
 }
 
 impl Payload for PacketConnectionRequestAccept {
     fn payload_len(&self) -> usize {
-        private_endpoint_len(&self.private_endpoint)
+        private_endpoint_len(&self.private_endpoint, self.hints.as_ref())
     }
 
     fn write(&self, w: &mut Writer<'_>) {
-        write_uuid_endpoint(w, &self.uuid, &self.private_endpoint);
+        write_uuid_endpoint(w, &self.uuid, &self.private_endpoint, self.hints.as_ref());
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let uuid = r.uuid("PacketConnectionRequestAccept.uuid")?;
-        let ip = r.address("PacketConnectionRequestAccept.private_endpoint")?;
-        let port = read_trailing_port(r, "PacketConnectionRequestAccept.private_endpoint.port")?;
+        let (uuid, private_endpoint, hints) = read_uuid_endpoint(
+            r,
+            [
+                "PacketConnectionRequestAccept.uuid",
+                "PacketConnectionRequestAccept.private_endpoint",
+                "PacketConnectionRequestAccept.private_endpoint.port",
+            ],
+        )?;
         Ok(Self {
             uuid,
-            private_endpoint: Endpoint { ip, port },
+            private_endpoint,
+            hints,
         })
     }
 }

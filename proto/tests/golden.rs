@@ -143,7 +143,11 @@ fn unknown_trailing_bytes_are_tolerated() {
             "19 02 000102030405060708090a0b0c0d0e0f 00000003 01 00 0102",
             "17 02 000102030405060708090a0b0c0d0e0f 00000003 01 00",
         ),
-        ("1a 05 U 04 c0a8010a 1388 dead", "18 05 U 04 c0a8010a 1388"),
+        // After the port come the version-3 hints; bytes after them are ignored.
+        (
+            "28 05 U 04 c0a8010a 1388 04 0002 9c42 01 01 04 c6336409 1194 dead",
+            "26 05 U 04 c0a8010a 1388 04 0002 9c42 01 01 04 c6336409 1194",
+        ),
         ("13 07 U 0000", "11 07 U"),
         (
             "48 08 U 04 cb007105 9c40 04 c6336407 c3cb \

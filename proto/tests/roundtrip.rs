@@ -5,10 +5,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chatr_proto::{
-    Endpoint, MAX_BYTE_ARRAY_LEN, Packet, PacketClientInfo, PacketConnect, PacketConnected,
-    PacketConnectionRequest, PacketConnectionRequestAccept, PacketConnectionRequestDenied,
-    PacketDisconnect, PacketPing, PacketPong, PacketRelayClose, PacketRelayData, RelayId,
-    SessionFeatures, SessionParams, decode_frame,
+    CandidateOrigin, Endpoint, ExtraCandidate, LinkHints, MAX_BYTE_ARRAY_LEN, NatHint, NatMapping,
+    Packet, PacketClientInfo, PacketConnect, PacketConnected, PacketConnectionRequest,
+    PacketConnectionRequestAccept, PacketConnectionRequestDenied, PacketDisconnect, PacketPing,
+    PacketPong, PacketRelayClose, PacketRelayData, RelayId, SessionFeatures, SessionParams,
+    decode_frame,
 };
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -33,6 +34,47 @@ fn any_tcp_endpoint() -> impl Strategy<Value = Endpoint> {
     any_endpoint().prop_filter("unspecified without port means absent", |e| {
         !(e.ip.is_unspecified() && e.port.is_none())
     })
+}
+
+fn any_hints() -> impl Strategy<Value = LinkHints> {
+    let mapping = prop_oneof![
+        Just(NatMapping::Unknown),
+        Just(NatMapping::NoNat),
+        Just(NatMapping::EndpointIndependent),
+        Just(NatMapping::DependentRandom),
+        Just(NatMapping::DependentSequential),
+    ];
+    let candidate = (
+        prop_oneof![
+            Just(CandidateOrigin::PortMapped),
+            Just(CandidateOrigin::Ipv6Global)
+        ],
+        any_ip(),
+        1u16..=u16::MAX,
+    )
+        .prop_map(|(origin, ip, port)| ExtraCandidate {
+            origin,
+            addr: std::net::SocketAddr::new(ip, port),
+        });
+    (
+        mapping,
+        any::<i16>(),
+        proptest::option::of(1u16..=u16::MAX),
+        proptest::collection::vec(candidate, 0..=chatr_proto::MAX_EXTRA_CANDIDATES),
+    )
+        .prop_map(|(mapping, step, last_port, candidates)| LinkHints {
+            nat: NatHint {
+                mapping,
+                // Only a sequential NAT has a step; others read back as 0.
+                step: if mapping == NatMapping::DependentSequential {
+                    step
+                } else {
+                    0
+                },
+                last_port,
+            },
+            candidates,
+        })
 }
 
 fn any_relay_id() -> impl Strategy<Value = RelayId> {
@@ -116,18 +158,30 @@ fn any_packet() -> impl Strategy<Value = Packet> {
         )),
         any::<i64>().prop_map(|ping_id| Packet::Ping(PacketPing { ping_id })),
         any::<i64>().prop_map(|ping_id| Packet::Pong(PacketPong { ping_id })),
-        (any_uuid(), any_endpoint()).prop_map(|(uuid, private_endpoint)| {
-            Packet::ConnectionRequest(PacketConnectionRequest {
-                uuid,
-                private_endpoint,
-            })
-        }),
-        (any_uuid(), any_endpoint()).prop_map(|(uuid, private_endpoint)| {
-            Packet::ConnectionRequestAccept(PacketConnectionRequestAccept {
-                uuid,
-                private_endpoint,
-            })
-        }),
+        (
+            any_uuid(),
+            any_endpoint(),
+            proptest::option::of(any_hints())
+        )
+            .prop_map(|(uuid, private_endpoint, hints)| {
+                Packet::ConnectionRequest(PacketConnectionRequest {
+                    uuid,
+                    private_endpoint,
+                    hints,
+                })
+            }),
+        (
+            any_uuid(),
+            any_endpoint(),
+            proptest::option::of(any_hints())
+        )
+            .prop_map(|(uuid, private_endpoint, hints)| {
+                Packet::ConnectionRequestAccept(PacketConnectionRequestAccept {
+                    uuid,
+                    private_endpoint,
+                    hints,
+                })
+            }),
         any_uuid().prop_map(|uuid| Packet::ConnectionRequestDenied(
             PacketConnectionRequestDenied { uuid }
         )),

@@ -561,6 +561,7 @@ mod tests {
         hub.bind_udp(&[7; 16], udp);
         let event = PeerEvent::Request {
             private_endpoint: Endpoint::new("10.0.0.1:1".parse().unwrap()),
+            hints: None,
         };
         assert!(hub.forward(&a.shared, b.shared.uuid, event.clone()).is_ok());
         let Mailbox::Event(delivered) = rb.try_recv().unwrap() else {

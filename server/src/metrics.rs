@@ -319,6 +319,20 @@ pub struct Metrics {
     relay_drops: [AtomicU64; RelayDrop::ALL.len()],
 }
 
+/// What the relay forwarded, by the transport each datagram left on
+/// ([`Metrics::relay_totals`]; bytes count what was relayed, without relay headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RelayTotals {
+    /// Datagrams sent on the Connect UDP port.
+    pub udp_datagrams: u64,
+    /// Their bytes.
+    pub udp_bytes: u64,
+    /// Datagrams sent as `PacketRelayData` in a TLS session.
+    pub tls_datagrams: u64,
+    /// Their bytes.
+    pub tls_bytes: u64,
+}
+
 fn transport_slot(transport: crate::relay::Transport) -> usize {
     match transport {
         crate::relay::Transport::Udp => 0,
@@ -413,6 +427,16 @@ impl Metrics {
     pub fn relay_links(&self) -> i64 {
         self.relay_links.load(Ordering::Relaxed)
     }
+    /// Datagrams and bytes relayed so far, by the transport they left on.
+    pub fn relay_totals(&self) -> RelayTotals {
+        let load = |a: &[AtomicU64; 2], i: usize| a.get(i).map_or(0, |c| c.load(Ordering::Relaxed));
+        RelayTotals {
+            udp_datagrams: load(&self.relay_datagrams, 0),
+            udp_bytes: load(&self.relay_bytes, 0),
+            tls_datagrams: load(&self.relay_datagrams, 1),
+            tls_bytes: load(&self.relay_bytes, 1),
+        }
+    }
     /// One datagram of `bytes` (without relay header) was forwarded over `transport`.
     pub(crate) fn relay_forwarded(&self, transport: crate::relay::Transport, bytes: usize) {
         self.relay_forwarded_many(transport, bytes, 1);
@@ -432,6 +456,7 @@ impl Metrics {
     }
     /// A relayed datagram was dropped.
     pub fn relay_dropped(&self, cause: RelayDrop) {
+        tracing::trace!(?cause, "relayed datagram dropped");
         if let Some(c) = self.relay_drops.get(cause as usize) {
             c.fetch_add(1, Ordering::Relaxed);
         }

@@ -17,6 +17,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -31,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use super::LinkError;
 use super::close_code::CloseCode;
 use super::config::LinkConfig;
+use super::congestion::FlooredBbr;
 use super::peer_link::PeerLink;
 use super::routes::{Route, Routes};
 use super::rpk::{self, SeenKey};
@@ -78,6 +80,12 @@ pub const MIN_INITIAL_RTT: Duration = Duration::from_millis(10);
 /// answer was probably delayed by loss, not by the path).
 pub const MAX_INITIAL_RTT: Duration = Duration::from_secs(1);
 
+/// Shortest time [`LinkEndpoint::close`] lets closed connections drain.
+const MIN_CLOSE_LINGER: Duration = Duration::from_millis(100);
+
+/// quinn's default maximum ACK delay, part of every probe timeout.
+const MAX_ACK_DELAY: Duration = Duration::from_millis(25);
+
 type AcceptResult = Result<IncomingLink, LinkError>;
 
 /// A QUIC endpoint for peer links on the client's shared UDP socket.
@@ -95,6 +103,8 @@ pub struct LinkEndpoint {
     identity: Arc<CertifiedKey>,
     transport: Arc<TransportConfig>,
     config: LinkConfig,
+    /// The largest RTT seen on a confirmed link, in µs (0: none yet); sizes the close linger.
+    link_rtt: Arc<AtomicU64>,
     /// Results of incoming handshakes, produced by the acceptor task.
     incoming: Mutex<mpsc::Receiver<AcceptResult>>,
     shutdown: CancellationToken,
@@ -145,11 +155,13 @@ impl LinkEndpoint {
         let (accepted_tx, accepted_rx) = mpsc::channel(ACCEPT_QUEUE);
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let link_rtt = Arc::new(AtomicU64::new(0));
         tasks.spawn(run_acceptor(
             endpoint.clone(),
             accepted_tx,
             config.handshake_timeout,
             config.virtual_only,
+            link_rtt.clone(),
             shutdown.clone(),
             tasks.clone(),
         ));
@@ -161,6 +173,7 @@ impl LinkEndpoint {
             identity: certified,
             transport,
             config,
+            link_rtt,
             incoming: Mutex::new(accepted_rx),
             shutdown,
             tasks,
@@ -219,6 +232,7 @@ impl LinkEndpoint {
                 return Err(LinkError::key_mismatch(expected, got));
             }
             await_confirmation(&connection).await?;
+            record_rtt(&self.link_rtt, &connection);
             tracing::debug!(%remote, "peer link confirmed (initiator)");
             Ok(PeerLink::new(connection, got))
         };
@@ -312,14 +326,22 @@ impl LinkEndpoint {
         self.socket.stats()
     }
 
-    /// Closes every link with [`CloseCode::Normal`], stops accepting, and waits (bounded by
-    /// the idle timeout) until the peers have been told.
+    /// Closes every link with [`CloseCode::Normal`], stops accepting, and lets the closed
+    /// connections drain for about three probe timeouts of the slowest link this endpoint
+    /// carried (at least 100 ms, at most the idle timeout), so a peer whose first
+    /// `CONNECTION_CLOSE` was lost is answered again; it returns as soon as every connection
+    /// has drained.
     pub async fn close(&self) {
         self.shutdown.cancel();
         self.endpoint
             .close(CloseCode::Normal.to_varint(), b"endpoint closing");
         self.tasks.close();
-        let _ = tokio::time::timeout(self.config.idle_timeout, async {
+        let rtt = match self.link_rtt.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        };
+        let linger = close_linger(rtt, self.config.idle_timeout);
+        let _ = tokio::time::timeout(linger, async {
             self.tasks.wait().await;
             self.endpoint.wait_idle().await;
         })
@@ -334,6 +356,7 @@ async fn run_acceptor(
     accepted: mpsc::Sender<AcceptResult>,
     timeout: Duration,
     virtual_only: bool,
+    link_rtt: Arc<AtomicU64>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -362,10 +385,11 @@ async fn run_acceptor(
         };
         let accepted = accepted.clone();
         let shutdown = shutdown.clone();
+        let link_rtt = link_rtt.clone();
         tasks.spawn(async move {
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                result = handshake(incoming, timeout) => result,
+                result = handshake(incoming, timeout, link_rtt) => result,
             };
             if let Err(e) = &result {
                 tracing::debug!(error = %e, "incoming peer link handshake failed");
@@ -382,7 +406,11 @@ async fn run_acceptor(
 }
 
 /// Completes one incoming handshake (as responder) and reads the peer's key.
-async fn handshake(incoming: quinn::Incoming, after: Duration) -> AcceptResult {
+async fn handshake(
+    incoming: quinn::Incoming,
+    after: Duration,
+    link_rtt: Arc<AtomicU64>,
+) -> AcceptResult {
     let remote = incoming.remote_address();
     let connecting = incoming.accept()?;
     let connection = match tokio::time::timeout(after, connecting).await {
@@ -392,7 +420,11 @@ async fn handshake(incoming: quinn::Incoming, after: Duration) -> AcceptResult {
     match rpk::peer_key(&connection) {
         Some(peer) => {
             tracing::debug!(%remote, "incoming peer link authenticated");
-            Ok(IncomingLink { connection, peer })
+            Ok(IncomingLink {
+                connection,
+                peer,
+                link_rtt,
+            })
         }
         None => {
             connection.close(CloseCode::Protocol.to_varint(), b"no ed25519 raw key");
@@ -406,6 +438,8 @@ async fn handshake(incoming: quinn::Incoming, after: Duration) -> AcceptResult {
 pub struct IncomingLink {
     connection: quinn::Connection,
     peer: VerifyingKey,
+    /// The endpoint's largest link RTT, updated when this link is confirmed.
+    link_rtt: Arc<AtomicU64>,
 }
 
 impl IncomingLink {
@@ -432,6 +466,7 @@ impl IncomingLink {
         let mut confirm = self.connection.open_uni().await?;
         confirm.write_all(&[LINK_CONFIRMED]).await?;
         let _ = confirm.finish();
+        record_rtt(&self.link_rtt, &self.connection);
         tracing::debug!(remote = %self.connection.remote_address(), "peer link confirmed (responder)");
         Ok(PeerLink::new(self.connection, self.peer))
     }
@@ -441,6 +476,32 @@ impl IncomingLink {
         self.connection
             .close(CloseCode::Refused.to_varint(), reason.as_bytes());
     }
+}
+
+/// Keeps the largest RTT of the confirmed links in `largest` (µs).
+fn record_rtt(largest: &AtomicU64, connection: &quinn::Connection) {
+    let micros = u64::try_from(connection.rtt().as_micros()).unwrap_or(u64::MAX);
+    largest.fetch_max(micros.max(1), Ordering::Relaxed);
+}
+
+/// How long [`LinkEndpoint::close`] waits for closed connections to drain: three probe
+/// timeouts (RFC 9000 §10.2) of a link with round trip `rtt` (a probe timeout taken as
+/// 3 × RTT + the maximum ACK delay, as it is early in a connection), at least
+/// [`MIN_CLOSE_LINGER`] and at most the idle timeout.
+///
+/// Waiting for *every* connection to drain (quinn's `wait_idle`) kept a process alive for
+/// connections that never were links and have nobody left to tell:
+/// - an attempt that lost the link race with its Initial lost never had an RTT sample, so
+///   quinn drains it for 3 probe timeouts of the generic 333 ms estimate, about 3 s;
+/// - quinn-proto 0.11.19 never starts the drain timer of a server connection whose *first*
+///   Initial is the peer's `CONNECTION_CLOSE` (the initiator dropping such an attempt): it
+///   is only freed by its idle timeout, 45 s later (issue 12's listener hang).
+fn close_linger(rtt: Option<Duration>, idle_timeout: Duration) -> Duration {
+    let pto = rtt.map_or(Duration::ZERO, |rtt| {
+        rtt.saturating_mul(3).saturating_add(MAX_ACK_DELAY)
+    });
+    pto.saturating_mul(3)
+        .clamp(MIN_CLOSE_LINGER, idle_timeout.max(MIN_CLOSE_LINGER))
 }
 
 /// Waits for the responder's confirmation byte on its first unidirectional stream.
@@ -518,6 +579,9 @@ fn transport_config(config: &LinkConfig) -> TransportConfig {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(MAX_QUIC_PAYLOAD);
     transport.mtu_discovery_config(Some(mtu));
+    // BBR rather than quinn's default Cubic: random loss on a punched path is not
+    // congestion (see `congestion`).
+    transport.congestion_controller_factory(Arc::new(FlooredBbr::default()));
     transport
 }
 
@@ -571,6 +635,79 @@ mod tests {
             shared.contains("max_concurrent_bidi_streams: 7"),
             "{shared}"
         );
+    }
+
+    #[test]
+    fn close_linger_is_three_probe_timeouts_within_bounds() {
+        let idle = Duration::from_secs(45);
+        assert_eq!(close_linger(None, idle), MIN_CLOSE_LINGER);
+        // A LAN link: the floor.
+        assert_eq!(
+            close_linger(Some(Duration::from_micros(400)), idle),
+            MIN_CLOSE_LINGER
+        );
+        // 100 ms: 3 × (300 ms + 25 ms).
+        assert_eq!(
+            close_linger(Some(Duration::from_millis(100)), idle),
+            Duration::from_millis(975)
+        );
+        assert_eq!(close_linger(Some(Duration::from_secs(60)), idle), idle);
+    }
+
+    /// A responder whose incoming connection began with the initiator's CONNECTION_CLOSE
+    /// (the initiator gave up on an attempt whose first Initial was lost) must not keep
+    /// `close` waiting for that connection's idle timeout.
+    #[tokio::test]
+    async fn close_does_not_wait_for_an_attempt_that_began_with_its_close() {
+        let key = || SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+        let (responder_key, initiator_key) = (key(), key());
+        let config = LinkConfig {
+            idle_timeout: Duration::from_secs(10),
+            ..LinkConfig::default()
+        };
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let responder_addr = socket.local_addr().unwrap();
+        let (responder, _control) =
+            LinkEndpoint::new(socket, &responder_key, config.clone()).unwrap();
+        // Between the two: a relay that loses the initiator's first datagram (its Initial)
+        // and passes on the rest.
+        let relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let relay_addr = relay.local_addr().unwrap();
+        let relaying = tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let mut first = true;
+            while let Ok((n, from)) = relay.recv_from(&mut buf).await {
+                if from == responder_addr || std::mem::take(&mut first) {
+                    continue;
+                }
+                let _ = relay
+                    .send_to(buf.get(..n).unwrap_or_default(), responder_addr)
+                    .await;
+            }
+        });
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (initiator, _control) = LinkEndpoint::new(socket, &initiator_key, config).unwrap();
+        // The attempt is abandoned before quinn resends its Initial: dropping it sends a
+        // CONNECTION_CLOSE, the first packet of that connection the responder sees.
+        let attempt = tokio::time::timeout(
+            Duration::from_millis(200),
+            initiator.connect(relay_addr, responder_key.verifying_key()),
+        )
+        .await;
+        assert!(attempt.is_err(), "{attempt:?}");
+        let seen = tokio::time::timeout(Duration::from_secs(3), responder.accept()).await;
+        assert!(
+            matches!(seen, Ok(Err(LinkError::Connection(_)))),
+            "the responder should see the aborted handshake: {seen:?}"
+        );
+        let started = std::time::Instant::now();
+        responder.close().await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "close took {:?}",
+            started.elapsed()
+        );
+        relaying.abort();
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //! - [`LinkEndpoint`] / [`IncomingLink`] / [`PeerLink`]: connect, accept and confirm a link.
 //! - [`LinkStream`] / [`StreamKind`]: each bidirectional stream starts with one kind byte.
 //! - [`chat`], [`pipe`], [`transfer`]: the applications that run on a stream.
+//! - `congestion`: the links' congestion control (BBR with a window floor for
+//!   sub-millisecond paths).
 //!
 //! `docs/PROTOCOL.md` ("Peer link (QUIC)") is the byte-level reference for all of this.
 #![deny(clippy::indexing_slicing)]
@@ -26,6 +28,7 @@
 pub mod chat;
 mod close_code;
 mod config;
+mod congestion;
 mod endpoint;
 mod error;
 mod peer_link;

@@ -23,11 +23,10 @@
 use std::io;
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
-use futures_util::{SinkExt as _, StreamExt as _};
 use ring::digest;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::oneshot;
-use tokio_util::codec::{Decoder, Encoder, FramedRead, FramedWrite};
+use tokio_util::codec::{Decoder, Encoder};
 
 use super::LinkError;
 use super::stream::{LinkStream, wait_delivered};
@@ -239,6 +238,15 @@ impl Tally {
     }
 }
 
+/// How much of our input one read asks for. Larger reads mean fewer round trips through
+/// the reader (for stdin, tokio's blocking pool) per byte; a read returns what is there,
+/// so interactive input still goes out at once.
+const READ_BUF: usize = 1024 * 1024;
+
+/// Received payload is gathered up to this much before one write to the output, unless
+/// the stream has nothing more ready (then it is written at once).
+const WRITE_BUF: usize = 1024 * 1024;
+
 /// Runs a pipe on `stream`: `input` goes to the peer, the peer's bytes go to `output`.
 ///
 /// Returns when both directions are done: our input reached EOF and the peer acknowledged it,
@@ -254,8 +262,8 @@ where
 {
     let (send, recv) = stream.into_split();
     let (ack_tx, ack_rx) = oneshot::channel();
-    let sending = send_half(FramedWrite::new(send, PipeCodec), input, ack_rx);
-    let receiving = receive_half(FramedRead::new(recv, PipeCodec), output, ack_tx);
+    let sending = send_half(send, input, ack_rx);
+    let receiving = receive_half(recv, output, ack_tx);
     let (sent, (received, peer_ack)) = tokio::try_join!(sending, receiving)?;
     Ok(PipeReport {
         sent: sent.total,
@@ -264,28 +272,39 @@ where
     })
 }
 
+/// Encodes an `END` or `ACK` frame.
+fn summary_frame(frame: PipeFrame) -> Result<Bytes, PipeError> {
+    let mut out = BytesMut::with_capacity(SUMMARY_FRAME);
+    PipeCodec.encode(frame, &mut out)?;
+    Ok(out.freeze())
+}
+
 /// Sends our input, then `END`; sends `ACK` as soon as the receiving half asks for it;
 /// finishes the stream after both. Returns the summary of what we sent.
 async fn send_half<R: AsyncRead + Unpin>(
-    mut sink: FramedWrite<quinn::SendStream, PipeCodec>,
+    mut send: quinn::SendStream,
     mut input: R,
     mut ack_rx: oneshot::Receiver<PipeSummary>,
 ) -> Result<PipeSummary, PipeError> {
     let mut tally = Tally::new();
     let mut sent = None;
     let mut acked = false;
-    let mut buf = BytesMut::with_capacity(MAX_PIPE_CHUNK);
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
     while sent.is_none() || !acked {
         tokio::select! {
-            read = read_chunk(&mut input, &mut buf), if sent.is_none() => {
+            read = read_some(&mut input, &mut buf), if sent.is_none() => {
                 match read? {
-                    Some(chunk) => {
-                        tally.add(&chunk);
-                        sink.send(PipeFrame::Data(chunk)).await?;
+                    Some(data) => {
+                        tally.add(&data);
+                        data_frames(data, &mut frames);
+                        send.write_all_chunks(&mut frames).await.map_err(LinkError::from)?;
+                        frames.clear();
                     }
                     None => {
                         let summary = std::mem::replace(&mut tally, Tally::new()).finish();
-                        sink.send(PipeFrame::End(summary)).await?;
+                        let end = summary_frame(PipeFrame::End(summary))?;
+                        send.write_chunk(end).await.map_err(LinkError::from)?;
                         sent = Some(summary);
                     }
                 }
@@ -294,80 +313,240 @@ async fn send_half<R: AsyncRead + Unpin>(
                 acked = true;
                 // A dropped sender means the receiving half failed; its error wins in try_join.
                 if let Ok(summary) = ack {
-                    sink.send(PipeFrame::Ack(summary)).await?;
+                    let ack = summary_frame(PipeFrame::Ack(summary))?;
+                    send.write_chunk(ack).await.map_err(LinkError::from)?;
                 }
             }
             else => break,
         }
     }
-    let send = sink.get_mut();
     let _ = send.finish();
-    wait_delivered(send).await?;
+    wait_delivered(&mut send).await?;
     sent.ok_or(PipeError::Protocol("unreachable: sent without END"))
 }
 
-/// Reads up to one chunk from `input`; `None` at EOF. Cancel-safe: a cancelled read loses
-/// nothing because `read_buf` only appends to `buf`.
-async fn read_chunk<R: AsyncRead + Unpin>(
+/// Reads what `input` has, up to [`READ_BUF`]; `None` at EOF. Cancel-safe: `read_buf` only
+/// appends to `buf`, and what it appended is taken out only once the read completed.
+async fn read_some<R: AsyncRead + Unpin>(
     input: &mut R,
     buf: &mut BytesMut,
 ) -> io::Result<Option<Bytes>> {
-    // Leftover bytes from a read larger than one chunk go out before reading again, so
-    // interactive input is never held back.
-    if buf.is_empty() {
-        buf.reserve(MAX_PIPE_CHUNK);
-        if input.read_buf(buf).await? == 0 {
-            return Ok(None);
+    if buf.capacity() - buf.len() < READ_BUF / 2 {
+        buf.reserve(READ_BUF);
+    }
+    if input.read_buf(buf).await? == 0 {
+        return Ok(None);
+    }
+    Ok(Some(buf.split().freeze()))
+}
+
+/// Cuts `data` into `DATA` frames, as chunks quinn queues without copying: a 5-byte
+/// header, then a slice of `data` of at most [`MAX_PIPE_CHUNK`] bytes.
+fn data_frames(mut data: Bytes, frames: &mut Vec<Bytes>) {
+    let mut headers = BytesMut::with_capacity(data.len().div_ceil(MAX_PIPE_CHUNK) * DATA_HEADER);
+    while !data.is_empty() {
+        let piece = data.split_to(data.len().min(MAX_PIPE_CHUNK));
+        headers.put_u8(TAG_DATA);
+        // A piece is at most MAX_PIPE_CHUNK (64 KiB) long: it fits a u32.
+        headers.put_u32(piece.len() as u32);
+        frames.push(headers.split().freeze());
+        frames.push(piece);
+    }
+}
+
+/// What the receiving half takes out of the stream, piece by piece.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    /// Payload of a `DATA` frame (a frame's payload may come in several pieces).
+    Data(Bytes),
+    /// An `END` frame.
+    End(PipeSummary),
+    /// An `ACK` frame.
+    Ack(PipeSummary),
+}
+
+/// Sans-IO reader of pipe frames from the stream's chunks, as quinn hands them out
+/// (about one packet each). Payload comes out as slices of those chunks, uncopied; only a
+/// frame header split across chunks is gathered, in a buffer of at most 41 bytes.
+#[derive(Debug, Default)]
+struct FrameSplitter {
+    /// The start of a frame header that a chunk ended in the middle of.
+    head: BytesMut,
+    /// Payload bytes of the current `DATA` frame still to come.
+    data_left: usize,
+}
+
+impl FrameSplitter {
+    /// The next piece from `chunk` (consuming what it uses), `None` once `chunk` is used up.
+    fn next(&mut self, chunk: &mut Bytes) -> Result<Option<Piece>, PipeError> {
+        loop {
+            if self.data_left > 0 {
+                if chunk.is_empty() {
+                    return Ok(None);
+                }
+                let take = self.data_left.min(chunk.len());
+                self.data_left -= take;
+                return Ok(Some(Piece::Data(chunk.split_to(take))));
+            }
+            let Some(&tag) = self.head.first().or(chunk.first()) else {
+                return Ok(None);
+            };
+            let need = match tag {
+                TAG_DATA => DATA_HEADER,
+                TAG_END | TAG_ACK => SUMMARY_FRAME,
+                other => return Err(PipeError::UnknownFrame(other)),
+            };
+            if self.head.is_empty() && chunk.len() >= need {
+                // The whole header is in this chunk: parse it in place.
+                let header = chunk.split_to(need);
+                if let Some(piece) = self.header(&header)? {
+                    return Ok(Some(piece));
+                }
+                continue;
+            }
+            let take = (need - self.head.len()).min(chunk.len());
+            self.head.extend_from_slice(&chunk.split_to(take));
+            if self.head.len() < need {
+                return Ok(None);
+            }
+            let header = self.head.split();
+            if let Some(piece) = self.header(&header)? {
+                return Ok(Some(piece));
+            }
         }
     }
-    let take = buf.len().min(MAX_PIPE_CHUNK);
-    Ok(Some(buf.split_to(take).freeze()))
+
+    /// Acts on one complete header: starts a `DATA` payload, or returns `END`/`ACK`.
+    fn header(&mut self, header: &[u8]) -> Result<Option<Piece>, PipeError> {
+        match header.first() {
+            Some(&TAG_DATA) => {
+                let len = header
+                    .get(1..DATA_HEADER)
+                    .and_then(|b| b.first_chunk::<4>())
+                    .map(|b| u32::from_be_bytes(*b))
+                    .ok_or(PipeError::Truncated)?;
+                let len_usize = usize::try_from(len).unwrap_or(usize::MAX);
+                if len_usize == 0 || len_usize > MAX_PIPE_CHUNK {
+                    return Err(PipeError::BadLength(u64::from(len)));
+                }
+                self.data_left = len_usize;
+                Ok(None)
+            }
+            Some(&tag) => {
+                let summary = read_summary(header).ok_or(PipeError::Truncated)?;
+                Ok(Some(if tag == TAG_END {
+                    Piece::End(summary)
+                } else {
+                    Piece::Ack(summary)
+                }))
+            }
+            None => Err(PipeError::Truncated),
+        }
+    }
+
+    /// Whether the stream may end here (not inside a frame).
+    fn at_boundary(&self) -> bool {
+        self.head.is_empty() && self.data_left == 0
+    }
+}
+
+/// Reads the next chunk of the stream (`None` at its end), without waiting if `wait` is
+/// false (then `Ok(Some(None))` means nothing was ready).
+async fn next_chunk(
+    recv: &mut quinn::RecvStream,
+    wait: bool,
+) -> Result<Option<Option<Bytes>>, LinkError> {
+    let read = recv.read_chunk(usize::MAX, true);
+    let chunk = if wait {
+        read.await
+    } else {
+        // read_chunk is cancel-safe: dropping it after one poll loses nothing.
+        match futures_util::FutureExt::now_or_never(read) {
+            Some(result) => result,
+            None => return Ok(Some(None)),
+        }
+    };
+    match chunk {
+        Ok(Some(chunk)) => Ok(Some(Some(chunk.bytes))),
+        Ok(None) => Ok(None),
+        Err(quinn::ReadError::ConnectionLost(e)) => Err(LinkError::Connection(e)),
+        Err(e) => Err(LinkError::Read(quinn::ReadExactError::ReadError(e))),
+    }
 }
 
 /// Writes the peer's data to `output`; on `END` checks it, flushes and asks the sending half
 /// to `ACK`; records the peer's `ACK`. Returns bytes received and the peer's acknowledgement.
+///
+/// Payload is gathered into writes of up to [`WRITE_BUF`]; whatever is gathered is written
+/// as soon as the stream has nothing more ready, so interactive data is never held back.
 async fn receive_half<W: AsyncWrite + Unpin>(
-    mut source: FramedRead<quinn::RecvStream, PipeCodec>,
+    mut recv: quinn::RecvStream,
     mut output: W,
     ack_tx: oneshot::Sender<PipeSummary>,
 ) -> Result<(u64, PipeSummary), PipeError> {
+    let mut splitter = FrameSplitter::default();
     let mut tally = Some(Tally::new());
     let mut received = 0u64;
     let mut ack_tx = Some(ack_tx);
     let mut peer_ack = None;
-    while let Some(frame) = source.next().await {
-        match frame? {
-            PipeFrame::Data(bytes) => {
-                let Some(tally) = tally.as_mut() else {
-                    return Err(PipeError::Protocol("data after END"));
-                };
-                tally.add(&bytes);
-                received = tally.total;
-                output.write_all(&bytes).await?;
+    let mut pending = BytesMut::new();
+    loop {
+        let chunk = match next_chunk(&mut recv, pending.is_empty()).await? {
+            Some(Some(chunk)) => chunk,
+            Some(None) => {
+                output.write_all(&pending).await?;
+                pending.clear();
+                continue;
             }
-            PipeFrame::End(claimed) => {
-                let Some(done) = tally.take() else {
-                    return Err(PipeError::Protocol("a second END"));
-                };
-                output.flush().await?;
-                let got = done.finish();
-                if got != claimed {
-                    return Err(PipeError::Corrupted {
-                        received: got.total,
-                        sent: claimed.total,
-                        hash_ok: got.sha256 == claimed.sha256,
-                    });
+            None => break,
+        };
+        let mut chunk = chunk;
+        while let Some(piece) = splitter.next(&mut chunk)? {
+            match piece {
+                Piece::Data(bytes) => {
+                    let Some(tally) = tally.as_mut() else {
+                        return Err(PipeError::Protocol("data after END"));
+                    };
+                    tally.add(&bytes);
+                    received = tally.total;
+                    if pending.is_empty() && pending.capacity() < WRITE_BUF {
+                        pending.reserve(WRITE_BUF);
+                    }
+                    pending.extend_from_slice(&bytes);
+                    if pending.len() >= WRITE_BUF {
+                        output.write_all(&pending).await?;
+                        pending.clear();
+                    }
                 }
-                if let Some(tx) = ack_tx.take() {
-                    let _ = tx.send(got);
+                Piece::End(claimed) => {
+                    let Some(done) = tally.take() else {
+                        return Err(PipeError::Protocol("a second END"));
+                    };
+                    output.write_all(&pending).await?;
+                    pending.clear();
+                    output.flush().await?;
+                    let got = done.finish();
+                    if got != claimed {
+                        return Err(PipeError::Corrupted {
+                            received: got.total,
+                            sent: claimed.total,
+                            hash_ok: got.sha256 == claimed.sha256,
+                        });
+                    }
+                    if let Some(tx) = ack_tx.take() {
+                        let _ = tx.send(got);
+                    }
                 }
-            }
-            PipeFrame::Ack(summary) => {
-                if peer_ack.replace(summary).is_some() {
-                    return Err(PipeError::Protocol("a second ACK"));
+                Piece::Ack(summary) => {
+                    if peer_ack.replace(summary).is_some() {
+                        return Err(PipeError::Protocol("a second ACK"));
+                    }
                 }
             }
         }
+    }
+    if !splitter.at_boundary() {
+        return Err(PipeError::Truncated);
     }
     match (tally, peer_ack) {
         (None, Some(ack)) => Ok((received, ack)),
@@ -482,6 +661,113 @@ mod tests {
                 .is_err()
         );
         assert!(out.is_empty());
+    }
+
+    /// Feeds `stream` to a splitter in chunks of `sizes` (cycled) and collects what comes out,
+    /// with the payload of consecutive `Data` pieces joined.
+    fn split_all(stream: &[u8], sizes: &[usize]) -> Result<Vec<PipeFrame>, PipeError> {
+        let mut splitter = FrameSplitter::default();
+        let mut out = Vec::new();
+        let mut data = BytesMut::new();
+        let mut rest = Bytes::copy_from_slice(stream);
+        for &size in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let mut chunk = rest.split_to(size.clamp(1, rest.len()));
+            while let Some(piece) = splitter.next(&mut chunk)? {
+                match piece {
+                    Piece::Data(bytes) => data.extend_from_slice(&bytes),
+                    Piece::End(s) | Piece::Ack(s) => {
+                        if !data.is_empty() {
+                            out.push(PipeFrame::Data(data.split().freeze()));
+                        }
+                        out.push(if matches!(piece, Piece::End(_)) {
+                            PipeFrame::End(s)
+                        } else {
+                            PipeFrame::Ack(s)
+                        });
+                    }
+                }
+            }
+        }
+        if !data.is_empty() {
+            out.push(PipeFrame::Data(data.freeze()));
+        }
+        if !splitter.at_boundary() {
+            return Err(PipeError::Truncated);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn the_splitter_reads_frames_however_the_stream_is_cut() {
+        let summary = PipeSummary {
+            total: 70_000,
+            sha256: [3; 32],
+        };
+        let payload: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        let mut stream = BytesMut::new();
+        let mut frames = Vec::new();
+        data_frames(Bytes::from(payload.clone()), &mut frames);
+        for f in &frames {
+            stream.extend_from_slice(f);
+        }
+        stream.extend_from_slice(&encode(PipeFrame::End(summary)));
+        stream.extend_from_slice(&encode(PipeFrame::Ack(summary)));
+        // The frames data_frames makes are what the reference codec makes.
+        assert_eq!(
+            &stream[..DATA_HEADER + MAX_PIPE_CHUNK],
+            &encode(PipeFrame::Data(Bytes::copy_from_slice(
+                &payload[..MAX_PIPE_CHUNK]
+            )))[..]
+        );
+        for sizes in [
+            &[1][..],
+            &[2, 3, 5],
+            &[1200],
+            &[1452, 7],
+            &[40, 41, 42],
+            &[usize::MAX],
+        ] {
+            let got = split_all(&stream, sizes).unwrap();
+            assert_eq!(
+                got,
+                vec![
+                    PipeFrame::Data(Bytes::from(payload.clone())),
+                    PipeFrame::End(summary),
+                    PipeFrame::Ack(summary),
+                ],
+                "chunk sizes {sizes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_splitter_rejects_what_the_codec_rejects() {
+        for cut in [1, 2, 3, 4, 5] {
+            assert!(matches!(
+                split_all(&[0x00, 0xff, 0xff, 0xff, 0xff, 1, 2], &[cut]),
+                Err(PipeError::BadLength(0xffff_ffff))
+            ));
+            assert!(matches!(
+                split_all(&[0x00, 0, 0, 0, 0], &[cut]),
+                Err(PipeError::BadLength(0))
+            ));
+        }
+        assert!(matches!(
+            split_all(&[0x7f], &[1]),
+            Err(PipeError::UnknownFrame(0x7f))
+        ));
+        // Ends inside a header, or inside a payload.
+        assert!(matches!(
+            split_all(&[0x01, 0, 0], &[1]),
+            Err(PipeError::Truncated)
+        ));
+        assert!(matches!(
+            split_all(&[0x00, 0, 0, 0, 4, 1, 2], &[3]),
+            Err(PipeError::Truncated)
+        ));
     }
 
     #[test]

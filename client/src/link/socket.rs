@@ -417,8 +417,10 @@ impl PathSocket {
                 break;
             };
             let from = canonical(meta.addr);
+            // The header and the first byte of what it wraps (`parse_relayed` refuses an
+            // empty relayed datagram).
             let relayed = buf
-                .get(..meta.len.min(RELAY_HEADER_LEN))
+                .get(..meta.len.min(RELAY_HEADER_LEN + 1))
                 .and_then(parse_relayed)
                 .filter(|r| r.kind == TYPE_RELAY_FROM_SERVER)
                 .map(|r| r.relay);

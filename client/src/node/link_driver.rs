@@ -19,8 +19,8 @@ use crate::error::ClientError;
 use crate::link::routes::Route;
 use crate::link::{IncomingLink, LinkEndpoint, LinkError, PeerLink, Source};
 use crate::path::{
-    AgentAction, AgentFailure, Exchange, LinkAgent, LinkOutcome, LinkPaths, PathId, PathStatus,
-    RelayVia,
+    AgentAction, AgentFailure, Exchange, LinkAgent, LinkOutcome, LinkPaths, PathId, PathPolicy,
+    PathStatus, RelayVia,
 };
 use crate::punch::{ExchangeId, Role};
 use crate::session::SessionHandle;
@@ -36,10 +36,10 @@ pub(crate) struct DriverContext {
     pub(crate) session: SessionHandle,
     pub(crate) shared: Arc<Shared>,
     pub(crate) private_endpoint: chatr_proto::Endpoint,
-    /// Whether our UDP binding with the server works (else the relay is reached over TLS).
-    pub(crate) udp_bound: bool,
     /// Whether the server relays over TLS for this session.
     pub(crate) tls_relay: bool,
+    /// Which paths the link may use.
+    pub(crate) path_policy: PathPolicy,
     /// How long the initiator waits for an answer (for the error message).
     pub(crate) request_timeout: Duration,
     pub(crate) shutdown: CancellationToken,
@@ -190,21 +190,37 @@ impl Attempt {
     fn on_brokered(&mut self, msg: Brokered) -> Result<(), ClientError> {
         let now = Instant::now();
         match msg {
-            Brokered::Accepted(endpoint) => self.agent.handle_accepted(now, endpoint),
+            Brokered::Accepted(endpoint, hints) => {
+                if let Some(hints) = hints {
+                    self.agent.set_peer_hints(hints);
+                }
+                self.agent.handle_accepted(now, endpoint);
+            }
             Brokered::Denied => self.agent.handle_denied(now),
             Brokered::SessionLost(why) => self.agent.handle_session_lost(now, &why),
             Brokered::ClientInfo(info) => {
                 // Without a secret nothing can be authenticated.
                 let secret = info.link_secret.ok_or(ClientError::NoLinkSecret)?;
                 self.prepare_route(info.relay_id, ExchangeId::from_secret(&secret));
-                let via = if self.ctx.udp_bound {
+                // Asked now, not when the attempt began: the binding may have completed
+                // since (it is sent right after login).
+                let udp_bound = self
+                    .ctx
+                    .session
+                    .online()
+                    .is_some_and(|o| o.udp_observed.is_some());
+                let via = if udp_bound {
                     Some(RelayVia::Udp)
                 } else if self.ctx.tls_relay {
                     Some(RelayVia::Tls)
                 } else {
                     None
                 };
-                let relay = info.relay_id.and(via);
+                let policy = self.ctx.path_policy;
+                let relay = policy.relay(info.relay_id.and(via), self.ctx.tls_relay);
+                if let Some(pin) = policy.pin(relay) {
+                    self.agent.pin(now, Some(pin));
+                }
                 self.agent.handle_client_info(
                     now,
                     Exchange {

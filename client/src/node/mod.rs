@@ -27,6 +27,7 @@
 //! server going away and coming back.
 
 mod link_driver;
+mod local_hints;
 mod options;
 mod presence;
 mod report;
@@ -37,6 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chatr_proto::Endpoint;
+use chatr_proto::LinkHints;
 use ed25519_dalek::VerifyingKey;
 use futures_util::future::BoxFuture;
 use tokio::sync::{Mutex as AsyncMutex, mpsc, watch};
@@ -46,7 +48,7 @@ use uuid::Uuid;
 
 pub use options::ClientOptions;
 pub use presence::{ContactPresence, PresenceView};
-pub use report::{AttemptReport, AttemptResult, LinkReport, TriedCandidate};
+pub use report::{AttemptReport, AttemptResult, LinkReport, TransferReport, TriedCandidate};
 
 use self::link_driver::{DriverContext, run_attempt};
 use self::shared::{Brokered, ClientInfo, ExchangeGuard, Shared};
@@ -87,7 +89,9 @@ struct Inner {
     raw: RawSender,
     port: u16,
     shared: Arc<Shared>,
-    requests: AsyncMutex<mpsc::Receiver<(Uuid, Endpoint)>>,
+    /// What our requests and accepts tell peers about us.
+    hints: Arc<local_hints::LocalHints>,
+    requests: AsyncMutex<mpsc::Receiver<QueuedRequest>>,
     presence: watch::Receiver<PresenceView>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -103,6 +107,9 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// A request waiting for [`Client::next_request`]: who, its private endpoint and hints.
+type QueuedRequest = (Uuid, Endpoint, Option<LinkHints>);
+
 /// A peer asking us for a link. Answer with [`IncomingRequest::accept`] or
 /// [`IncomingRequest::deny`]; dropped unanswered, the server expires it and
 /// the peer sees a denial.
@@ -110,6 +117,7 @@ impl std::fmt::Debug for Client {
 pub struct IncomingRequest {
     peer: Uuid,
     private_endpoint: Endpoint,
+    hints: Option<LinkHints>,
     client: Client,
 }
 
@@ -131,7 +139,7 @@ impl IncomingRequest {
         peer_key: VerifyingKey,
     ) -> Result<(PeerLink, LinkReport), ClientError> {
         self.client
-            .respond(self.peer, self.private_endpoint, peer_key)
+            .respond(self.peer, self.private_endpoint, self.hints, peer_key)
             .await
     }
 
@@ -212,9 +220,11 @@ impl Client {
         ));
         tracing::info!(uuid = %options.identity.uuid(), port, "client started");
 
+        let hints = Arc::new(local_hints::LocalHints::new(session.clone()));
         Ok(Client {
             inner: Arc::new(Inner {
                 identity: options.identity.clone(),
+                hints,
                 session,
                 endpoint,
                 raw,
@@ -322,13 +332,14 @@ impl Client {
     /// Waits for the next peer asking us for a link; `None` once shut down.
     pub async fn next_request(&self) -> Option<IncomingRequest> {
         let mut rx = self.inner.requests.lock().await;
-        let (peer, private_endpoint) = tokio::select! {
+        let (peer, private_endpoint, hints) = tokio::select! {
             r = rx.recv() => r?,
             _ = self.inner.shutdown.cancelled() => return None,
         };
         Some(IncomingRequest {
             peer,
             private_endpoint,
+            hints,
             client: self.clone(),
         })
     }
@@ -342,12 +353,13 @@ impl Client {
         peer_key: VerifyingKey,
     ) -> Result<(PeerLink, LinkReport), ClientError> {
         let (online, guard, brokered) = self.begin_exchange(peer).await?;
-        let agent = LinkAgent::initiate(
+        let mut agent = LinkAgent::initiate(
             std::time::Instant::now(),
             self.agent_config(),
             self.local_info(&online),
             peer,
         );
+        agent.set_local_nat(self.inner.hints.nat());
         run_attempt(
             self.driver_context(peer, peer_key, &online),
             agent,
@@ -377,16 +389,21 @@ impl Client {
         &self,
         peer: Uuid,
         peer_private: Endpoint,
+        peer_hints: Option<LinkHints>,
         peer_key: VerifyingKey,
     ) -> Result<(PeerLink, LinkReport), ClientError> {
         let (online, guard, brokered) = self.begin_exchange(peer).await?;
-        let agent = LinkAgent::respond(
+        let mut agent = LinkAgent::respond(
             std::time::Instant::now(),
             self.agent_config(),
             self.local_info(&online),
             peer,
             peer_private,
         );
+        agent.set_local_nat(self.inner.hints.nat());
+        if let Some(hints) = peer_hints {
+            agent.set_peer_hints(hints);
+        }
         run_attempt(
             self.driver_context(peer, peer_key, &online),
             agent,
@@ -435,8 +452,8 @@ impl Client {
             session: inner.session.clone(),
             shared: Arc::clone(&inner.shared),
             private_endpoint: self.private_endpoint(online),
-            udp_bound: now.udp_observed.is_some(),
             tls_relay: now.tls_relay,
+            path_policy: inner.options.path_policy,
             request_timeout: inner.options.request_timeout,
             shutdown: inner.shutdown.clone(),
             tracker: inner.tracker.clone(),
@@ -455,8 +472,10 @@ impl Client {
     /// Stops the client: says goodbye to the server, closes every link, and
     /// waits for the background tasks. Finish your streams first.
     pub async fn shutdown(&self) {
-        self.inner.shutdown.cancel();
+        // Links first, while the session still runs: their last packets (the peer's
+        // final acknowledgements, CONNECTION_CLOSE) may need the TLS relay.
         self.inner.endpoint.close().await;
+        self.inner.shutdown.cancel();
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
     }
@@ -467,7 +486,7 @@ async fn session_events(
     mut events: mpsc::Receiver<SessionEvent>,
     shared: Arc<Shared>,
     session: SessionHandle,
-    requests: mpsc::Sender<(Uuid, Endpoint)>,
+    requests: mpsc::Sender<QueuedRequest>,
     presence: watch::Sender<PresenceView>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -481,8 +500,9 @@ async fn session_events(
             SessionEvent::IncomingRequest {
                 peer,
                 private_endpoint,
+                hints,
             } => {
-                let queued = requests.try_send((peer, private_endpoint)).is_ok();
+                let queued = requests.try_send((peer, private_endpoint, hints)).is_ok();
                 if !queued {
                     tracing::warn!(%peer, "too many pending link requests; denying");
                     // Not awaited here: the session driver may be waiting for us
@@ -496,8 +516,10 @@ async fn session_events(
             SessionEvent::Accepted {
                 peer,
                 private_endpoint,
+                hints,
             } => {
-                let routed = shared.route_brokered(peer, Brokered::Accepted(private_endpoint));
+                let routed =
+                    shared.route_brokered(peer, Brokered::Accepted(private_endpoint, hints));
                 if !routed {
                     tracing::debug!(%peer, "accept for no pending request");
                 }

@@ -8,7 +8,7 @@ use crate::error::ClientError;
 use crate::home::Home;
 use crate::identity::Identity;
 use crate::link::LinkConfig;
-use crate::path::PathConfig;
+use crate::path::{PathConfig, PathPolicy};
 use crate::punch::PunchConfig;
 use crate::session::{BackoffConfig, SessionTimings};
 
@@ -33,6 +33,8 @@ pub struct ClientOptions {
     pub punch: PunchConfig,
     /// Path probing and selection (direct versus relayed) once a link is up.
     pub paths: PathConfig,
+    /// Which paths links may use (default: direct when it works, else relayed).
+    pub path_policy: PathPolicy,
     /// Peer-link (QUIC) settings.
     pub link: LinkConfig,
     /// How long a link request may wait to come online first (default 15 s).
@@ -69,6 +71,7 @@ impl ClientOptions {
             backoff: BackoffConfig::default(),
             punch: PunchConfig::default(),
             paths: PathConfig::default(),
+            path_policy: PathPolicy::default(),
             link: LinkConfig::default(),
             online_timeout: Duration::from_secs(15),
             request_timeout: Duration::from_secs(40),

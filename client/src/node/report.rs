@@ -8,7 +8,9 @@
 //! this order; absent ones left out, except `peer`, which is `null` when the peer was
 //! never known), and on a failed punch `"candidates_tried": [{"candidate", "probes",
 //! "remote"}]`. `path_class` is `direct-lan`, `direct-public`, `relay-udp` or
-//! `relay-tls`; a relayed link has no `candidate`, and `relay_reason` says why.
+//! `relay-tls`; a relayed link has no `candidate`, and `relay_reason` says why. After a
+//! `chatr pipe`, `"transfer": {"ms", "path_class", "received", "relay_reason", "sent",
+//! "switches"}` says what went through and where the link was by then.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -230,6 +232,40 @@ pub struct AttemptReport {
     /// This side's role.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// What went through the link afterwards (`chatr pipe` adds it when done).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferReport>,
+}
+
+/// What one side of a link moved, how long it took, and where the link was at the end:
+/// `{"ms", "path_class", "received", "relay_reason", "sent", "switches"}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TransferReport {
+    /// From the stream's opening to the last byte confirmed, in milliseconds.
+    pub ms: u64,
+    /// The path carrying the link when the transfer ended (it may have moved since the
+    /// link came up: a link that starts on the relay moves to a direct path once one works).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_class: Option<PathClass>,
+    /// Bytes received from the peer.
+    pub received: u64,
+    /// When still relayed at the end: why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay_reason: Option<String>,
+    /// Bytes sent to the peer (and confirmed by it).
+    pub sent: u64,
+    /// How often the link changed path up to then.
+    pub switches: u32,
+}
+
+impl TransferReport {
+    /// Both directions' bytes over the time, in MiB/s (`None` for no time at all).
+    pub fn mib_per_s(&self) -> Option<f64> {
+        (self.ms > 0).then(|| {
+            (self.sent + self.received) as f64 / (1024.0 * 1024.0) / (self.ms as f64 / 1000.0)
+        })
+    }
 }
 
 /// One candidate a failed punch tried.
@@ -273,6 +309,11 @@ impl AttemptReport {
     /// Whether a direct link came up.
     pub fn is_direct(&self) -> bool {
         self.result == AttemptResult::Direct
+    }
+
+    /// Whether a relayed link came up.
+    pub fn is_relayed(&self) -> bool {
+        self.result == AttemptResult::Relayed
     }
 
     /// Whether a link came up at all (direct or relayed).

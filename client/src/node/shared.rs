@@ -27,8 +27,8 @@ use crate::stun::TransactionId;
 /// What the session told us about one exchange.
 #[derive(Debug, Clone)]
 pub(crate) enum Brokered {
-    /// The peer accepted (initiator side), with its private endpoint.
-    Accepted(Endpoint),
+    /// The peer accepted (initiator side), with its private endpoint and hints.
+    Accepted(Endpoint, Option<chatr_proto::LinkHints>),
     /// The peer denied, or is offline.
     Denied,
     /// The server's `PacketClientInfo`.

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use chatr_proto::{Endpoint, LINK_SECRET_LEN};
+use chatr_proto::{Endpoint, LINK_SECRET_LEN, LinkHints, NatHint};
 use uuid::Uuid;
 
 use super::config::PathConfig;
@@ -178,6 +178,10 @@ pub struct LinkAgent {
     punch_result: Option<Result<PunchSuccess, PunchFailure>>,
     paths: Option<PathManager>,
     pinned: Option<PathId>,
+    /// Our NAT, as we measured it (sent to the peer in our hints).
+    local_nat: NatHint,
+    /// What the peer told us about its NAT and extra candidates.
+    peer_hints: Option<LinkHints>,
     actions: VecDeque<AgentAction>,
     events: VecDeque<PathEvent>,
     transmits: VecDeque<(PathId, Vec<u8>)>,
@@ -228,6 +232,8 @@ impl LinkAgent {
             punch_result: None,
             paths: None,
             pinned: None,
+            local_nat: NatHint::default(),
+            peer_hints: None,
             actions: VecDeque::new(),
             events: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -291,6 +297,18 @@ impl LinkAgent {
     }
 
     // ----- inputs: brokering -----
+
+    /// Our NAT as we measured it (call before the exchange's ClientInfo): it decides,
+    /// with the peer's, how hard the punch tries (`docs/PROTOCOL.md` §10.7).
+    pub fn set_local_nat(&mut self, nat: NatHint) {
+        self.local_nat = nat;
+    }
+
+    /// The peer's hints from its request or accept (version 3): its NAT and extra
+    /// candidates.
+    pub fn set_peer_hints(&mut self, hints: LinkHints) {
+        self.peer_hints = Some(hints);
+    }
 
     /// Initiator: the peer accepted, announcing `private_endpoint`.
     pub fn handle_accepted(&mut self, now: Instant, private_endpoint: Endpoint) {
@@ -490,11 +508,15 @@ impl LinkAgent {
 
     fn start_linking(&mut self, now: Instant, exchange: Exchange) {
         let at = *self.client_info_at.get_or_insert(now);
-        self.candidates = Candidate::from_endpoints(
+        let mut candidates = Candidate::from_endpoints(
             self.peer_private,
             Some(exchange.public_endpoint),
             exchange.tcp_endpoint,
         );
+        if let Some(hints) = &self.peer_hints {
+            candidates.extend(Candidate::from_hints(hints));
+        }
+        self.candidates = crate::punch::dedup(candidates);
         let punch = Punch::new(
             now,
             self.config.punch.clone(),

@@ -27,6 +27,7 @@ mod agent;
 mod config;
 mod id;
 mod manager;
+mod policy;
 mod reason;
 mod status;
 
@@ -36,5 +37,6 @@ pub use agent::{
 pub use config::PathConfig;
 pub use id::{PathClass, PathId, RelayVia, SendPlan};
 pub use manager::{PathEvent, PathManager};
+pub use policy::{PathPolicy, UnknownPathPolicy};
 pub use reason::RelayReason;
 pub use status::{LinkPaths, PathStatus};

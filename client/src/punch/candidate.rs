@@ -27,6 +27,10 @@ pub enum CandidateKind {
     /// Learned while punching: the source of an authenticated probe from the peer that
     /// matched no announced candidate.
     PeerReflexive,
+    /// A mapping the peer's router granted it (UPnP IGD, NAT-PMP or PCP), from its hints.
+    PortMapped,
+    /// A global IPv6 address of the peer's interfaces, from its hints.
+    Ipv6Global,
 }
 
 impl CandidateKind {
@@ -38,6 +42,8 @@ impl CandidateKind {
             Self::PublicUdp => "public-udp",
             Self::PublicTcp => "public-tcp",
             Self::PeerReflexive => "peer-reflexive",
+            Self::PortMapped => "port-mapped",
+            Self::Ipv6Global => "ipv6-global",
         }
     }
 
@@ -48,6 +54,7 @@ impl CandidateKind {
     fn dedup_rank(self) -> u8 {
         match self {
             Self::PublicUdp => 3,
+            Self::PortMapped | Self::Ipv6Global => 3,
             Self::PublicTcp => 2,
             Self::Private => 1,
             Self::PeerReflexive => 0,
@@ -57,8 +64,9 @@ impl CandidateKind {
     /// Preference when several validated paths are available (higher is better).
     pub(crate) fn preference(self) -> u8 {
         match self {
-            Self::Private => 3,
-            Self::PublicUdp => 2,
+            // A global IPv6 path has no NAT to rebind: as good as a LAN one.
+            Self::Private | Self::Ipv6Global => 3,
+            Self::PublicUdp | Self::PortMapped => 2,
             Self::PeerReflexive => 1,
             Self::PublicTcp => 0,
         }
@@ -125,6 +133,21 @@ impl Candidate {
             IpAddr::V4(ip) => !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast()),
             IpAddr::V6(ip) => !(ip.is_unspecified() || ip.is_multicast()),
         }
+    }
+
+    /// The candidates a peer's version-3 hints add.
+    pub fn from_hints(hints: &chatr_proto::LinkHints) -> Vec<Candidate> {
+        hints
+            .candidates
+            .iter()
+            .map(|c| {
+                let kind = match c.origin {
+                    chatr_proto::CandidateOrigin::PortMapped => CandidateKind::PortMapped,
+                    chatr_proto::CandidateOrigin::Ipv6Global => CandidateKind::Ipv6Global,
+                };
+                Candidate::new(c.addr, kind)
+            })
+            .collect()
     }
 
     /// Builds the candidate list from what the brokered exchange announced.

@@ -94,6 +94,7 @@ pub(crate) fn spawn_with<C: Connect>(
     let (cmd_tx, cmd_rx) = mpsc::channel(32);
     let (udp_tx, udp_rx) = mpsc::channel(32);
     let (status_tx, status_rx) = watch::channel(SessionStatus::Connecting { attempt: 0 });
+    let (hints_tx, hints_rx) = watch::channel(chatr_proto::LinkHints::default());
     let span =
         tracing::info_span!("session", uuid = %config.identity.uuid(), server = %config.server);
     let driver = Driver {
@@ -108,12 +109,14 @@ pub(crate) fn spawn_with<C: Connect>(
         logins: 0,
         relay,
         presence: PresenceWanted::default(),
+        hints: hints_rx,
     };
     tracker.spawn(driver.run().instrument(span));
     SessionHandle {
         commands: cmd_tx,
         status: status_rx,
         udp_in: udp_tx,
+        hints: std::sync::Arc::new(hints_tx),
     }
 }
 
@@ -126,6 +129,8 @@ struct Driver<C> {
     commands: mpsc::Receiver<Command>,
     udp_in: mpsc::Receiver<(SocketAddr, UdpMessage)>,
     status: watch::Sender<SessionStatus>,
+    /// What our requests and accepts tell peers about us.
+    hints: watch::Receiver<chatr_proto::LinkHints>,
     logins: u64,
     relay: Option<TlsRelayPort>,
     /// What we share through presence; sent after each login.
@@ -251,6 +256,7 @@ impl<C: Connect> Driver<C> {
             server_rtt: rtt,
             tls_relay: false,
             presence: false,
+            udp_relay: false,
         };
         let mut logged_in = false;
         let mut shutting_down = false;
@@ -278,10 +284,12 @@ impl<C: Connect> Driver<C> {
                         logged_in = true;
                         self.logins += 1;
                         info.logins = self.logins;
-                        info.tls_relay = session.server_version() >= chatr_proto::VERSION_3
-                            && session
-                                .features()
-                                .contains(chatr_proto::SessionFeatures::RELAY_TLS);
+                        let v3 = session.server_version() >= chatr_proto::VERSION_3;
+                        let features = session.features();
+                        info.tls_relay =
+                            v3 && features.contains(chatr_proto::SessionFeatures::RELAY_TLS);
+                        info.udp_relay =
+                            v3 && features.contains(chatr_proto::SessionFeatures::RELAY_UDP);
                         info.presence = session.has_presence();
                         if info.presence {
                             let wanted = &self.presence;
@@ -384,8 +392,12 @@ impl<C: Connect> Driver<C> {
                 },
                 Some(cmd) = self.commands.recv() => {
                     let result = match &cmd {
-                        Command::Request(peer, ep, _) => session.request(*peer, *ep),
-                        Command::Accept(peer, ep, _) => session.accept(*peer, *ep),
+                        Command::Request(peer, ep, _) => {
+                            session.request(*peer, *ep, self.hints.borrow().clone())
+                        }
+                        Command::Accept(peer, ep, _) => {
+                            session.accept(*peer, *ep, self.hints.borrow().clone())
+                        }
                         Command::Deny(peer, _) => session.deny(*peer),
                         Command::CloseRelay(relay, _) => {
                             session.close_relay(*relay);

@@ -583,7 +583,8 @@ async fn commands_are_refused_offline_and_sent_once_online() {
         next_packet(&mut server).await,
         Packet::ConnectionRequest(PacketConnectionRequest {
             uuid: peer,
-            private_endpoint: ours
+            private_endpoint: ours,
+            hints: None,
         })
     );
     h.handle.accept(peer, ours).await.unwrap();

@@ -34,6 +34,8 @@ pub enum SessionEvent {
         peer: Uuid,
         /// The requester's private endpoint.
         private_endpoint: Endpoint,
+        /// The requester's NAT and extra candidates (version 3).
+        hints: Option<chatr_proto::LinkHints>,
     },
     /// A peer accepted our request (`PacketConnectionRequestAccept` received).
     Accepted {
@@ -41,6 +43,8 @@ pub enum SessionEvent {
         peer: Uuid,
         /// The accepter's private endpoint.
         private_endpoint: Endpoint,
+        /// The accepter's NAT and extra candidates (version 3).
+        hints: Option<chatr_proto::LinkHints>,
     },
     /// Our request was denied, or the peer is not online.
     Denied {

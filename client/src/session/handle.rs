@@ -35,6 +35,8 @@ pub struct OnlineInfo {
     pub server_rtt: Option<Duration>,
     /// Whether the server relays over TLS for this session (version 3).
     pub tls_relay: bool,
+    /// Whether the server relays over its UDP port for this session (version 3).
+    pub udp_relay: bool,
     /// Whether the server tells this session which mutual contacts are online (version 3).
     pub presence: bool,
 }
@@ -117,6 +119,8 @@ pub struct SessionHandle {
     pub(super) commands: mpsc::Sender<Command>,
     pub(super) status: watch::Receiver<SessionStatus>,
     pub(super) udp_in: mpsc::Sender<(SocketAddr, UdpMessage)>,
+    /// What our requests and accepts tell peers about us (version 3).
+    pub(super) hints: std::sync::Arc<watch::Sender<chatr_proto::LinkHints>>,
 }
 
 impl std::fmt::Debug for SessionHandle {
@@ -231,6 +235,17 @@ impl SessionHandle {
     /// every login to a server that offers presence). Works offline too.
     pub async fn set_presence(&self, wanted: PresenceWanted) -> Result<(), SessionError> {
         self.command(|tx| Command::SetPresence(wanted, tx)).await
+    }
+
+    /// What every following request and accept tells the peer about our NAT and extra
+    /// candidates (sent to version-3 servers only).
+    pub fn set_link_hints(&self, hints: chatr_proto::LinkHints) {
+        self.hints.send_replace(hints);
+    }
+
+    /// The hints our requests and accepts carry now.
+    pub fn link_hints(&self) -> chatr_proto::LinkHints {
+        self.hints.borrow().clone()
     }
 
     /// Tells the server we no longer need `relay` (version 3; best effort, never

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use chatr_proto::udp::UdpMessage;
 use chatr_proto::{
-    CHANNEL_BINDING_EXPORTER_LEN, DisconnectReason, Endpoint, Packet, PacketConnect,
+    CHANNEL_BINDING_EXPORTER_LEN, DisconnectReason, Endpoint, LinkHints, Packet, PacketConnect,
     PacketConnectionRequest, PacketConnectionRequestAccept, PacketConnectionRequestDenied,
     PacketDisconnect, PacketPong, SessionFeatures, UDP_TOKEN_LEN, VERSION_2, VERSION_CURRENT,
     channel_binding_message,
@@ -280,12 +280,14 @@ impl Session {
                 self.events.push_back(SessionEvent::IncomingRequest {
                     peer: p.uuid,
                     private_endpoint: p.private_endpoint,
+                    hints: p.hints,
                 });
             }
             Packet::ConnectionRequestAccept(p) if self.is_logged_in() => {
                 self.events.push_back(SessionEvent::Accepted {
                     peer: p.uuid,
                     private_endpoint: p.private_endpoint,
+                    hints: p.hints,
                 });
             }
             Packet::ConnectionRequestDenied(p) if self.is_logged_in() => {
@@ -446,27 +448,48 @@ impl Session {
 
     // ----- commands -----
 
-    /// Asks the server for a link to `peer`, announcing our private endpoint.
-    pub fn request(&mut self, peer: Uuid, private_endpoint: Endpoint) -> Result<(), NotLoggedIn> {
+    /// Asks the server for a link to `peer`, announcing our private endpoint (and, to a
+    /// version-3 server, `hints`).
+    pub fn request(
+        &mut self,
+        peer: Uuid,
+        private_endpoint: Endpoint,
+        hints: LinkHints,
+    ) -> Result<(), NotLoggedIn> {
         self.ready()?;
+        let hints = self.v3_hints(hints);
         self.transmit
             .push_back(Packet::ConnectionRequest(PacketConnectionRequest {
                 uuid: peer,
                 private_endpoint,
+                hints,
             }));
         Ok(())
     }
 
-    /// Accepts `peer`'s request, announcing our private endpoint.
-    pub fn accept(&mut self, peer: Uuid, private_endpoint: Endpoint) -> Result<(), NotLoggedIn> {
+    /// Accepts `peer`'s request, announcing our private endpoint (and, to a version-3
+    /// server, `hints`).
+    pub fn accept(
+        &mut self,
+        peer: Uuid,
+        private_endpoint: Endpoint,
+        hints: LinkHints,
+    ) -> Result<(), NotLoggedIn> {
         self.ready()?;
+        let hints = self.v3_hints(hints);
         self.transmit.push_back(Packet::ConnectionRequestAccept(
             PacketConnectionRequestAccept {
                 uuid: peer,
                 private_endpoint,
+                hints,
             },
         ));
         Ok(())
+    }
+
+    /// Hints are a version-3 field: an older server would not pass them on (or read them).
+    fn v3_hints(&self, hints: LinkHints) -> Option<LinkHints> {
+        (self.server_version() >= chatr_proto::VERSION_3).then_some(hints)
     }
 
     /// Denies `peer`'s request.
@@ -904,6 +927,7 @@ mod tests {
             Packet::ConnectionRequest(PacketConnectionRequest {
                 uuid: peer,
                 private_endpoint: private,
+                hints: None,
             }),
         );
         s.handle_packet(
@@ -911,6 +935,7 @@ mod tests {
             Packet::ConnectionRequestAccept(PacketConnectionRequestAccept {
                 uuid: peer,
                 private_endpoint: private,
+                hints: None,
             }),
         );
         s.handle_packet(
@@ -932,11 +957,13 @@ mod tests {
             vec![
                 SessionEvent::IncomingRequest {
                     peer,
-                    private_endpoint: private
+                    private_endpoint: private,
+                    hints: None,
                 },
                 SessionEvent::Accepted {
                     peer,
-                    private_endpoint: private
+                    private_endpoint: private,
+                    hints: None,
                 },
                 SessionEvent::Denied { peer },
                 SessionEvent::ClientInfo {
@@ -957,21 +984,26 @@ mod tests {
         s.poll_transmit();
         let peer = Uuid::new_v4();
         let private = ep("192.168.1.5:4000");
-        assert_eq!(s.request(peer, private), Err(NotLoggedIn::LoggingIn));
+        assert_eq!(
+            s.request(peer, private, LinkHints::default()),
+            Err(NotLoggedIn::LoggingIn)
+        );
         s.handle_packet(now, Packet::Connected(PacketConnected::default()));
-        s.request(peer, private).unwrap();
-        s.accept(peer, private).unwrap();
+        s.request(peer, private, LinkHints::default()).unwrap();
+        s.accept(peer, private, LinkHints::default()).unwrap();
         s.deny(peer).unwrap();
         assert_eq!(
             std::iter::from_fn(|| s.poll_transmit()).collect::<Vec<_>>(),
             vec![
                 Packet::ConnectionRequest(PacketConnectionRequest {
                     uuid: peer,
-                    private_endpoint: private
+                    private_endpoint: private,
+                    hints: None,
                 }),
                 Packet::ConnectionRequestAccept(PacketConnectionRequestAccept {
                     uuid: peer,
-                    private_endpoint: private
+                    private_endpoint: private,
+                    hints: None,
                 }),
                 Packet::ConnectionRequestDenied(PacketConnectionRequestDenied { uuid: peer }),
             ]

@@ -22,6 +22,17 @@ use chatr_client::session::{BackoffConfig, SessionConfig, SessionTimings};
 use chatr_server::{ServerConfig, ServerHandle};
 use tokio_util::sync::CancellationToken;
 
+/// Shows the logs of a test run with `RUST_LOG` set (e.g. `RUST_LOG=chatr_client=debug`);
+/// silent otherwise. Safe to call from every test.
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// A running in-process server.
 pub struct TestServer {
     pub handle: ServerHandle,
@@ -31,6 +42,7 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server keeping its state in `dir`, on `listen` (port 0 when None).
     pub async fn start(dir: &Path, listen: Option<SocketAddr>) -> Self {
+        init_logs();
         let mut config = ServerConfig::for_tests(dir);
         if let Some(addr) = listen {
             config.listen = addr;

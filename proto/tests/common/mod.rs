@@ -5,12 +5,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chatr_proto::{
-    ContactsOp, PacketPresence, PacketPresenceContacts, PacketPresenceStatus, PresenceStatus,
-};
-use chatr_proto::{
-    Endpoint, Packet, PacketClientInfo, PacketConnect, PacketConnected, PacketConnectionRequest,
+    CandidateOrigin, ContactsOp, Endpoint, ExtraCandidate, LinkHints, NatHint, NatMapping, Packet,
+    PacketClientInfo, PacketConnect, PacketConnected, PacketConnectionRequest,
     PacketConnectionRequestAccept, PacketConnectionRequestDenied, PacketDisconnect, PacketPing,
-    PacketPong, PacketRelayClose, PacketRelayData, RelayId, SessionFeatures, SessionParams,
+    PacketPong, PacketPresence, PacketPresenceContacts, PacketPresenceStatus, PacketRelayClose,
+    PacketRelayData, PresenceStatus, RelayId, SessionFeatures, SessionParams,
 };
 use uuid::Uuid;
 
@@ -162,6 +161,7 @@ pub(crate) fn goldens() -> Vec<Golden> {
             packet: Packet::ConnectionRequest(PacketConnectionRequest {
                 uuid: uuid(),
                 private_endpoint: v4(192, 168, 1, 10, None),
+                hints: None,
             }),
             valid_cuts: &[],
         },
@@ -171,6 +171,7 @@ pub(crate) fn goldens() -> Vec<Golden> {
             packet: Packet::ConnectionRequest(PacketConnectionRequest {
                 uuid: uuid(),
                 private_endpoint: v4(192, 168, 1, 10, Some(5000)),
+                hints: None,
             }),
             valid_cuts: &[21],
         },
@@ -183,8 +184,46 @@ pub(crate) fn goldens() -> Vec<Golden> {
                     ip: IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)),
                     port: Some(443),
                 },
+                hints: None,
             }),
             valid_cuts: &[33],
+        },
+        Golden {
+            name: "ConnectionRequest + port + v3 hints",
+            hex: "26 05 U 04 c0a8010a 1388 04 0002 9c42 01 01 04 c6336409 1194",
+            packet: Packet::ConnectionRequest(PacketConnectionRequest {
+                uuid: uuid(),
+                private_endpoint: v4(192, 168, 1, 10, Some(5000)),
+                hints: Some(LinkHints {
+                    nat: NatHint {
+                        mapping: NatMapping::DependentSequential,
+                        step: 2,
+                        last_port: Some(40002),
+                    },
+                    candidates: vec![ExtraCandidate {
+                        origin: CandidateOrigin::PortMapped,
+                        addr: "198.51.100.9:4500".parse().unwrap(),
+                    }],
+                }),
+            }),
+            valid_cuts: &[21, 23],
+        },
+        Golden {
+            name: "ConnectionRequestAccept, unknown port + v3 hints (public, no candidates)",
+            hex: "1e 06 U 04 0a000002 0000 01 0000 0000 00",
+            packet: Packet::ConnectionRequestAccept(PacketConnectionRequestAccept {
+                uuid: uuid(),
+                private_endpoint: v4(10, 0, 0, 2, None),
+                hints: Some(LinkHints {
+                    nat: NatHint {
+                        mapping: NatMapping::NoNat,
+                        step: 0,
+                        last_port: None,
+                    },
+                    candidates: vec![],
+                }),
+            }),
+            valid_cuts: &[21, 23],
         },
         Golden {
             name: "ConnectionRequestAccept (spec)",
@@ -192,6 +231,7 @@ pub(crate) fn goldens() -> Vec<Golden> {
             packet: Packet::ConnectionRequestAccept(PacketConnectionRequestAccept {
                 uuid: uuid(),
                 private_endpoint: v4(10, 0, 0, 2, None),
+                hints: None,
             }),
             valid_cuts: &[],
         },
@@ -201,6 +241,7 @@ pub(crate) fn goldens() -> Vec<Golden> {
             packet: Packet::ConnectionRequestAccept(PacketConnectionRequestAccept {
                 uuid: uuid(),
                 private_endpoint: v4(10, 0, 0, 2, Some(65535)),
+                hints: None,
             }),
             valid_cuts: &[21],
         },

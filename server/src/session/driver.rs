@@ -649,6 +649,7 @@ mod tests {
             Packet::ConnectionRequest(PacketConnectionRequest {
                 uuid: to,
                 private_endpoint: Endpoint::new(SocketAddr::from(([10, 0, 0, n], 7000))),
+                hints: None,
             })
         };
         // Alice asks for Bob over and over (collapsed into one pending request), and

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 
+use chatr_proto::LinkHints;
 use chatr_proto::{Endpoint, LINK_SECRET_LEN, RelayId};
 use uuid::Uuid;
 
@@ -42,11 +43,15 @@ pub(crate) enum PeerEvent {
     Request {
         /// The sender's private endpoint, as its client gave it.
         private_endpoint: Endpoint,
+        /// The sender's NAT and extra candidates (version-3 senders only).
+        hints: Option<LinkHints>,
     },
     /// The sender accepts the receiver's earlier request.
     Accepted {
         /// The sender's private endpoint, as its client gave it.
         private_endpoint: Endpoint,
+        /// The sender's NAT and extra candidates (version-3 senders only).
+        hints: Option<LinkHints>,
     },
     /// The sender denies the receiver's earlier request.
     Denied,

@@ -459,10 +459,13 @@ impl Session {
             Packet::ConnectionRequest(request) => self.on_request(now, request),
             Packet::ConnectionRequestAccept(accept) => {
                 if s.incoming.remove(&accept.uuid).is_some() {
+                    // Hints are a version-3 field: from anyone else they are not passed on.
+                    let hints = accept.hints.filter(|_| s.layout.is_version3());
                     self.actions.push_back(Action::Forward {
                         to: accept.uuid,
                         event: PeerEvent::Accepted {
                             private_endpoint: accept.private_endpoint,
+                            hints,
                         },
                     });
                 } else {
@@ -558,10 +561,13 @@ impl Session {
             tracing::debug!(%target, "repeated request collapsed into the pending one");
             return;
         }
+        // Hints are a version-3 field: from anyone else they are not passed on.
+        let hints = request.hints.filter(|_| s.layout.is_version3());
         self.actions.push_back(Action::Forward {
             to: target,
             event: PeerEvent::Request {
                 private_endpoint: request.private_endpoint,
+                hints,
             },
         });
     }
@@ -577,7 +583,10 @@ impl Session {
             return;
         };
         match event {
-            PeerEvent::Request { private_endpoint } => {
+            PeerEvent::Request {
+                private_endpoint,
+                hints,
+            } => {
                 let expires = now + self.config.timings.request_timeout;
                 if let Some(pending) = s.incoming.get_mut(&from) {
                     // Already shown to our client: only its expiry moves.
@@ -600,9 +609,13 @@ impl Session {
                 self.send(Packet::ConnectionRequest(PacketConnectionRequest {
                     uuid: from,
                     private_endpoint,
+                    hints,
                 }));
             }
-            PeerEvent::Accepted { private_endpoint } => {
+            PeerEvent::Accepted {
+                private_endpoint,
+                hints,
+            } => {
                 let Some(outgoing) = s.outgoing.remove(&from) else {
                     tracing::debug!(peer = %from, "accept after our request expired; dropped");
                     return;
@@ -625,6 +638,7 @@ impl Session {
                     PacketConnectionRequestAccept {
                         uuid: from,
                         private_endpoint,
+                        hints,
                     },
                 ));
                 self.send(client_info(from, endpoints, link_secret, relay_id));
@@ -749,6 +763,12 @@ fn version2_layout(packet: Packet) -> Packet {
             relay_id: None,
             ..p
         }),
+        Packet::ConnectionRequest(p) => {
+            Packet::ConnectionRequest(PacketConnectionRequest { hints: None, ..p })
+        }
+        Packet::ConnectionRequestAccept(p) => {
+            Packet::ConnectionRequestAccept(PacketConnectionRequestAccept { hints: None, ..p })
+        }
         other => other,
     }
 }
@@ -766,11 +786,13 @@ fn spec_layout(packet: Packet) -> Packet {
         Packet::Connected(_) => Packet::Connected(PacketConnected::default()),
         Packet::ConnectionRequest(p) => Packet::ConnectionRequest(PacketConnectionRequest {
             private_endpoint: bare(p.private_endpoint),
+            hints: None,
             ..p
         }),
         Packet::ConnectionRequestAccept(p) => {
             Packet::ConnectionRequestAccept(PacketConnectionRequestAccept {
                 private_endpoint: bare(p.private_endpoint),
+                hints: None,
                 ..p
             })
         }

@@ -149,6 +149,7 @@ fn request(target: Uuid) -> Packet {
     Packet::ConnectionRequest(PacketConnectionRequest {
         uuid: target,
         private_endpoint: ep("10.0.0.5:7000"),
+        hints: None,
     })
 }
 
@@ -474,7 +475,8 @@ fn request_is_forwarded_with_the_private_endpoint() {
         vec![Action::Forward {
             to: peer(),
             event: PeerEvent::Request {
-                private_endpoint: ep("10.0.0.5:7000")
+                private_endpoint: ep("10.0.0.5:7000"),
+                hints: None
             }
         }]
     );
@@ -599,6 +601,7 @@ fn requests_to_one_client_are_shown_once_per_sender_and_rate_limited_for_all() {
                 peer(),
                 PeerEvent::Request {
                     private_endpoint: ep("10.0.0.9:1"),
+                    hints: None,
                 },
             ),
         );
@@ -616,6 +619,7 @@ fn requests_to_one_client_are_shown_once_per_sender_and_rate_limited_for_all() {
                 Uuid::from_bytes([0x40 + n; 16]),
                 PeerEvent::Request {
                     private_endpoint: ep("10.0.0.9:1"),
+                    hints: None,
                 },
             ),
         );
@@ -669,6 +673,7 @@ fn unanswered_request_expires_as_denied_and_late_accept_is_dropped() {
             peer(),
             PeerEvent::Accepted {
                 private_endpoint: ep("10.0.0.9:1"),
+                hints: None,
             },
         ),
     );
@@ -687,6 +692,7 @@ fn accept_reaches_requester_with_client_info_and_shared_secret() {
             peer(),
             PeerEvent::Accepted {
                 private_endpoint: ep("10.0.0.9:9000"),
+                hints: None,
             },
         ),
     );
@@ -710,7 +716,8 @@ fn accept_reaches_requester_with_client_info_and_shared_secret() {
         accept,
         &PacketConnectionRequestAccept {
             uuid: peer(),
-            private_endpoint: ep("10.0.0.9:9000")
+            private_endpoint: ep("10.0.0.9:9000"),
+            hints: None
         }
     );
     assert_eq!(info.uuid, peer());
@@ -726,6 +733,7 @@ fn accept_reaches_requester_with_client_info_and_shared_secret() {
             peer(),
             PeerEvent::Accepted {
                 private_endpoint: ep("10.0.0.9:9000"),
+                hints: None,
             },
         ),
     );
@@ -762,6 +770,7 @@ fn incoming_request_is_shown_and_only_pending_ones_can_be_answered() {
             peer(),
             PeerEvent::Request {
                 private_endpoint: ep("10.1.1.1:7000"),
+                hints: None,
             },
         ),
     );
@@ -770,7 +779,8 @@ fn incoming_request_is_shown_and_only_pending_ones_can_be_answered() {
         vec![Action::Send(Packet::ConnectionRequest(
             PacketConnectionRequest {
                 uuid: peer(),
-                private_endpoint: ep("10.1.1.1:7000")
+                private_endpoint: ep("10.1.1.1:7000"),
+                hints: None
             }
         ))]
     );
@@ -780,6 +790,7 @@ fn incoming_request_is_shown_and_only_pending_ones_can_be_answered() {
         Packet::ConnectionRequestAccept(PacketConnectionRequestAccept {
             uuid: other(),
             private_endpoint: ep("10.2.2.2:1"),
+            hints: None,
         }),
     );
     s.handle_packet(
@@ -792,6 +803,7 @@ fn incoming_request_is_shown_and_only_pending_ones_can_be_answered() {
         Packet::ConnectionRequestAccept(PacketConnectionRequestAccept {
             uuid: peer(),
             private_endpoint: ep("10.2.2.2:7001"),
+            hints: None,
         }),
     );
     assert_eq!(
@@ -799,7 +811,8 @@ fn incoming_request_is_shown_and_only_pending_ones_can_be_answered() {
         vec![Action::Forward {
             to: peer(),
             event: PeerEvent::Accepted {
-                private_endpoint: ep("10.2.2.2:7001")
+                private_endpoint: ep("10.2.2.2:7001"),
+                hints: None
             }
         }]
     );
@@ -821,6 +834,7 @@ fn target_denial_is_forwarded() {
             peer(),
             PeerEvent::Request {
                 private_endpoint: ep("10.1.1.1:7000"),
+                hints: None,
             },
         ),
     );
@@ -848,6 +862,7 @@ fn incoming_request_expires() {
             peer(),
             PeerEvent::Request {
                 private_endpoint: ep("10.1.1.1:7000"),
+                hints: None,
             },
         ),
     );
@@ -859,6 +874,7 @@ fn incoming_request_expires() {
         Packet::ConnectionRequestAccept(PacketConnectionRequestAccept {
             uuid: peer(),
             private_endpoint: ep("10.2.2.2:7001"),
+            hints: None,
         }),
     );
     assert!(drain(&mut s).is_empty());
@@ -875,6 +891,7 @@ fn too_many_incoming_requests_are_denied_on_behalf_of_the_target() {
                 Uuid::from_bytes([0x50 + n; 16]),
                 PeerEvent::Request {
                     private_endpoint: ep("10.1.1.1:7000"),
+                    hints: None,
                 },
             ),
         );
@@ -889,6 +906,7 @@ fn too_many_incoming_requests_are_denied_on_behalf_of_the_target() {
             peer(),
             PeerEvent::Request {
                 private_endpoint: ep("10.1.1.1:7000"),
+                hints: None,
             },
         ),
     );
@@ -945,6 +963,7 @@ fn spec_client_never_gets_extension_fields() {
             peer(),
             PeerEvent::Request {
                 private_endpoint: ep("10.1.1.1:7000"),
+                hints: None,
             },
         ),
     );
@@ -956,7 +975,8 @@ fn spec_client_never_gets_extension_fields() {
                 private_endpoint: Endpoint {
                     ip: "10.1.1.1".parse().unwrap(),
                     port: None
-                }
+                },
+                hints: None,
             }
         ))]
     );
@@ -968,6 +988,7 @@ fn spec_client_never_gets_extension_fields() {
             other(),
             PeerEvent::Accepted {
                 private_endpoint: ep("10.3.3.3:7000"),
+                hints: None,
             },
         ),
     );
@@ -981,7 +1002,8 @@ fn spec_client_never_gets_extension_fields() {
                     private_endpoint: Endpoint {
                         ip: "10.3.3.3".parse().unwrap(),
                         port: None
-                    }
+                    },
+                    hints: None,
                 }
             )),
             Action::Send(Packet::ClientInfo(PacketClientInfo {
@@ -1110,6 +1132,7 @@ fn an_accepted_exchange_between_v3_parties_is_relayed() {
             peer(),
             PeerEvent::Accepted {
                 private_endpoint: ep("10.0.0.9:9000"),
+                hints: None,
             },
         ),
     );
@@ -1149,6 +1172,7 @@ fn no_relay_for_a_v2_peer_or_when_the_broker_refuses() {
         drain(&mut s);
         let accepted = PeerEvent::Accepted {
             private_endpoint: ep("10.0.0.9:9000"),
+            hints: None,
         };
         let event = if peer_v3 {
             v3_peer_event(peer(), accepted)
@@ -1350,5 +1374,76 @@ fn presence_news_is_sent_then_acknowledged_with_our_own_uuid() {
                 message: String::new(),
             })),
         ]
+    );
+}
+
+fn some_hints() -> chatr_proto::LinkHints {
+    chatr_proto::LinkHints {
+        nat: chatr_proto::NatHint {
+            mapping: chatr_proto::NatMapping::DependentRandom,
+            step: 0,
+            last_port: Some(40_000),
+        },
+        candidates: vec![],
+    }
+}
+
+#[test]
+fn link_hints_travel_only_between_version_3_sessions() {
+    let t0 = Instant::now();
+    let relays = Arc::new(FakeRelays::default());
+    let with_hints = |target: Uuid| {
+        Packet::ConnectionRequest(PacketConnectionRequest {
+            uuid: target,
+            private_endpoint: ep("10.0.0.5:7000"),
+            hints: Some(some_hints()),
+        })
+    };
+    let forwarded_hints = |s: &mut Session| {
+        drain(s).into_iter().find_map(|a| match a {
+            Action::Forward {
+                event: PeerEvent::Request { hints, .. },
+                ..
+            } => Some(hints),
+            _ => None,
+        })
+    };
+    // From a version-3 client: passed on.
+    let mut v3 = v3_session(t0, &relays);
+    login(&mut v3, t0, connect_v3(me()));
+    v3.handle_packet(t0, with_hints(peer()));
+    assert_eq!(forwarded_hints(&mut v3), Some(Some(some_hints())));
+    // From a version-2 client (however it got them onto the wire): dropped.
+    let mut v2 = session(t0);
+    login(&mut v2, t0, connect_v2(me()));
+    v2.handle_packet(t0, with_hints(peer()));
+    assert_eq!(forwarded_hints(&mut v2), Some(None));
+
+    // To a version-2 client: never sent.
+    let event = |hints| PeerEvent::Request {
+        private_endpoint: ep("10.0.0.9:1"),
+        hints,
+    };
+    v2.handle_hub_event(t0, peer_event(other(), event(Some(some_hints()))));
+    let sent = drain(&mut v2);
+    assert!(
+        sent.iter().any(|a| matches!(
+            a,
+            Action::Send(Packet::ConnectionRequest(PacketConnectionRequest {
+                hints: None,
+                ..
+            }))
+        )),
+        "{sent:?}"
+    );
+    // To a version-3 client: sent.
+    v3.handle_hub_event(t0, v3_peer_event(other(), event(Some(some_hints()))));
+    let sent = drain(&mut v3);
+    assert!(
+        sent.iter().any(|a| matches!(
+            a,
+            Action::Send(Packet::ConnectionRequest(PacketConnectionRequest { hints: Some(h), .. })) if *h == some_hints()
+        )),
+        "{sent:?}"
     );
 }

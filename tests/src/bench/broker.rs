@@ -263,6 +263,7 @@ async fn pair_task(
                     let request = Packet::ConnectionRequest(PacketConnectionRequest {
                         uuid: b_id,
                         private_endpoint: a_endpoint,
+                    hints: None,
                     });
                     let sent = Instant::now();
                     start.phase.lag.record(sent.saturating_duration_since(start.due));
@@ -287,6 +288,7 @@ async fn pair_task(
                     b.send(&Packet::ConnectionRequestAccept(PacketConnectionRequestAccept {
                         uuid: a_id,
                         private_endpoint: b_endpoint,
+                    hints: None,
                     })).await
                 }
                 Ok(Some(other)) => Err(BenchError::Protocol(format!("A got unexpected {}", other.name()))),
@@ -299,6 +301,7 @@ async fn pair_task(
                     b.send(&Packet::ConnectionRequestAccept(PacketConnectionRequestAccept {
                         uuid: req.uuid,
                         private_endpoint: b_endpoint,
+                    hints: None,
                     })).await
                 }
                 Ok(Some(Packet::ClientInfo(_))) => {

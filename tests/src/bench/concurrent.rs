@@ -381,6 +381,7 @@ async fn probe_session(
                     let request = Packet::ConnectionRequest(PacketConnectionRequest {
                         uuid: offline,
                         private_endpoint: endpoint,
+                    hints: None,
                     });
                     pending = Some(Instant::now());
                     if conn.send(&request).await.is_err() {

@@ -1,5 +1,6 @@
-//! Figures 4 and 5 in the NAT lab (`crate::lab`): punch time and link throughput,
-//! with the real `chatr-server` and `chatr` binaries inside network namespaces.
+//! Figure 4 in the NAT lab (`crate::lab`): punch time, with the real `chatr-server`
+//! and `chatr` binaries inside network namespaces; and the lab plumbing (server,
+//! enrolled peers) that figure 5 ([`throughput`](super::throughput)) shares.
 //!
 //! **Punch time** (`punch-time --delay-ms D`): per run a fresh pair of NAT sites
 //! (default port-restricted ↔ port-restricted), each uplink delayed by D/2 by the
@@ -10,15 +11,6 @@
 //! by the RTT. The RTT baseline is **measured in the same run**: `ping` from each
 //! peer to the server crosses its own uplink once each way, so the peer-to-peer
 //! RTT is the sum of the two. Target: punch ≤ 2 RTT + 50 ms.
-//!
-//! **Throughput** (`throughput`): Alice is a public host (NAT profile `none`), Bob
-//! sits behind a port-restricted NAT, each uplink delayed by D/2. TCP is iperf3
-//! from Bob to Alice (Bob's NAT lets the outgoing connection through; a TCP
-//! connection *into* a NAT needs port forwarding, which no real punched path has).
-//! The Chatr figure is `chatr pipe` from Bob to Alice over the punched QUIC link:
-//! the bench watches Alice's output file grow and times first byte → last byte,
-//! so login and punching are not counted. Both cross the same veths, wires, NAT
-//! and bridge. Target: ≥ 80 % of TCP.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -29,23 +21,22 @@ use std::time::{Duration, Instant};
 use chatr_client::AttemptReport;
 
 use crate::bench::BenchError;
-use crate::bench::report::{Table, pct};
+use crate::bench::report::Table;
 use crate::bench::stats::median;
 use crate::bench::sys::Machine;
+use crate::lab::lab_server::LabServer;
 use crate::lab::matrix::Binaries;
 use crate::lab::{Host, Lab, LinkCondition, NatProfile};
 
-const CONNECT_PORT: u16 = 7777;
-const API_PORT: u16 = 7778;
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn lab_err(e: impl std::fmt::Display) -> BenchError {
+pub(crate) fn lab_err(e: impl std::fmt::Display) -> BenchError {
     BenchError::Lab(e.to_string())
 }
 
 /// Finds the binaries: `--bin-dir`, else `target/release` when both are there, else
 /// what the NAT lab would use.
-fn binaries(bin_dir: Option<&Path>) -> Result<Binaries, BenchError> {
+pub(crate) fn binaries(bin_dir: Option<&Path>) -> Result<Binaries, BenchError> {
     if bin_dir.is_none() {
         let release = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release");
         if release.join("chatr").is_file() && release.join("chatr-server").is_file() {
@@ -55,72 +46,20 @@ fn binaries(bin_dir: Option<&Path>) -> Result<Binaries, BenchError> {
     Binaries::locate(bin_dir).map_err(lab_err)
 }
 
-/// The running server in the lab; killed on drop.
-struct LabServer {
-    ip: Ipv4Addr,
-    cert: PathBuf,
-    child: Child,
-}
-
-impl Drop for LabServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(bins: &Binaries, host: &Host, dir: &Path) -> Result<LabServer, BenchError> {
-    std::fs::create_dir_all(dir).map_err(|e| BenchError::io("create server dir", e))?;
-    let ready = dir.join("ready.json");
-    let log = File::create(dir.join("server.log")).map_err(|e| BenchError::io("server log", e))?;
-    let log2 = log
-        .try_clone()
-        .map_err(|e| BenchError::io("server log", e))?;
-    let mut child = host
-        .netns()
-        .command(&bins.server)
-        .arg("serve")
-        .args(["--listen", &format!("0.0.0.0:{CONNECT_PORT}")])
-        .args(["--api-listen", &format!("0.0.0.0:{API_PORT}")])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["--san", &host.ip().to_string()])
-        .arg("--ready-file")
-        .arg(&ready)
-        .args(["--api-rate", "1000", "--api-burst", "1000"])
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .spawn()
-        .map_err(|e| BenchError::io(format!("spawn {}", bins.server.display()), e))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(ready.is_file() && dir.join("cert.pem").is_file()) {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Err(BenchError::Tool {
-                tool: "chatr-server".into(),
-                reason: format!(
-                    "exited with {status}; see {}",
-                    dir.join("server.log").display()
-                ),
-            });
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return Err(BenchError::Timeout(
-                "chatr-server did not get ready in 30 s".into(),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(LabServer {
-        ip: host.ip(),
-        cert: dir.join("cert.pem"),
-        child,
+/// Starts the real server in the lab (see [`LabServer`]).
+pub(crate) fn start_server(
+    bins: &Binaries,
+    host: &Host,
+    dir: &Path,
+) -> Result<LabServer, BenchError> {
+    LabServer::start(bins, host, dir).map_err(|e| BenchError::Tool {
+        tool: "chatr-server".into(),
+        reason: e.to_string(),
     })
 }
 
 /// Runs a command to completion within `timeout`; `None` if killed at the deadline.
-fn wait_with_timeout(
+pub(crate) fn wait_with_timeout(
     mut child: Child,
     timeout: Duration,
 ) -> Result<Option<ExitStatus>, BenchError> {
@@ -140,15 +79,15 @@ fn wait_with_timeout(
 }
 
 /// One `chatr` peer in the lab.
-struct Peer {
-    host: Host,
+pub(crate) struct Peer {
+    pub(crate) host: Host,
     home: PathBuf,
-    dir: PathBuf,
+    pub(crate) dir: PathBuf,
     name: &'static str,
 }
 
 impl Peer {
-    fn command(&self, bins: &Binaries, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, bins: &Binaries, args: &[&str]) -> Command {
         let mut cmd = self.host.netns().command(&bins.chatr);
         cmd.arg("--home")
             .arg(&self.home)
@@ -183,9 +122,9 @@ impl Peer {
     }
 
     fn enrol(&self, bins: &Binaries, server: &LabServer) -> Result<String, BenchError> {
-        let connect = format!("{}:{CONNECT_PORT}", server.ip);
-        let api = format!("https://{}:{API_PORT}", server.ip);
-        let cert = server.cert.to_string_lossy().into_owned();
+        let connect = server.connect_addr();
+        let api = server.api_url();
+        let cert = server.cert().to_string_lossy().into_owned();
         self.step(
             bins,
             &[
@@ -241,12 +180,12 @@ impl Peer {
 }
 
 /// Two enrolled peers that know each other, and the server.
-struct PeerPair {
-    alice: Peer,
-    bob: Peer,
+pub(crate) struct PeerPair {
+    pub(crate) alice: Peer,
+    pub(crate) bob: Peer,
 }
 
-fn enrol_pair(
+pub(crate) fn enrol_pair(
     bins: &Binaries,
     server: &LabServer,
     alice: Host,
@@ -274,8 +213,6 @@ struct PipeRun {
     bob_report: Option<AttemptReport>,
     alice_status: Option<ExitStatus>,
     bob_status: Option<ExitStatus>,
-    /// First byte → last byte at Alice's stdout, when `expect_bytes` arrived.
-    transfer: Option<Duration>,
 }
 
 /// Alice listens (stdin empty), Bob sends `input` to her. Watches Alice's output.
@@ -321,16 +258,9 @@ fn pipe_run(
         .map_err(|e| BenchError::io("spawn chatr pipe", e))?;
     // Watch Alice's output grow.
     let deadline = Instant::now() + timeout;
-    let mut first: Option<Instant> = None;
-    let mut done: Option<Instant> = None;
     while Instant::now() < deadline {
         let size = std::fs::metadata(&alice_out).map(|m| m.len()).unwrap_or(0);
-        let now = Instant::now();
-        if size > 0 && first.is_none() {
-            first = Some(now);
-        }
         if size >= expect_bytes && expect_bytes > 0 {
-            done = Some(now);
             break;
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -348,11 +278,10 @@ fn pipe_run(
         bob_report: read(&bob_report),
         alice_status,
         bob_status,
-        transfer: first.zip(done).map(|(f, d)| d.duration_since(f)),
     })
 }
 
-fn write_pattern(path: &Path, bytes: u64) -> Result<(), BenchError> {
+pub(crate) fn write_pattern(path: &Path, bytes: u64) -> Result<(), BenchError> {
     use std::io::Write;
     let mut f =
         std::io::BufWriter::new(File::create(path).map_err(|e| BenchError::io("create input", e))?);
@@ -510,7 +439,7 @@ pub fn punch_time(args: &PunchArgs) -> Result<PunchReport, BenchError> {
             bob,
             &work.path().join(format!("run{k}")),
         )?;
-        let rtt_ms = pair.alice.ping_ms(server.ip, 10)? + pair.bob.ping_ms(server.ip, 10)?;
+        let rtt_ms = pair.alice.ping_ms(server.ip(), 10)? + pair.bob.ping_ms(server.ip(), 10)?;
         let run = pipe_run(
             &bins,
             &pair,
@@ -575,220 +504,5 @@ pub fn punch_time(args: &PunchArgs) -> Result<PunchReport, BenchError> {
         punch_ms,
         rtt_ms,
         runs,
-    })
-}
-
-// ----- throughput -----
-
-/// Options of `throughput`.
-#[derive(Debug, Clone, clap::Args, serde::Serialize)]
-pub struct ThroughputArgs {
-    /// One-way delay between Alice's and Bob's uplinks, ms (each gets half).
-    #[arg(long, default_value_t = 20)]
-    pub delay_ms: u64,
-    /// MiB piped per run.
-    #[arg(long, default_value_t = 64)]
-    pub mib: u64,
-    /// Seconds per iperf3 run.
-    #[arg(long, default_value_t = 5)]
-    pub iperf_secs: u64,
-    /// Runs (the figure is the median).
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Directory holding `chatr` and `chatr-server` [default: target/release if built].
-    #[arg(long)]
-    pub bin_dir: Option<PathBuf>,
-}
-
-/// One throughput run.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ThroughputRun {
-    /// iperf3 TCP, Mbit/s (receiver side).
-    pub tcp_mbps: Option<f64>,
-    /// chatr pipe, Mbit/s (first → last byte at the receiver).
-    pub chatr_mbps: Option<f64>,
-    /// What went wrong, if anything.
-    pub error: Option<String>,
-}
-
-/// Figure 5.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ThroughputReport {
-    /// Where and when.
-    pub machine: Machine,
-    /// Options used.
-    pub args: ThroughputArgs,
-    /// Every run.
-    pub runs: Vec<ThroughputRun>,
-    /// Median TCP Mbit/s.
-    pub tcp_mbps: Option<f64>,
-    /// Median chatr Mbit/s.
-    pub chatr_mbps: Option<f64>,
-    /// chatr ÷ TCP.
-    pub ratio: Option<f64>,
-}
-
-impl ThroughputReport {
-    /// Markdown.
-    pub fn render(&self) -> String {
-        let mut t = Table::new(&[
-            "path",
-            "TCP iperf3 Mbit/s (baseline)",
-            "chatr pipe Mbit/s",
-            "ratio (target ≥ 80 %)",
-        ]);
-        let f = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
-        t.row(vec![
-            format!(
-                "public ↔ port-restricted NAT, {} ms between uplinks",
-                self.args.delay_ms
-            ),
-            f(self.tcp_mbps),
-            f(self.chatr_mbps),
-            self.ratio.map_or("-".into(), pct),
-        ]);
-        let mut runs = Table::new(&["run", "TCP Mbit/s", "chatr Mbit/s", "note"]);
-        for (i, r) in self.runs.iter().enumerate() {
-            runs.row(vec![
-                (i + 1).to_string(),
-                f(r.tcp_mbps),
-                f(r.chatr_mbps),
-                r.error.clone().unwrap_or_default(),
-            ]);
-        }
-        format!("{}\n{}", t.render(), runs.render())
-    }
-}
-
-fn iperf(alice: &Peer, bob: &Peer, secs: u64) -> Result<f64, BenchError> {
-    let server = alice
-        .host
-        .netns()
-        .command("iperf3")
-        .args(["-s", "-1", "-p", "5201"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| BenchError::io("spawn iperf3 -s (apt-get install iperf3)", e))?;
-    std::thread::sleep(Duration::from_millis(300));
-    let out = bob
-        .host
-        .netns()
-        .command("iperf3")
-        .args([
-            "-c",
-            &alice.host.ip().to_string(),
-            "-p",
-            "5201",
-            "-J",
-            "-t",
-            &secs.to_string(),
-        ])
-        .output()
-        .map_err(|e| BenchError::io("run iperf3 -c", e))?;
-    let _ = wait_with_timeout(server, Duration::from_secs(5));
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| BenchError::Tool {
-            tool: "iperf3".into(),
-            reason: format!("bad JSON: {e}"),
-        })?;
-    json.pointer("/end/sum_received/bits_per_second")
-        .and_then(serde_json::Value::as_f64)
-        .map(|bps| bps / 1e6)
-        .ok_or_else(|| BenchError::Tool {
-            tool: "iperf3".into(),
-            reason: format!(
-                "no sum_received: {}",
-                json.get("error").cloned().unwrap_or_default()
-            ),
-        })
-}
-
-/// Runs figure 5.
-pub fn throughput(args: &ThroughputArgs) -> Result<ThroughputReport, BenchError> {
-    let machine = Machine::detect();
-    let bins = binaries(args.bin_dir.as_deref())?;
-    let work = tempfile::Builder::new()
-        .prefix("chatr-bench-lab-")
-        .tempdir()
-        .map_err(|e| BenchError::io("temp dir", e))?;
-    let _guard = crate::lab::exclusive();
-    let mut lab = Lab::new().map_err(lab_err)?;
-    let srv = lab.add_public_host("srv").map_err(lab_err)?;
-    let server = start_server(&bins, &srv, &work.path().join("server"))?;
-    let link = LinkCondition::delay_ms(args.delay_ms / 2);
-    let mut sa = lab.add_site("a", NatProfile::None, link).map_err(lab_err)?;
-    let mut sb = lab
-        .add_site("b", NatProfile::PortRestricted, link)
-        .map_err(lab_err)?;
-    let alice = lab.add_host(&mut sa, "alice").map_err(lab_err)?;
-    let bob = lab.add_host(&mut sb, "bob").map_err(lab_err)?;
-    let pair = enrol_pair(&bins, &server, alice, bob, &work.path().join("pair"))?;
-    let bytes = args.mib * 1024 * 1024;
-    let input = work.path().join("input");
-    write_pattern(&input, bytes)?;
-    let mut runs = Vec::new();
-    for k in 0..args.runs.max(1) {
-        let mut errors = Vec::new();
-        let mut tcp = || match iperf(&pair.alice, &pair.bob, args.iperf_secs) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                errors.push(e.to_string());
-                None
-            }
-        };
-        // Alternate the order so drift hits both.
-        let first_tcp = if k % 2 == 0 { tcp() } else { None };
-        let run = pipe_run(
-            &bins,
-            &pair,
-            &input,
-            bytes,
-            args.delay_ms,
-            Duration::from_secs(300),
-        )?;
-        let chatr = match run.transfer {
-            Some(t) if t > Duration::ZERO => Some(bytes as f64 * 8.0 / t.as_secs_f64() / 1e6),
-            _ => {
-                errors.push(format!(
-                    "pipe did not deliver {bytes} bytes (exit alice {:?} bob {:?})",
-                    run.alice_status, run.bob_status
-                ));
-                None
-            }
-        };
-        let mut tcp2 = || match iperf(&pair.alice, &pair.bob, args.iperf_secs) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                errors.push(e.to_string());
-                None
-            }
-        };
-        let tcp_mbps = if k % 2 == 0 { first_tcp } else { tcp2() };
-        let r = ThroughputRun {
-            tcp_mbps,
-            chatr_mbps: chatr,
-            error: (!errors.is_empty()).then(|| errors.join("; ")),
-        };
-        eprintln!(
-            "throughput run {}: TCP {:?} Mbit/s, chatr {:?} Mbit/s {}",
-            k + 1,
-            r.tcp_mbps,
-            r.chatr_mbps,
-            r.error.clone().unwrap_or_default()
-        );
-        runs.push(r);
-    }
-    drop(server);
-    drop(lab);
-    let tcp_mbps = median(&runs.iter().filter_map(|r| r.tcp_mbps).collect::<Vec<_>>());
-    let chatr_mbps = median(&runs.iter().filter_map(|r| r.chatr_mbps).collect::<Vec<_>>());
-    Ok(ThroughputReport {
-        machine,
-        args: args.clone(),
-        ratio: tcp_mbps.zip(chatr_mbps).map(|(t, c)| c / t.max(1e-9)),
-        runs,
-        tcp_mbps,
-        chatr_mbps,
     })
 }

@@ -17,7 +17,8 @@
 //! `chatr-client` library, so the figures measure the server.
 //!
 //! Modules: [`login_rate`], [`concurrent`], [`broker`], [`hostile`] (issue 16's attacks),
-//! [`lab`] (punch time and link throughput in the NAT lab) and [`smoke`] are the subcommands; [`stats`], [`sys`],
+//! [`lab`] (punch time in the NAT lab), [`throughput`] (link throughput in the NAT lab, beside
+//! iperf3 and iroh) and [`smoke`] are the subcommands; [`stats`], [`sys`],
 //! [`identity`], [`tls`], [`client`], [`server`] and [`report`] are their tools.
 
 pub mod broker;
@@ -34,6 +35,7 @@ pub mod server;
 pub mod smoke;
 pub mod stats;
 pub mod sys;
+pub mod throughput;
 pub mod tls;
 
 pub use error::BenchError;

@@ -9,7 +9,7 @@
 //! target/release/chatr-bench hostile --scenario memory      # RSS after 2 × 10 000 sessions
 //! target/release/chatr-bench hostile --scenario storm --scenario api-flood
 //! target/release/chatr-bench punch-time --delay-ms 20      # root: NAT lab
-//! target/release/chatr-bench throughput                    # root: NAT lab + iperf3
+//! target/release/chatr-bench throughput                    # root: NAT lab + iperf3 + iroh-probe
 //! cargo run -p chatr-tests --bin chatr-bench -- smoke      # CI: does the tool work?
 //! ```
 
@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use chatr_tests::bench::{broker, concurrent, hostile, lab, login_rate, report, serve, smoke};
+use chatr_tests::bench::{
+    broker, concurrent, hostile, lab, login_rate, report, serve, smoke, throughput,
+};
 use clap::{Parser, Subcommand};
 
 // The allocator under test: jemalloc as chatr-server by default; `--no-default-features`
@@ -52,8 +54,8 @@ enum Command {
     Hostile(hostile::HostileArgs),
     /// NAT lab (root): ClientInfo → authenticated QUIC link, in RTTs (target ≤ 2 RTT + 50 ms).
     PunchTime(lab::PunchArgs),
-    /// NAT lab (root): `chatr pipe` over a punched path vs TCP iperf3 on the same path.
-    Throughput(lab::ThroughputArgs),
+    /// NAT lab (root): `chatr pipe` over kernel-only paths vs iperf3 TCP and iroh, same run.
+    Throughput(throughput::ThroughputArgs),
     /// A few seconds of login-rate, concurrent and broker with tiny numbers (CI).
     Smoke,
     /// Internal: the server under test (run by the other subcommands).
@@ -156,7 +158,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
         }
         Command::Throughput(args) => {
-            let r = lab::throughput(&args)?;
+            let r = throughput::run(&args)?;
             print_and_save(
                 cli.json.as_ref(),
                 format!("{}\n\n{}", r.machine.describe(), r.render()),

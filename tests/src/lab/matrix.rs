@@ -5,38 +5,32 @@
 //! the `chatr` CLI inside the host namespaces exactly as a user would: `init`
 //! (pinning the server's self-signed certificate), `register`, `whoami`,
 //! `contacts add`, and finally `pipe --listen --from bob` against `pipe alice`
-//! with random data in both directions. A pair is *direct* when both clients
-//! report a direct link (`--report` JSON), both exit 0, and each side's output
-//! has the SHA-256 of what the other side read in. The result is a
-//! [`MatrixRun`], which renders itself as `docs/NAT-MATRIX.md`.
+//! with random data in both directions. A pair is *linked* when both clients
+//! report a link (`--report` JSON), both exit 0, and each side's output has the
+//! SHA-256 of what the other side read in; *direct* when both reports also say
+//! direct, else *relayed* by the server. The result is a [`MatrixRun`], which
+//! renders itself as `docs/NAT-MATRIX.md`.
 
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read};
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use chatr_client::AttemptReport;
-use chatr_client::punch::{CandidateKind, PathKind};
+use chatr_client::path::PathClass;
+use chatr_client::punch::CandidateKind;
+use chatr_client::{AttemptReport, TransferReport};
 
+use super::cli_runner::{ChatrRunner, Finished};
 use super::error::LabError;
+use super::lab_server::LabServer;
 use super::nat::NatProfile;
 use super::topology::{Host, Lab, LinkCondition};
 
-/// Port of the server's TLS rendezvous (TCP) and UDP endpoint discovery.
-const CONNECT_PORT: u16 = 7777;
-/// Port of the server's HTTPS registry API.
-const API_PORT: u16 = 7778;
-/// Limit for each short CLI step (init, register, whoami, contacts add).
-const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// An initiator failing faster than this with "offline" asked before the listener logged in.
 const OFFLINE_RETRY_WINDOW: Duration = Duration::from_secs(5);
-/// Limit for the server to write its ready file.
-const SERVER_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the matrix could not run at all (a pair failing is a result, not an error).
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +75,7 @@ pub enum MatrixError {
     },
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> MatrixError {
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> MatrixError {
     let what = what.into();
     move |source| MatrixError::Io { what, source }
 }
@@ -184,21 +178,24 @@ pub enum Pair {
     SameLan,
 }
 
-/// What the matrix asserts about a pair.
+/// What the matrix asserts about a pair. Every pair must link, with data checked end
+/// to end in both directions; the expectation says on which path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expectation {
-    /// Must come out direct, with data checked end to end.
+    /// Must come out direct.
     Direct,
-    /// Recorded as it comes out; nothing asserted beyond finishing with a report.
-    Recorded,
+    /// No direct path exists in the lab: must come out relayed by the server (a side
+    /// behind `udp-blocked` over TLS), unless a punch gets lucky.
+    Relayed,
 }
 
 impl Pair {
     /// Every unordered pair of profiles (including a profile with itself), then `same-lan`.
     pub fn all() -> Vec<Pair> {
         let mut pairs = Vec::new();
-        for (i, a) in NatProfile::ALL.into_iter().enumerate() {
-            for b in NatProfile::ALL.into_iter().skip(i) {
+        let profiles = NatProfile::WITH_FIREWALLS;
+        for (i, a) in profiles.into_iter().enumerate() {
+            for b in profiles.into_iter().skip(i) {
                 pairs.push(Pair::Profiles(a, b));
             }
         }
@@ -228,10 +225,11 @@ impl Pair {
         ))
     }
 
-    /// A direct link is required when at least one side maps endpoint-independently —
-    /// except where a symmetric NAT's fresh port meets port-dependent filtering
-    /// (symmetric, port-restricted, and CGNAT, whose carrier filters like
-    /// port-restricted): those are recorded as they come out.
+    /// A direct link is required when UDP passes and at least one side maps
+    /// endpoint-independently — except where a symmetric NAT's fresh port meets
+    /// port-dependent filtering (symmetric, port-restricted, and CGNAT, whose carrier
+    /// filters like port-restricted): those, and every pair with a side that blocks UDP,
+    /// must be relayed.
     pub fn expectation(&self) -> Expectation {
         let port_filtered = |p: NatProfile| {
             matches!(
@@ -241,13 +239,26 @@ impl Pair {
         };
         match *self {
             Pair::SameLan => Expectation::Direct,
+            Pair::Profiles(a, b) if !a.passes_udp() || !b.passes_udp() => Expectation::Relayed,
             Pair::Profiles(a, b)
                 if (a == NatProfile::Symmetric && port_filtered(b))
                     || (b == NatProfile::Symmetric && port_filtered(a)) =>
             {
-                Expectation::Recorded
+                Expectation::Relayed
             }
             Pair::Profiles(..) => Expectation::Direct,
+        }
+    }
+
+    /// The path a side's report must name, when the lab leaves only one: the TLS relay
+    /// for a side whose network blocks UDP. `listener` picks peer A (else B).
+    pub fn required_class(&self, listener: bool) -> Option<PathClass> {
+        match *self {
+            Pair::Profiles(a, b) => {
+                let side = if listener { a } else { b };
+                (!side.passes_udp()).then_some(PathClass::RelayTls)
+            }
+            Pair::SameLan => None,
         }
     }
 }
@@ -316,22 +327,86 @@ pub struct PairResult {
     pub pair: Pair,
     /// What was expected.
     pub expectation: Expectation,
-    /// Direct link, both exits 0, data verified both ways.
+    /// A link (direct or relayed), both exits 0, data verified both ways.
+    pub linked: bool,
+    /// Linked, and both sides report a direct path.
     pub direct: bool,
     /// The listener ("alice", peer A).
     pub listener: PeerOutcome,
     /// The initiator ("bob", peer B).
     pub initiator: PeerOutcome,
-    /// Why it is not direct (empty when direct).
+    /// Why it did not link, or why it is not direct (empty when direct).
     pub why: String,
     /// Wall time of the `pipe` exchange.
     pub wall: Duration,
 }
 
+impl PeerOutcome {
+    /// The path when the pipe ended (else when the link came up).
+    pub fn final_class(&self) -> Option<PathClass> {
+        let report = self.report.as_ref()?;
+        report
+            .transfer
+            .as_ref()
+            .and_then(|t| t.path_class)
+            .or(report.path_class)
+    }
+
+    /// Why the link was relayed at the end of the pipe (else when it came up).
+    pub fn final_relay_reason(&self) -> Option<&str> {
+        let report = self.report.as_ref()?;
+        match &report.transfer {
+            Some(t) if t.path_class.is_some() => t.relay_reason.as_deref(),
+            _ => report.relay_reason.as_deref(),
+        }
+    }
+
+    /// `relay-udp` or, when the link moved during the pipe, `relay-udp→direct-lan`.
+    fn path_cell(&self) -> String {
+        let first = self.report.as_ref().and_then(|r| r.path_class);
+        let last = self.final_class();
+        match (first, last) {
+            (Some(a), Some(b)) if a != b => format!("{a}→{b}"),
+            (Some(a), _) => a.to_string(),
+            (None, _) => "–".into(),
+        }
+    }
+}
+
 impl PairResult {
-    /// True when the pair had to be direct and was not.
+    /// True when the pair did not link, or not on the path it had to take.
     pub fn is_unexpected(&self) -> bool {
-        self.expectation == Expectation::Direct && !self.direct
+        !self.linked
+            || (self.expectation == Expectation::Direct && !self.direct)
+            || self.wrong_class().is_some()
+    }
+
+    /// A side whose report names another path than the one the lab leaves it.
+    pub fn wrong_class(&self) -> Option<String> {
+        [
+            ("listener", true, &self.listener),
+            ("initiator", false, &self.initiator),
+        ]
+        .into_iter()
+        .find_map(|(who, listener, side)| {
+            let required = self.pair.required_class(listener)?;
+            let got = side.final_class();
+            (got != Some(required)).then(|| {
+                format!(
+                    "{who} must be on {required}, reported {}",
+                    got.map_or("nothing", PathClass::as_str)
+                )
+            })
+        })
+    }
+
+    /// The initiator's pipe rate, both directions together (MiB/s).
+    pub fn pipe_rate(&self) -> Option<f64> {
+        self.initiator
+            .report
+            .as_ref()
+            .and_then(|r| r.transfer.as_ref())
+            .and_then(TransferReport::mib_per_s)
     }
 
     /// True when both sides wrote a report (the minimum asserted of every pair).
@@ -397,7 +472,7 @@ pub fn run(config: &MatrixConfig) -> Result<MatrixRun, MatrixError> {
         }
     }
 
-    let server = Server::start(&config.binaries, &server_host, &work.join("server"))?;
+    let server = LabServer::start(&config.binaries, &server_host, &work.join("server"))?;
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<PairResult>>> = Mutex::new(vec![None; config.pairs.len()]);
     std::thread::scope(|scope| {
@@ -411,8 +486,11 @@ pub fn run(config: &MatrixConfig) -> Result<MatrixRun, MatrixError> {
                     };
                     let ctx = PairContext {
                         config,
-                        server: &server,
-                        dir: work.join(format!("pair{k:02}")),
+                        runner: ChatrRunner {
+                            chatr: config.binaries.chatr.clone(),
+                            server: &server,
+                            dir: work.join(format!("pair{k:02}")),
+                        },
                         seed: k as u64,
                     };
                     let result = ctx.run(*pair, alice, bob);
@@ -436,6 +514,7 @@ pub fn run(config: &MatrixConfig) -> Result<MatrixRun, MatrixError> {
             slot.unwrap_or_else(|| PairResult {
                 pair: *pair,
                 expectation: pair.expectation(),
+                linked: false,
                 direct: false,
                 listener: PeerOutcome::default(),
                 initiator: PeerOutcome::default(),
@@ -454,93 +533,11 @@ pub fn run(config: &MatrixConfig) -> Result<MatrixRun, MatrixError> {
     })
 }
 
-/// The running `chatr-server`; killed on drop.
-struct Server {
-    ip: Ipv4Addr,
-    cert: PathBuf,
-    child: std::process::Child,
-}
-
-impl Server {
-    fn start(binaries: &Binaries, host: &Host, data_dir: &Path) -> Result<Server, MatrixError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(io_err(format!("creating {}", data_dir.display())))?;
-        let ready = data_dir.join("ready.json");
-        let log_path = data_dir.join("server.log");
-        let log = File::create(&log_path).map_err(io_err("creating the server log"))?;
-        let log_err = log
-            .try_clone()
-            .map_err(io_err("duplicating the server log"))?;
-        let ip = host.ip();
-        let mut child = host
-            .netns()
-            .command(&binaries.server)
-            .arg("serve")
-            .args(["--listen", &format!("0.0.0.0:{CONNECT_PORT}")])
-            .args(["--api-listen", &format!("0.0.0.0:{API_PORT}")])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--san", &ip.to_string()])
-            .arg("--ready-file")
-            .arg(&ready)
-            // Every pair registers and looks up keys; same-lan peers share one public IP.
-            .args(["--api-rate", "1000", "--api-burst", "1000"])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|e| {
-                MatrixError::Server(format!("spawning {}: {e}", binaries.server.display()))
-            })?;
-        let deadline = Instant::now() + SERVER_START_TIMEOUT;
-        loop {
-            if ready.is_file() && data_dir.join("cert.pem").is_file() {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(MatrixError::Server(format!(
-                    "exited with {status}; log:\n{}",
-                    tail(&log_path, 20)
-                )));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(MatrixError::Server(format!(
-                    "no ready file after {SERVER_START_TIMEOUT:?}; log:\n{}",
-                    tail(&log_path, 20)
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(Server {
-            ip,
-            cert: data_dir.join("cert.pem"),
-            child,
-        })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Everything one pair's run needs.
 struct PairContext<'a> {
     config: &'a MatrixConfig,
-    server: &'a Server,
-    dir: PathBuf,
+    runner: ChatrRunner<'a>,
     seed: u64,
-}
-
-/// A finished process: its exit (None = killed at the deadline) and files.
-struct Finished {
-    status: Option<ExitStatus>,
-    stdout: PathBuf,
-    stderr: PathBuf,
 }
 
 impl PairContext<'_> {
@@ -548,6 +545,7 @@ impl PairContext<'_> {
         let mut result = PairResult {
             pair,
             expectation: pair.expectation(),
+            linked: false,
             direct: false,
             listener: PeerOutcome::default(),
             initiator: PeerOutcome::default(),
@@ -560,139 +558,33 @@ impl PairContext<'_> {
         result
     }
 
-    /// Runs `chatr ARGS…` as `who` inside `host`, with a deadline; stdin from `stdin` if given.
-    fn chatr(
-        &self,
-        host: &Host,
-        who: &str,
-        step: &str,
-        args: &[&str],
-        stdin: Option<&Path>,
-        timeout: Duration,
-    ) -> Result<Finished, String> {
-        let home = self.dir.join(who);
-        let stdout = self.dir.join(format!("{who}.{step}.out"));
-        let stderr = self.dir.join(format!("{who}.{step}.err"));
-        let open = |p: &Path| File::create(p).map_err(|e| format!("creating {}: {e}", p.display()));
-        let input = match stdin {
-            Some(path) => Stdio::from(
-                File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?,
-            ),
-            None => Stdio::null(),
-        };
-        let mut cmd: Command = host.netns().command(&self.config.binaries.chatr);
-        cmd.arg("--home").arg(&home);
-        if step == "pipe" {
-            cmd.arg("--report")
-                .arg(self.dir.join(format!("{who}.report.json")));
-        }
-        cmd.args(args)
-            .env("NO_COLOR", "1")
-            .stdin(input)
-            .stdout(Stdio::from(open(&stdout)?))
-            .stderr(Stdio::from(open(&stderr)?));
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("spawning chatr {step}: {e}"))?;
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(format!("waiting for chatr {step}: {e}")),
-            }
-        };
-        Ok(Finished {
-            status,
-            stdout,
-            stderr,
-        })
-    }
-
-    /// A setup step that must succeed; returns its stdout.
-    fn step(&self, host: &Host, who: &str, step: &str, args: &[&str]) -> Result<String, String> {
-        let done = self.chatr(host, who, step, args, None, STEP_TIMEOUT)?;
-        match done.status {
-            Some(status) if status.success() => std::fs::read_to_string(&done.stdout)
-                .map_err(|e| format!("reading output of {step}: {e}")),
-            Some(status) => Err(format!(
-                "`chatr {}` as {who} failed ({status}): {}",
-                args.join(" "),
-                tail(&done.stderr, 3)
-            )),
-            None => Err(format!(
-                "`chatr {}` as {who} timed out after {STEP_TIMEOUT:?}",
-                args.join(" ")
-            )),
-        }
-    }
-
-    /// init + register + whoami; returns the UUID.
-    fn enrol(&self, host: &Host, who: &str) -> Result<String, String> {
-        let server = format!("{}:{CONNECT_PORT}", self.server.ip);
-        let api = format!("https://{}:{API_PORT}", self.server.ip);
-        let cert = self.server.cert.to_string_lossy().into_owned();
-        self.step(
-            host,
-            who,
-            "init",
-            &[
-                "init",
-                "--server",
-                &server,
-                "--api",
-                &api,
-                "--server-cert",
-                &cert,
-            ],
-        )?;
-        self.step(host, who, "register", &["register"])?;
-        let whoami = self.step(host, who, "whoami", &["whoami"])?;
-        let uuid = whoami
-            .split_whitespace()
-            .next()
-            .filter(|u| u.len() == 36)
-            .ok_or_else(|| {
-                format!(
-                    "`chatr whoami` as {who} printed `{}`, expected `<uuid> <key>`",
-                    whoami.trim()
-                )
-            })?;
-        Ok(uuid.to_owned())
-    }
-
     fn exchange(&self, result: &mut PairResult, alice: &Host, bob: &Host) -> Result<(), String> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
-        let alice_id = self.enrol(alice, "alice")?;
-        let bob_id = self.enrol(bob, "bob")?;
-        self.step(
+        std::fs::create_dir_all(&self.runner.dir)
+            .map_err(|e| format!("creating {}: {e}", self.runner.dir.display()))?;
+        let alice_id = self.runner.enrol(alice, "alice")?;
+        let bob_id = self.runner.enrol(bob, "bob")?;
+        self.runner.step(
             alice,
             "alice",
             "contacts",
             &["contacts", "add", &bob_id, "bob"],
         )?;
-        self.step(
+        self.runner.step(
             bob,
             "bob",
             "contacts",
             &["contacts", "add", &alice_id, "alice"],
         )?;
 
-        let alice_in = self.dir.join("alice.in");
-        let bob_in = self.dir.join("bob.in");
+        let alice_in = self.runner.dir.join("alice.in");
+        let bob_in = self.runner.dir.join("bob.in");
         let alice_sum = write_random(&alice_in, self.config.bytes, self.seed * 2 + 1)?;
         let bob_sum = write_random(&bob_in, self.config.bytes, self.seed * 2 + 2)?;
 
         let clock = Instant::now();
         let (alice_done, bob_done) = std::thread::scope(|scope| {
             let listener = scope.spawn(|| {
-                self.chatr(
+                self.runner.chatr(
                     alice,
                     "alice",
                     "pipe",
@@ -709,9 +601,9 @@ impl PairContext<'_> {
             loop {
                 std::thread::sleep(Duration::from_millis(1000 + 4 * self.config.delay_ms));
                 attempt += 1;
-                let _ = std::fs::remove_file(self.dir.join("bob.report.json"));
+                let _ = std::fs::remove_file(self.runner.report_path("bob"));
                 let began = Instant::now();
-                initiator = self.chatr(
+                initiator = self.runner.chatr(
                     bob,
                     "bob",
                     "pipe",
@@ -739,21 +631,32 @@ impl PairContext<'_> {
         let bob_done = bob_done?;
         result.listener = self.outcome("alice", &alice_done, &bob_sum);
         result.initiator = self.outcome("bob", &bob_done, &alice_sum);
-        result.direct = [&result.listener, &result.initiator].iter().all(|side| {
-            side.report.as_ref().is_some_and(AttemptReport::is_direct)
+        let sides = [&result.listener, &result.initiator];
+        result.linked = sides.iter().all(|side| {
+            side.report.as_ref().is_some_and(AttemptReport::is_linked)
                 && side.exit.as_deref() == Some("0")
                 && side.data_ok
         });
-        if !result.direct {
-            result.why = why_not_direct(&result.listener, &result.initiator);
+        // Direct is where the link settled: one that came up on the relay copy of the
+        // handshake moves to the direct path a moment later.
+        result.direct = result.linked
+            && sides
+                .iter()
+                .all(|side| side.final_class().is_some_and(|c| !c.is_relayed()));
+        if !result.linked {
+            result.why = why_not_linked(&result.listener, &result.initiator);
+        } else if !result.direct {
+            result.why = why_relayed(&result.listener, &result.initiator);
+        }
+        if let Some(wrong) = result.wrong_class() {
+            result.why = format!("{wrong}; {}", result.why);
         }
         Ok(())
     }
 
     /// Did this failed attempt fail because the peer was not online (yet)?
     fn mentions_offline(&self, who: &str, done: &Finished) -> bool {
-        let report = std::fs::read_to_string(self.dir.join(format!("{who}.report.json")))
-            .unwrap_or_default();
+        let report = std::fs::read_to_string(self.runner.report_path(who)).unwrap_or_default();
         let stderr = std::fs::read_to_string(&done.stderr).unwrap_or_default();
         [report, stderr].iter().any(|text| {
             text.to_ascii_lowercase().contains("offline")
@@ -762,7 +665,7 @@ impl PairContext<'_> {
     }
 
     fn outcome(&self, who: &str, done: &Finished, expected_sum: &str) -> PeerOutcome {
-        let report = std::fs::read_to_string(self.dir.join(format!("{who}.report.json")))
+        let report = std::fs::read_to_string(self.runner.report_path(who))
             .ok()
             .and_then(|text| serde_json::from_str::<AttemptReport>(&text).ok());
         let data_ok = sha256_file(&done.stdout).is_ok_and(|sum| sum == expected_sum);
@@ -778,13 +681,31 @@ impl PairContext<'_> {
     }
 }
 
+/// Why a linked pair is relayed: the reason each relayed side gave (once if both agree).
+fn why_relayed(listener: &PeerOutcome, initiator: &PeerOutcome) -> String {
+    let mut reasons: Vec<String> = Vec::new();
+    for side in [initiator, listener] {
+        if let Some(reason) = side
+            .final_class()
+            .filter(|c| c.is_relayed())
+            .and_then(|_| side.final_relay_reason())
+        {
+            let reason = reason.to_owned();
+            if !reasons.contains(&reason) {
+                reasons.push(reason);
+            }
+        }
+    }
+    reasons.join("; ")
+}
+
 /// A one-line reason, from the most specific evidence available.
-fn why_not_direct(listener: &PeerOutcome, initiator: &PeerOutcome) -> String {
+fn why_not_linked(listener: &PeerOutcome, initiator: &PeerOutcome) -> String {
     let mut reasons = Vec::new();
     for (who, side) in [("initiator", initiator), ("listener", listener)] {
         match (&side.report, &side.exit) {
             (_, None) => reasons.push(format!("{who} killed at the time limit")),
-            (Some(report), _) if !report.is_direct() => reasons.push(format!(
+            (Some(report), _) if !report.is_linked() => reasons.push(format!(
                 "{who}: {}",
                 report
                     .error
@@ -860,7 +781,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The last `lines` non-empty lines of a file, joined with " / " (for tables and errors).
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let kept: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     kept[kept.len().saturating_sub(lines)..].join(" / ")
@@ -917,12 +838,14 @@ impl MatrixRun {
 
     /// The report as Markdown (the content of `docs/NAT-MATRIX.md`).
     pub fn to_markdown(&self, command: &str) -> String {
+        let linked = self.results.iter().filter(|r| r.linked).count();
         let direct = self.results.iter().filter(|r| r.direct).count();
-        let expected = self
+        let must_direct: Vec<&PairResult> = self
             .results
             .iter()
             .filter(|r| r.expectation == Expectation::Direct)
-            .count();
+            .collect();
+        let kept_direct = must_direct.iter().filter(|r| r.direct).count();
         let missed = self.unexpected().len();
         let rtt = 2 * self.delay_ms;
         let mut md = String::new();
@@ -947,9 +870,11 @@ impl MatrixRun {
         );
         let _ = writeln!(
             md,
-            "**{direct}/{} pairs direct; {}/{expected} pairs that must be direct were direct{}.**\n",
+            "**{linked}/{} pairs linked ({direct} direct, {} relayed by the server); {kept_direct}/{} pairs that must be \
+             direct were direct{}.**\n",
             self.results.len(),
-            expected - missed,
+            linked - direct,
+            must_direct.len(),
             if missed == 0 {
                 ""
             } else {
@@ -958,11 +883,17 @@ impl MatrixRun {
         );
         md.push_str(
             "Peer A is the listener (`pipe --listen --from bob`, QUIC server), peer B the initiator (`pipe alice`, QUIC \
-             client). *Link ms* is the time from ClientInfo to the authenticated QUIC link as each client reports it; \
-             *probes* counts the hole-punching probes each side sent.\n\n",
+             client). *Path* is what each side's `--report` names (`direct-lan`, `direct-public`, `relay-udp`, \
+             `relay-tls`) when the link came up, and `→` where it was when the pipe ended if it moved; a pair is \
+             direct when both sides ended direct. A UDP-blocked side reaches the relay inside its TLS connection while its peer uses UDP. *Link \
+             ms* is the time from ClientInfo to the authenticated QUIC link as each client reports it; *probes* counts \
+             the hole-punching probes each side sent. *Pipe MiB/s* is B's pipe, both directions together, from opening \
+             the stream to the last byte confirmed: through the lab's userspace delay wire, which caps any flow near \
+             90 MiB/s and is dominated by slow start for small transfers, so it compares paths within this table only \
+             (kernel-only figures are in `BENCHMARKS.md`).\n\n",
         );
-        md.push_str("| Peer A | Peer B | Must be direct | Result | Path | Winning candidate (B) | Link ms A / B | Probes A / B | Data | Why not direct |\n");
-        md.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+        md.push_str("| Peer A | Peer B | Must be | Result | Path A / B | Winning candidate (B) | Link ms A / B | Probes A / B | Pipe MiB/s | Data | Why relayed / why not linked |\n");
+        md.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
         for r in &self.results {
             let (a, b) = match r.pair {
                 Pair::Profiles(a, b) => (a.name().to_owned(), b.name().to_owned()),
@@ -973,10 +904,11 @@ impl MatrixRun {
             };
             let la = r.listener.report.clone().unwrap_or_default();
             let lb = r.initiator.report.clone().unwrap_or_default();
-            let result = match (r.direct, r.expectation) {
-                (true, _) => "✅ direct",
-                (false, Expectation::Direct) => "❌ failed",
-                (false, Expectation::Recorded) => "➖ failed",
+            let result = match (r.is_unexpected(), r.direct, r.linked) {
+                (false, true, _) => "✅ direct",
+                (false, false, _) => "✅ relayed",
+                (true, _, true) => "❌ wrong path",
+                (true, _, false) => "❌ failed",
             };
             let data = if r.listener.data_ok && r.initiator.data_ok {
                 "✔"
@@ -985,18 +917,20 @@ impl MatrixRun {
             };
             let _ = writeln!(
                 md,
-                "| {a} | {b} | {} | {result} | {} | {} | {} / {} | {} / {} | {data} | {} |",
-                if r.expectation == Expectation::Direct {
-                    "yes"
-                } else {
-                    "no (recorded)"
+                "| {a} | {b} | {} | {result} | {} / {} | {} | {} / {} | {} / {} | {} | {data} | {} |",
+                match r.expectation {
+                    Expectation::Direct => "direct",
+                    Expectation::Relayed => "linked",
                 },
-                cell(lb.path.or(la.path).map_or("–", PathKind::as_str)),
+                r.listener.path_cell(),
+                r.initiator.path_cell(),
                 cell(lb.candidate.map_or("–", CandidateKind::as_str)),
-                fmt_ms(la.punch_ms.filter(|_| la.is_direct())),
-                fmt_ms(lb.punch_ms.filter(|_| lb.is_direct())),
+                fmt_ms(la.punch_ms.filter(|_| la.is_linked())),
+                fmt_ms(lb.punch_ms.filter(|_| lb.is_linked())),
                 fmt_count(la.probes_sent),
                 fmt_count(lb.probes_sent),
+                r.pipe_rate()
+                    .map_or_else(|| "–".into(), |v| format!("{v:.1}")),
                 cell(&r.why),
             );
         }
@@ -1020,10 +954,12 @@ inbound packets in its `input`/`forward` hooks, so they reach no socket and leav
 | port-restricted | EIM | APDF | plain Linux masquerade + conntrack |
 | symmetric | APDM | APDF | masquerade `fully-random` (a fresh random port per destination) |
 | cgnat | EIM | APDF | a port-restricted home router (WAN in 100.64.0.0/10) behind a port-restricted carrier NAT |
+| udp-blocked | EIM (TCP) | all UDP dropped | a port-restricted router whose firewall drops every UDP packet, both ways: only TCP (and so the TLS relay) gets through |
 | same-lan | EIM | APDF | two peers on one port-restricted NAT, which does not hairpin: only private endpoints work |
 
-Symmetric meeting port-dependent filtering (symmetric, port-restricted, cgnat) needs port prediction, which the
-client does not attempt; those pairs are recorded as they come out and nothing is asserted about them.
+Symmetric meeting port-dependent filtering (symmetric, port-restricted, cgnat) leaves no direct path without port
+prediction, and a UDP-blocked network none at all: those pairs must link through the server's relay (UDP, or TLS for
+the blocked side), while the client keeps probing for a direct path in the background.
 ";
 
 #[cfg(test)]
@@ -1033,21 +969,32 @@ mod tests {
     #[test]
     fn every_pair_once_plus_same_lan() {
         let pairs = Pair::all();
-        assert_eq!(pairs.len(), 21 + 1);
+        assert_eq!(pairs.len(), 28 + 1);
         assert_eq!(pairs.last(), Some(&Pair::SameLan));
-        let recorded: Vec<String> = pairs
+        let relayed: Vec<String> = pairs
             .iter()
-            .filter(|p| p.expectation() == Expectation::Recorded)
+            .filter(|p| p.expectation() == Expectation::Relayed)
             .map(Pair::label)
             .collect();
-        assert_eq!(
-            recorded,
-            [
-                "port-restricted ↔ symmetric",
-                "symmetric ↔ symmetric",
-                "symmetric ↔ cgnat"
-            ]
-        );
+        let mut expected = vec![
+            "none ↔ udp-blocked".to_owned(),
+            "full-cone ↔ udp-blocked".to_owned(),
+            "address-restricted ↔ udp-blocked".to_owned(),
+            "port-restricted ↔ symmetric".to_owned(),
+            "port-restricted ↔ udp-blocked".to_owned(),
+            "symmetric ↔ symmetric".to_owned(),
+            "symmetric ↔ cgnat".to_owned(),
+            "symmetric ↔ udp-blocked".to_owned(),
+            "cgnat ↔ udp-blocked".to_owned(),
+            "udp-blocked ↔ udp-blocked".to_owned(),
+        ];
+        expected.sort();
+        let mut relayed_sorted = relayed;
+        relayed_sorted.sort();
+        assert_eq!(relayed_sorted, expected);
+        let blocked = Pair::Profiles(NatProfile::None, NatProfile::UdpBlocked);
+        assert_eq!(blocked.required_class(true), None);
+        assert_eq!(blocked.required_class(false), Some(PathClass::RelayTls));
     }
 
     #[test]
@@ -1067,7 +1014,7 @@ mod tests {
             r#"{"peer":"9b2f6d3e-0c4a-4f0e-8a53-2d4f7a1c9e10","result":"direct","path":"lan","candidate":"private","remote":"192.168.1.3:5000","punch_ms":12,"probes_sent":4}"#,
         )
         .unwrap();
-        assert!(r.is_direct());
+        assert!(r.is_direct() && r.is_linked());
         assert_eq!(r.punch_ms, Some(12));
         assert_eq!(r.probes_sent, Some(4));
         let failed: AttemptReport =

@@ -18,7 +18,9 @@
 //! the NAT profiles themselves) and [`matrix`] (every pair of profiles with the
 //! real `chatr` and `chatr-server` binaries, rendered to `docs/NAT-MATRIX.md`).
 
+pub mod cli_runner;
 mod error;
+pub mod lab_server;
 pub mod matrix;
 mod nat;
 mod netns;

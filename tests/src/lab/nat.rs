@@ -35,6 +35,9 @@ pub enum NatProfile {
     Symmetric,
     /// Two NAT layers: a port-restricted home router behind a port-restricted carrier NAT.
     Cgnat,
+    /// A port-restricted router whose firewall drops every UDP packet, in and out (a
+    /// network that lets only TCP through): no punching, no UDP relay; only TLS works.
+    UdpBlocked,
 }
 
 /// RFC 4787 mapping behaviour.
@@ -62,7 +65,8 @@ pub enum Filtering {
 }
 
 impl NatProfile {
-    /// Every profile, in table order.
+    /// Every NAT behaviour, in table order (each passes UDP; see also
+    /// [`NatProfile::WITH_FIREWALLS`]).
     pub const ALL: [NatProfile; 6] = [
         NatProfile::None,
         NatProfile::FullCone,
@@ -71,6 +75,22 @@ impl NatProfile {
         NatProfile::Symmetric,
         NatProfile::Cgnat,
     ];
+
+    /// [`NatProfile::ALL`] and the profiles that block traffic outright, in table order.
+    pub const WITH_FIREWALLS: [NatProfile; 7] = [
+        NatProfile::None,
+        NatProfile::FullCone,
+        NatProfile::AddressRestricted,
+        NatProfile::PortRestricted,
+        NatProfile::Symmetric,
+        NatProfile::Cgnat,
+        NatProfile::UdpBlocked,
+    ];
+
+    /// Whether the profile lets any UDP through.
+    pub fn passes_udp(self) -> bool {
+        self != NatProfile::UdpBlocked
+    }
 
     /// The profile's name as used on the command line and in `docs/NAT-MATRIX.md`.
     pub fn name(self) -> &'static str {
@@ -81,6 +101,7 @@ impl NatProfile {
             NatProfile::PortRestricted => "port-restricted",
             NatProfile::Symmetric => "symmetric",
             NatProfile::Cgnat => "cgnat",
+            NatProfile::UdpBlocked => "udp-blocked",
         }
     }
 
@@ -92,7 +113,8 @@ impl NatProfile {
             NatProfile::FullCone
             | NatProfile::AddressRestricted
             | NatProfile::PortRestricted
-            | NatProfile::Cgnat => Mapping::EndpointIndependent,
+            | NatProfile::Cgnat
+            | NatProfile::UdpBlocked => Mapping::EndpointIndependent,
         }
     }
 
@@ -102,9 +124,10 @@ impl NatProfile {
             NatProfile::None => Filtering::Open,
             NatProfile::FullCone => Filtering::EndpointIndependent,
             NatProfile::AddressRestricted => Filtering::AddressDependent,
-            NatProfile::PortRestricted | NatProfile::Symmetric | NatProfile::Cgnat => {
-                Filtering::AddressAndPortDependent
-            }
+            NatProfile::PortRestricted
+            | NatProfile::Symmetric
+            | NatProfile::Cgnat
+            | NatProfile::UdpBlocked => Filtering::AddressAndPortDependent,
         }
     }
 
@@ -117,6 +140,7 @@ impl NatProfile {
             NatProfile::PortRestricted => &[Layer::PortRestricted],
             NatProfile::Symmetric => &[Layer::Symmetric],
             NatProfile::Cgnat => &[Layer::PortRestricted, Layer::PortRestricted],
+            NatProfile::UdpBlocked => &[Layer::TcpOnly],
         }
     }
 }
@@ -130,7 +154,7 @@ impl fmt::Display for NatProfile {
 /// Error for an unknown profile name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown NAT profile `{0}` (expected one of: none, full-cone, address-restricted, port-restricted, symmetric, cgnat)"
+    "unknown NAT profile `{0}` (expected one of: none, full-cone, address-restricted, port-restricted, symmetric, cgnat, udp-blocked)"
 )]
 pub struct UnknownProfile(pub String);
 
@@ -138,7 +162,7 @@ impl FromStr for NatProfile {
     type Err = UnknownProfile;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        NatProfile::ALL
+        NatProfile::WITH_FIREWALLS
             .into_iter()
             .find(|p| p.name() == s)
             .ok_or_else(|| UnknownProfile(s.to_owned()))
@@ -152,6 +176,8 @@ pub(crate) enum Layer {
     AddressRestricted,
     PortRestricted,
     Symmetric,
+    /// Port-restricted, and every UDP packet through the router is dropped.
+    TcpOnly,
 }
 
 /// Name of the WAN interface in every router namespace; rules key on it.
@@ -160,18 +186,24 @@ pub(crate) const WAN: &str = "wan";
 /// The nftables ruleset of one NAT router whose outside interface is [`WAN`].
 pub(crate) fn router_ruleset(layer: Layer) -> String {
     let cone = matches!(layer, Layer::FullCone | Layer::AddressRestricted);
+    // A TCP-only network drops UDP before anything else, both ways and to the router.
+    let udp_drop = if layer == Layer::TcpOnly {
+        "    meta l4proto udp drop\n"
+    } else {
+        ""
+    };
     let mut rules = String::new();
     // Filtering that every home router has: the WAN side may only answer.
     rules.push_str(&format!(
         "table inet chatrlab_filter {{
   chain input {{
     type filter hook input priority filter; policy drop;
-    iifname != \"{WAN}\" accept
+{udp_drop}    iifname != \"{WAN}\" accept
     ct state established,related accept
   }}
   chain forward {{
     type filter hook forward priority filter; policy drop;
-    iifname != \"{WAN}\" accept
+{udp_drop}    iifname != \"{WAN}\" accept
     ct state established,related accept
 {dnat_accept}  }}
 }}
@@ -248,8 +280,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_the_tcp_only_router_drops_udp() {
+        let blocked = router_ruleset(Layer::TcpOnly);
+        assert_eq!(blocked.matches("meta l4proto udp drop").count(), 2);
+        assert!(blocked.contains("masquerade\n"));
+        assert!(!router_ruleset(Layer::PortRestricted).contains("udp drop"));
+    }
+
+    #[test]
     fn names_round_trip() {
-        for profile in NatProfile::ALL {
+        for profile in NatProfile::WITH_FIREWALLS {
             assert_eq!(profile.name().parse::<NatProfile>(), Ok(profile));
         }
         assert!("cone".parse::<NatProfile>().is_err());

@@ -418,6 +418,13 @@ impl Lab {
             // namespace: AF_PACKET taps see frames before the netdev ingress hook.)
             ns.nft(&nat::loss_ruleset(ifname, link.loss_percent))?;
             public.nft(&nat::loss_ruleset(&port, link.loss_percent))?;
+            // A veth passes a GSO batch (up to 64 KiB of TCP, a QUIC sender's 10 datagrams)
+            // as one frame, so the rule would drop whole batches: far fewer loss events per
+            // byte for whoever batches more. A real path loses packets, so both ends split
+            // every batch into packets before they cross this link.
+            for (dev_ns, dev) in [(ns.as_ref(), ifname), (public.as_ref(), port.as_str())] {
+                dev_ns.ip(&["link", "set", dev, "gso_max_segs", "1"])?;
+            }
         }
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", ifname])?;
         self.join_public_segment(ns, ifname, ip)?;
