@@ -167,7 +167,8 @@ async fn setup_contacts_pipe_and_files() {
     list.args(["contacts", "list"]);
     let (code, out, _) = run(list).await;
     assert_eq!(code, 0);
-    assert_eq!(out.trim(), format!("bob\t{bob_uuid}\t{bob_key}"));
+    // Online state last: bob is not logged in.
+    assert_eq!(out.trim(), format!("bob\t{bob_uuid}\t{bob_key}\toffline"));
     let mut dup = chatr(&bob);
     dup.args(["contacts", "add", &alice_uuid, "again", "--key", &alice_key]);
     let (code, _, err) = run(dup).await;
@@ -240,7 +241,7 @@ async fn setup_contacts_pipe_and_files() {
     for (path, peer) in [(&alice_report, &bob_uuid), (&bob_report, &alice_uuid)] {
         let r = read_report(path);
         assert_eq!(r["peer"], peer.as_str());
-        assert_eq!(r["result"], "direct");
+        assert_eq!(r["result"], "direct", "{r}");
         assert!(
             ["lan", "public"].contains(&r["path"].as_str().unwrap()),
             "{r}"

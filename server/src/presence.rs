@@ -196,22 +196,19 @@ impl Presence {
         if table.get(&who.uuid).is_some_and(|m| m.id != who.id) {
             self.remove_locked(table, who.uuid);
         }
-        if !table.contains_key(&who.uuid) {
+        let member = table.entry(who.uuid).or_insert_with(|| {
             self.metrics.presence_sessions_add(1);
-            table.insert(
-                who.uuid,
-                Member {
-                    id: who.id,
-                    contacts: HashSet::new(),
-                    state: PresenceState {
-                        status: PresenceStatus::Available,
-                        message: String::new(),
-                    },
-                    inbox: Arc::clone(who.inbox),
+            Member {
+                id: who.id,
+                contacts: HashSet::new(),
+                state: PresenceState {
+                    status: PresenceStatus::Available,
+                    message: String::new(),
                 },
-            );
-        }
-        table.get_mut(&who.uuid)
+                inbox: Arc::clone(who.inbox),
+            }
+        });
+        Some(member)
     }
 
     /// Adds `contacts` to (or removes them from) `who`'s consent list; both sides of

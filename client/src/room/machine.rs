@@ -370,7 +370,7 @@ impl RoomMachine {
         if opened_by_me && let Some(d) = self.dials.get_mut(&peer) {
             d.in_flight = false;
         }
-        if self.left {
+        if self.left && opened_by_me {
             self.closes.push_back(stream);
             return;
         }
@@ -508,6 +508,15 @@ impl RoomMachine {
             return;
         }
         self.on_records(now, records, None);
+        if self.left {
+            // We left: our Hello carries the leave record, then we say goodbye.
+            self.send_hello(stream);
+            self.transmit
+                .push_back((stream, Frame::Bye("left the room".to_owned())));
+            self.closes.push_back(stream);
+            self.sessions.remove(&stream);
+            return;
+        }
         if !self.membership.is_current(&peer) {
             self.refuse(stream, "not a member of this room");
             return;
@@ -626,7 +635,9 @@ impl RoomMachine {
         }
         for gone in was.difference(&now_current) {
             if *gone == self.me {
+                // Our own leave (from this run, or from another terminal's store).
                 self.left = true;
+                self.quit("left the room");
                 continue;
             }
             self.events.push_back(RoomEvent::Left { member: *gone });
@@ -680,12 +691,11 @@ impl RoomMachine {
         }
         self.deliver(m);
         // Everything held back that now follows.
-        loop {
-            let Some((&id, _)) = self.early.iter().find(|(id, _)| {
-                id.seq == self.delivered.get(&key_of(id)).copied().unwrap_or(0) + 1
-            }) else {
-                break;
-            };
+        while let Some((&id, _)) = self
+            .early
+            .iter()
+            .find(|(id, _)| id.seq == self.delivered.get(&key_of(id)).copied().unwrap_or(0) + 1)
+        {
             if let Some(next) = self.early.remove(&id) {
                 self.deliver(next);
             }
