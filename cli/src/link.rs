@@ -58,6 +58,9 @@ impl Policy {
 pub(crate) async fn start_client(g: &Globals) -> Result<Client, CliError> {
     let mut options = ClientOptions::from_home(&g.home)?;
     options.path_policy = g.path;
+    // Our consent list goes out with the login, so the server's first acknowledgement
+    // already covers it (a later set_presence races the first acknowledgement).
+    options.presence = presence_wanted(g, PresenceStatus::Available, "")?;
     let wait = options.online_timeout;
     let client = Client::start(options).await?;
     let online = interruptible(async { Ok(client.wait_online(wait).await?) }).await;

@@ -188,6 +188,7 @@ impl Client {
         );
         session_config.timings = options.session.clone();
         session_config.backoff = options.backoff.clone();
+        session_config.presence = options.presence.clone();
         let out: Arc<dyn DatagramOut> = Arc::new(raw.clone());
         let session = spawn_session(
             session_config,

@@ -97,6 +97,7 @@ pub(crate) fn spawn_with<C: Connect>(
     let (hints_tx, hints_rx) = watch::channel(chatr_proto::LinkHints::default());
     let span =
         tracing::info_span!("session", uuid = %config.identity.uuid(), server = %config.server);
+    let presence = config.presence.clone();
     let driver = Driver {
         connector,
         config,
@@ -108,7 +109,7 @@ pub(crate) fn spawn_with<C: Connect>(
         status: status_tx,
         logins: 0,
         relay,
-        presence: PresenceWanted::default(),
+        presence,
         hints: hints_rx,
     };
     tracker.spawn(driver.run().instrument(span));
