@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# cli/tests/tui_tmux.rs drives `chatr tui` through a real terminal.
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
