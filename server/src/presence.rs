@@ -13,10 +13,10 @@
 //! - a member changes its status: its online mutual contacts learn the new one;
 //! - a member removes a contact: if they were mutual, both see the other go offline;
 //! - a session ends (logout, ping time-out, kick, takeover): its mutual contacts see it
-//!   go offline ([`Presence::leave`], keyed by the session id so a replaced session never
+//!   go offline (`Presence::leave`, keyed by the session id so a replaced session never
 //!   removes its successor).
 //!
-//! Updates for a client go into its [`PresenceInbox`], which keeps only the **latest**
+//! Updates for a client go into its `PresenceInbox`, which keeps only the **latest**
 //! state per contact (bounded by the client's own list) and wakes its driver. A slow
 //! client therefore gets fewer, never stale or unbounded, updates, and nobody else
 //! waits for it. One mutex guards the member table: every operation is synchronous,
