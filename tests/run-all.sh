@@ -16,6 +16,8 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 # The cluster tests' real servers (started by the tests themselves, never as a service).
 command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+# cli/tests/tui_tmux.rs drives `chatr tui` through a real terminal.
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then

@@ -211,6 +211,14 @@ pub(crate) async fn listen(g: &Globals, args: ListenArgs) -> Result<(), CliError
         Policy::Contacts
     };
     let client = start_client(g).await?;
+    client
+        .set_presence(super::link::presence_wanted(
+            g,
+            chatr_proto::PresenceStatus::Available,
+            &args.status_message,
+        )?)
+        .await?;
+    let presence_task = tokio::spawn(print_presence(g.clone(), client.clone()));
     eprintln!(
         "online as {} ({}); waiting for link requests ({}), Ctrl-C to stop",
         me.alias,
@@ -263,6 +271,7 @@ pub(crate) async fn listen(g: &Globals, args: ListenArgs) -> Result<(), CliError
         }
     }
     acceptor.abort();
+    presence_task.abort();
     let mut all = writers.lock().await;
     for (_, (_, writer)) in all.iter_mut() {
         let _ = tokio::time::timeout(Duration::from_secs(2), writer.close()).await;
@@ -273,6 +282,57 @@ pub(crate) async fn listen(g: &Globals, args: ListenArgs) -> Result<(), CliError
     }
     client.shutdown().await;
     result
+}
+
+/// Prints contacts as they come online, change status and go offline.
+async fn print_presence(g: Globals, client: chatr_client::Client) {
+    let mut rx = client.presence();
+    let mut before = rx.borrow_and_update().clone();
+    while rx.changed().await.is_ok() {
+        let now = rx.borrow_and_update().clone();
+        let book = g.home.contacts().unwrap_or_default();
+        let name = |uuid: &Uuid| {
+            book.by_uuid(uuid)
+                .map_or_else(|| uuid.to_string(), |c| c.alias.clone())
+        };
+        for line in presence_lines(&before, &now, &name) {
+            println!("{line}");
+        }
+        before = now;
+    }
+}
+
+/// What `listen` prints for a change of presence.
+fn presence_lines(
+    before: &chatr_client::PresenceView,
+    now: &chatr_client::PresenceView,
+    name: &dyn Fn(&Uuid) -> String,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if now.synced && !before.synced && now.online.is_empty() {
+        out.push("* none of your contacts is online".to_owned());
+    }
+    for (uuid, old, new) in now.changes_since(before) {
+        let who = name(&uuid);
+        let line = match (old, new) {
+            (_, Some(p)) => {
+                let text = if p.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", p.message)
+                };
+                let verb = if old.is_some() {
+                    "is now"
+                } else {
+                    "is online,"
+                };
+                format!("* {who} {verb} {}{text}", p.status)
+            }
+            (_, None) => format!("* {who} went offline"),
+        };
+        out.push(line);
+    }
+    out
 }
 
 /// Sends a typed line to every chat, or `@alias text` to one.
@@ -383,6 +443,47 @@ async fn serve_link(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presence_changes_become_lines() {
+        use chatr_client::{ContactPresence, PresenceView};
+        let bob = Uuid::from_bytes([2; 16]);
+        let name = |_: &Uuid| "bob".to_owned();
+        let mut before = PresenceView::default();
+        let mut now = PresenceView {
+            synced: true,
+            ..PresenceView::default()
+        };
+        now.online.insert(
+            bob,
+            ContactPresence {
+                status: chatr_proto::PresenceStatus::Available,
+                message: String::new(),
+            },
+        );
+        assert_eq!(
+            presence_lines(&before, &now, &name),
+            vec!["* bob is online, available"]
+        );
+        before = now.clone();
+        now.online.insert(
+            bob,
+            ContactPresence {
+                status: chatr_proto::PresenceStatus::Away,
+                message: "lunch".into(),
+            },
+        );
+        assert_eq!(
+            presence_lines(&before, &now, &name),
+            vec!["* bob is now away: lunch"]
+        );
+        before = now.clone();
+        now.online.clear();
+        assert_eq!(
+            presence_lines(&before, &now, &name),
+            vec!["* bob went offline"]
+        );
+    }
 
     #[test]
     fn input_commands() {

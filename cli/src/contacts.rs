@@ -5,7 +5,7 @@ use chatr_client::identity::{parse_public_key, public_key_base64};
 use clap::Subcommand;
 use uuid::Uuid;
 
-use super::{CliError, Globals, setup};
+use super::{CliError, Globals, link, setup};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ContactsCommand {
@@ -18,9 +18,24 @@ pub(crate) enum ContactsCommand {
         /// The peer's public key (base64), e.g. from `chatr whoami` on their machine
         #[arg(long)]
         key: Option<String>,
+        /// Do not share presence with this contact (neither of you sees the other online)
+        #[arg(long)]
+        no_presence: bool,
     },
-    /// List the address book
-    List,
+    /// List the address book, with who is online (asks the server unless --offline)
+    List {
+        /// Only the book: do not log in to learn who is online
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Share presence with a contact again (`on`) or stop sharing it (`off`)
+    Presence {
+        /// Alias or UUID
+        name: String,
+        /// on or off
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
     /// Remove a contact
     Remove {
         /// Alias or UUID
@@ -31,7 +46,12 @@ pub(crate) enum ContactsCommand {
 pub(crate) async fn run(g: &Globals, cmd: ContactsCommand) -> Result<(), CliError> {
     let path = g.home.contacts_path();
     match cmd {
-        ContactsCommand::Add { uuid, alias, key } => {
+        ContactsCommand::Add {
+            uuid,
+            alias,
+            key,
+            no_presence,
+        } => {
             let uuid = Uuid::parse_str(uuid.trim())
                 .map_err(|_| CliError::Usage(format!("{uuid:?} is not a UUID")))?;
             let mut book = g.home.contacts()?;
@@ -55,21 +75,60 @@ pub(crate) async fn run(g: &Globals, cmd: ContactsCommand) -> Result<(), CliErro
                 uuid,
                 alias: alias.clone(),
                 key,
+                presence: !no_presence,
             })?;
             book.save(&path)?;
             println!(
-                "added {alias} ({uuid}), key {} ({source})",
-                public_key_base64(&key)
+                "added {alias} ({uuid}), key {} ({source}){}",
+                public_key_base64(&key),
+                if no_presence {
+                    "; presence not shared"
+                } else {
+                    ""
+                }
             );
         }
-        ContactsCommand::List => {
+        ContactsCommand::List { offline } => {
             let book = g.home.contacts()?;
             if book.is_empty() {
                 eprintln!("no contacts yet; add one with `chatr contacts add <uuid> <alias>`");
+                return Ok(());
             }
+            let view = if offline {
+                None
+            } else {
+                Some(link::fetch_presence(g).await)
+            };
             for c in book.iter() {
-                println!("{}\t{}\t{}", c.alias, c.uuid, public_key_base64(&c.key));
+                let state = match &view {
+                    None => String::new(),
+                    Some(Err(_)) => "\tunknown".to_owned(),
+                    Some(Ok(_)) if !c.presence => "\tnot shared".to_owned(),
+                    Some(Ok(view)) => format!("\t{}", link::describe_presence(view, &c.uuid)),
+                };
+                println!(
+                    "{}\t{}\t{}{state}",
+                    c.alias,
+                    c.uuid,
+                    public_key_base64(&c.key)
+                );
             }
+            if let Some(Err(why)) = view {
+                eprintln!("(who is online is unknown: {why})");
+            }
+        }
+        ContactsCommand::Presence { name, state } => {
+            let mut book = g.home.contacts()?;
+            book.set_presence(&name, state == "on")?;
+            book.save(&path)?;
+            println!(
+                "presence with {name} is now {}",
+                if state == "on" {
+                    "shared"
+                } else {
+                    "not shared"
+                }
+            );
         }
         ContactsCommand::Remove { name } => {
             let mut book = g.home.contacts()?;

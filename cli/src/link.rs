@@ -3,11 +3,16 @@
 
 use chatr_client::contacts::Contacts;
 use chatr_client::identity::public_key_base64;
+use std::time::Duration;
+
 use chatr_client::link::PeerLink;
 use chatr_client::path::LinkPaths;
+use chatr_client::session::PresenceWanted;
 use chatr_client::{
-    AttemptReport, Client, ClientError, ClientOptions, IncomingRequest, LinkReport, TransferReport,
+    AttemptReport, Client, ClientError, ClientOptions, IncomingRequest, LinkReport, PresenceView,
+    TransferReport,
 };
+use chatr_proto::PresenceStatus;
 use ed25519_dalek::VerifyingKey;
 use uuid::Uuid;
 
@@ -53,6 +58,9 @@ impl Policy {
 pub(crate) async fn start_client(g: &Globals) -> Result<Client, CliError> {
     let mut options = ClientOptions::from_home(&g.home)?;
     options.path_policy = g.path;
+    // Our consent list goes out with the login, so the server's first acknowledgement
+    // already covers it (a later set_presence races the first acknowledgement).
+    options.presence = presence_wanted(g, PresenceStatus::Available, "")?;
     let wait = options.online_timeout;
     let client = Client::start(options).await?;
     let online = interruptible(async { Ok(client.wait_online(wait).await?) }).await;
@@ -61,6 +69,49 @@ pub(crate) async fn start_client(g: &Globals) -> Result<Client, CliError> {
         return Err(e);
     }
     Ok(client)
+}
+
+/// What we share through presence: every contact not added with `--no-presence`.
+pub(crate) fn presence_wanted(
+    g: &Globals,
+    status: PresenceStatus,
+    message: &str,
+) -> Result<PresenceWanted, CliError> {
+    Ok(PresenceWanted {
+        contacts: g.home.contacts()?.presence_list(),
+        status,
+        message: message.to_owned(),
+    })
+}
+
+/// Logs in just long enough to learn which contacts are online.
+pub(crate) async fn fetch_presence(g: &Globals) -> Result<PresenceView, CliError> {
+    let client = start_client(g).await?;
+    let result = async {
+        client
+            .set_presence(presence_wanted(g, PresenceStatus::Available, "")?)
+            .await?;
+        let view = client.wait_presence(Duration::from_secs(10)).await?;
+        if !view.available {
+            return Err(CliError::Usage(
+                "the server does not tell who is online (it has no presence)".into(),
+            ));
+        }
+        Ok(view)
+    }
+    .await;
+    client.shutdown().await;
+    result
+}
+
+/// "online (away: lunch)", "offline", or "unknown" while the server has not answered.
+pub(crate) fn describe_presence(view: &PresenceView, uuid: &Uuid) -> String {
+    match view.online.get(uuid) {
+        Some(p) if p.message.is_empty() => format!("online ({})", p.status),
+        Some(p) => format!("online ({}: {})", p.status, p.message),
+        None if view.synced => "offline".to_owned(),
+        None => "unknown".to_owned(),
+    }
 }
 
 /// A contact by alias or UUID.

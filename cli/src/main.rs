@@ -15,9 +15,12 @@ mod contacts;
 mod demo;
 mod files;
 mod link;
+mod node;
 mod pipe;
+mod room;
 mod setup;
 mod status;
+mod tui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,6 +91,11 @@ enum Command {
     Send(files::SendArgs),
     /// Wait for one link and receive the files the peer sends
     Receive(files::ReceiveArgs),
+    /// Group chats: create, invite, join, leave, who, send
+    #[command(subcommand)]
+    Room(room::RoomCommand),
+    /// The terminal UI: contacts and who is online, chats, rooms, link paths
+    Tui(tui::TuiArgs),
     /// Start a local server and two clients, link them and show them chat
     Demo,
 }
@@ -119,6 +127,12 @@ pub(crate) enum CliError {
     /// Ctrl-C (or SIGTERM) before the job was done.
     #[error("interrupted")]
     Interrupted,
+    /// A room command failed.
+    #[error(transparent)]
+    Room(#[from] chatr_client::room::host::HostError),
+    /// The rooms on disk.
+    #[error(transparent)]
+    RoomStore(#[from] chatr_client::room::store::StoreError),
 }
 
 /// `?` works on every library layer's error.
@@ -147,7 +161,7 @@ impl CliError {
             CliError::Usage(_) => 2,
             CliError::Undelivered(_) => 9,
             CliError::Interrupted => 130,
-            CliError::Io(_) => 1,
+            CliError::Io(_) | CliError::Room(_) | CliError::RoomStore(_) => 1,
             CliError::Client(e) => client_exit_code(e),
         }
     }
@@ -223,6 +237,7 @@ async fn run(command: Command, g: &Globals) -> Result<(), CliError> {
             | Command::Pipe(_)
             | Command::Send(_)
             | Command::Receive(_)
+            | Command::Room(_)
     ) {
         link::watch_interrupts();
     }
@@ -238,6 +253,8 @@ async fn run(command: Command, g: &Globals) -> Result<(), CliError> {
         Command::Pipe(args) => pipe::run(g, args).await,
         Command::Send(args) => files::send(g, args).await,
         Command::Receive(args) => files::receive(g, args).await,
+        Command::Room(cmd) => room::run(g, cmd).await,
+        Command::Tui(args) => tui::run(g, args).await,
         Command::Demo => demo::run().await,
     }
 }

@@ -4,6 +4,11 @@
 //! people use. Each contact also pins the peer's ed25519 key: a peer link is
 //! only accepted when the peer proves that exact key, so a compromised registry
 //! cannot swap in another key for a contact we already have.
+//!
+//! Adding a contact is also consent to share presence with it (the server tells each of
+//! two contacts when the other is online only if both name each other); a contact added
+//! with `presence = false` (`chatr contacts add --no-presence`) is never sent to the
+//! server as such ([`Contacts::presence_list`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -63,6 +68,8 @@ pub struct Contact {
     pub alias: String,
     /// Their pinned public key.
     pub key: VerifyingKey,
+    /// Whether we share presence with them (and see theirs, if they share it with us).
+    pub presence: bool,
 }
 
 /// The address book.
@@ -83,6 +90,9 @@ struct RawContact {
     uuid: String,
     alias: String,
     key: String,
+    /// Absent means true (books written before presence existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    presence: Option<bool>,
 }
 
 impl Contacts {
@@ -113,6 +123,7 @@ impl Contacts {
                 uuid,
                 alias: r.alias,
                 key,
+                presence: r.presence.unwrap_or(true),
             })
             .map_err(|e| parse_err(e.to_string()))?;
         }
@@ -129,6 +140,7 @@ impl Contacts {
                     uuid: c.uuid.to_string(),
                     alias: c.alias.clone(),
                     key: public_key_base64(&c.key),
+                    presence: (!c.presence).then_some(false),
                 })
                 .collect(),
         };
@@ -180,6 +192,27 @@ impl Contacts {
         self.position(name).and_then(|i| self.entries.get(i))
     }
 
+    /// The UUIDs we consent to share presence with: every contact not added with
+    /// `presence = false`.
+    pub fn presence_list(&self) -> std::collections::BTreeSet<Uuid> {
+        self.entries
+            .iter()
+            .filter(|c| c.presence)
+            .map(|c| c.uuid)
+            .collect()
+    }
+
+    /// Sets whether we share presence with the contact named by alias or UUID.
+    pub fn set_presence(&mut self, name: &str, presence: bool) -> Result<(), ContactsError> {
+        let idx = self
+            .position(name)
+            .ok_or_else(|| ContactsError::NotFound(name.to_string()))?;
+        if let Some(c) = self.entries.get_mut(idx) {
+            c.presence = presence;
+        }
+        Ok(())
+    }
+
     /// Finds a contact by UUID.
     pub fn by_uuid(&self, uuid: &Uuid) -> Option<&Contact> {
         self.entries.iter().find(|c| c.uuid == *uuid)
@@ -220,6 +253,7 @@ mod tests {
             uuid: Uuid::new_v4(),
             alias: alias.into(),
             key: generate_key().verifying_key(),
+            presence: true,
         }
     }
 
@@ -275,9 +309,21 @@ mod tests {
         assert!(Contacts::load(&path).unwrap().is_empty());
         let mut book = Contacts::default();
         book.add(contact("alice")).unwrap();
-        book.add(contact("bob")).unwrap();
+        book.add(Contact {
+            presence: false,
+            ..contact("bob")
+        })
+        .unwrap();
         book.save(&path).unwrap();
         assert_eq!(Contacts::load(&path).unwrap(), book);
+        let bob = book.find("bob").unwrap().uuid;
+        assert!(!book.presence_list().contains(&bob));
+        assert_eq!(book.presence_list().len(), 1);
+        // Only the withheld consent is written; an old book without the key means true.
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text.matches("presence").count(), 1, "{text}");
+        book.set_presence("bob", true).unwrap();
+        assert_eq!(book.presence_list().len(), 2);
     }
 
     #[test]

@@ -15,6 +15,9 @@
 //!    other's candidate endpoints from the UDP socket until a path opens.
 //! 5. [`link`]: QUIC over that path, both sides authenticated by their raw
 //!    ed25519 keys; chat, pipe and file streams.
+//! 6. [`peers`] keeps one link per peer for a long-running client, and [`room`] runs
+//!    group chats over a mesh of them; the session also carries the presence of
+//!    mutual contacts ([`Client::presence`]).
 //!
 //! [`node::Client`] ties it together: the API other programs embed (the `chatr`
 //! command line is one of them, in the `chatr-cli` crate; this library carries
@@ -32,11 +35,16 @@ pub mod link;
 pub mod net;
 pub mod node;
 pub mod path;
+pub mod peers;
 pub mod punch;
 pub mod rest;
+pub mod room;
 pub mod session;
 pub mod stun;
 pub mod trust;
 
 pub use error::ClientError;
-pub use node::{AttemptReport, Client, ClientOptions, IncomingRequest, LinkReport, TransferReport};
+pub use node::{
+    AttemptReport, Client, ClientOptions, ContactPresence, IncomingRequest, LinkReport,
+    PresenceView, TransferReport,
+};

@@ -27,11 +27,14 @@ pub enum DisconnectReason {
     IdentityRemoved,
     /// Extension: the client is stopping (client → server; the server ignores the text).
     ClientShuttingDown,
+    /// Extension (version 3): the client sent presence packets faster than the server's
+    /// limit allows.
+    TooManyPresenceUpdates,
 }
 
 impl DisconnectReason {
     /// Every reason, spec ones first.
-    pub const ALL: [DisconnectReason; 7] = [
+    pub const ALL: [DisconnectReason; 8] = [
         Self::InvalidPacket,
         Self::FailedToVerify,
         Self::AlreadyConnected,
@@ -39,6 +42,7 @@ impl DisconnectReason {
         Self::ServerShuttingDown,
         Self::IdentityRemoved,
         Self::ClientShuttingDown,
+        Self::TooManyPresenceUpdates,
     ];
 
     /// The exact message on the wire.
@@ -51,6 +55,7 @@ impl DisconnectReason {
             Self::ServerShuttingDown => "Server shutting down",
             Self::IdentityRemoved => "Identity removed",
             Self::ClientShuttingDown => "Client shutting down",
+            Self::TooManyPresenceUpdates => "Too many presence updates",
         }
     }
 

@@ -33,7 +33,7 @@ pub enum DecodeError {
         /// The limit, [`crate::MAX_FRAME`].
         max: usize,
     },
-    /// The opcode is not one this version knows (0x0–0xA).
+    /// The opcode is not one this version knows (0x0–0xD).
     #[error("unknown opcode {opcode:#04x}")]
     UnknownOpcode {
         /// The opcode byte received.
@@ -82,6 +82,15 @@ pub enum DecodeError {
     InvalidRelayId {
         /// The field being read.
         field: &'static str,
+    },
+    /// A one-byte code (a presence status, a contact-list operation) has a value this
+    /// version does not define.
+    #[error("field {field} has value {value}, which is not defined")]
+    InvalidCode {
+        /// The field being read.
+        field: &'static str,
+        /// The byte received.
+        value: u8,
     },
     /// A `bool` byte is neither 0 nor 1.
     #[error("field {field} has bool value {value}, expected 0 or 1")]

@@ -100,9 +100,9 @@ fn read_all<P: Payload>(payload: &[u8]) -> Result<P, DecodeError> {
 }
 
 impl Packet {
-    /// `true` for the opcodes 0x0–0x8 (the spec's) and 0x9–0xA (version 3).
+    /// `true` for the opcodes 0x0–0x8 (the spec's) and 0x9–0xD (version 3).
     pub fn is_known_opcode(opcode: u8) -> bool {
-        opcode <= crate::PacketRelayClose::OPCODE
+        opcode <= crate::PacketPresence::OPCODE
     }
 
     /// `true` for packets only a version-3 session may send or be sent.
@@ -124,6 +124,9 @@ impl Packet {
             Self::ClientInfo(_) => crate::PacketClientInfo::OPCODE,
             Self::RelayData(_) => crate::PacketRelayData::OPCODE,
             Self::RelayClose(_) => crate::PacketRelayClose::OPCODE,
+            Self::PresenceContacts(_) => crate::PacketPresenceContacts::OPCODE,
+            Self::PresenceStatus(_) => crate::PacketPresenceStatus::OPCODE,
+            Self::Presence(_) => crate::PacketPresence::OPCODE,
         }
     }
 
@@ -141,6 +144,9 @@ impl Packet {
             Self::ClientInfo(_) => "PacketClientInfo",
             Self::RelayData(_) => "PacketRelayData",
             Self::RelayClose(_) => "PacketRelayClose",
+            Self::PresenceContacts(_) => "PacketPresenceContacts",
+            Self::PresenceStatus(_) => "PacketPresenceStatus",
+            Self::Presence(_) => "PacketPresence",
         }
     }
 
@@ -157,6 +163,9 @@ impl Packet {
             Self::ClientInfo(p) => p.payload_len(),
             Self::RelayData(p) => p.payload_len(),
             Self::RelayClose(p) => p.payload_len(),
+            Self::PresenceContacts(p) => p.payload_len(),
+            Self::PresenceStatus(p) => p.payload_len(),
+            Self::Presence(p) => p.payload_len(),
         }
     }
 
@@ -173,6 +182,9 @@ impl Packet {
             Self::ClientInfo(p) => p.write(w),
             Self::RelayData(p) => p.write(w),
             Self::RelayClose(p) => p.write(w),
+            Self::PresenceContacts(p) => p.write(w),
+            Self::PresenceStatus(p) => p.write(w),
+            Self::Presence(p) => p.write(w),
         }
     }
 
@@ -226,6 +238,9 @@ impl Packet {
             crate::PacketClientInfo::OPCODE => Self::ClientInfo(read_all(payload)?),
             crate::PacketRelayData::OPCODE => Self::RelayData(read_all(payload)?),
             crate::PacketRelayClose::OPCODE => Self::RelayClose(read_all(payload)?),
+            crate::PacketPresenceContacts::OPCODE => Self::PresenceContacts(read_all(payload)?),
+            crate::PacketPresenceStatus::OPCODE => Self::PresenceStatus(read_all(payload)?),
+            crate::PacketPresence::OPCODE => Self::Presence(read_all(payload)?),
             opcode => return Err(DecodeError::UnknownOpcode { opcode }),
         })
     }

@@ -17,6 +17,9 @@
 //! 6. After an accept the server sends each party [`PacketClientInfo`] with the other's
 //!    public endpoint (UDP-observed, else TCP-observed), TCP endpoint and a shared
 //!    `link_secret`; the clients then punch a UDP path and run QUIC over it.
+//! 7. Version 3 only: a client sends its contact list ([`PacketPresenceContacts`]) and
+//!    status ([`PacketPresenceStatus`]); the server tells it when a *mutual* contact
+//!    comes or goes ([`PacketPresence`]).
 //!
 //! # Layers
 //!
@@ -56,6 +59,7 @@ mod hints;
 mod limits;
 mod packet;
 mod payload;
+mod presence;
 pub mod reader;
 pub mod udp;
 pub mod varint;
@@ -79,4 +83,8 @@ pub use packet::{
     PacketConnect, PacketConnected, PacketConnectionRequest, PacketConnectionRequestAccept,
     PacketConnectionRequestDenied, PacketDisconnect, PacketPing, PacketPong, PacketRelayClose,
     PacketRelayData, RELAY_ID_LEN, RelayId, SessionFeatures, SessionParams, UDP_TOKEN_LEN,
+};
+pub use presence::{
+    ContactsOp, MAX_PRESENCE_BATCH, MAX_STATUS_MESSAGE, PacketPresence, PacketPresenceContacts,
+    PacketPresenceStatus, PresenceStatus,
 };

@@ -1,5 +1,6 @@
 //! The Connect packets as typed values: the spec's nine (opcodes 0x0–0x8) and this
-//! project's version-3 packets (0x9 onwards, sent only to version-3 sessions).
+//! project's version-3 packets (0x9–0xD, sent only to version-3 sessions: the relay and
+//! presence).
 //!
 //! Field names follow the spec. Fields marked *extension* are trailing fields
 //! that the spec does not have; a frame laid out exactly as the spec says still
@@ -9,6 +10,7 @@ use uuid::Uuid;
 
 use crate::endpoint::Endpoint;
 use crate::hints::LinkHints;
+use crate::presence::{PacketPresence, PacketPresenceContacts, PacketPresenceStatus};
 
 /// Length in bytes of the per-session UDP binding token carried by
 /// [`PacketConnected`] (extension).
@@ -237,6 +239,12 @@ pub enum Packet {
     RelayData(PacketRelayData),
     /// 0xA (version 3)
     RelayClose(PacketRelayClose),
+    /// 0xB (version 3)
+    PresenceContacts(PacketPresenceContacts),
+    /// 0xC (version 3)
+    PresenceStatus(PacketPresenceStatus),
+    /// 0xD (version 3)
+    Presence(PacketPresence),
 }
 
 macro_rules! packet_opcode {
@@ -268,6 +276,9 @@ packet_opcode! {
     PacketClientInfo => ClientInfo = 0x8,
     PacketRelayData => RelayData = 0x9,
     PacketRelayClose => RelayClose = 0xA,
+    PacketPresenceContacts => PresenceContacts = 0xB,
+    PacketPresenceStatus => PresenceStatus = 0xC,
+    PacketPresence => Presence = 0xD,
 }
 
 impl PacketDisconnect {

@@ -18,6 +18,10 @@ use crate::packet::{
     PacketConnectionRequestDenied, PacketDisconnect, PacketPing, PacketPong, PacketRelayClose,
     PacketRelayData, RELAY_ID_LEN, RelayId, SessionFeatures, SessionParams, UDP_TOKEN_LEN,
 };
+use crate::presence::{
+    ContactsOp, MAX_PRESENCE_BATCH, MAX_STATUS_MESSAGE, PacketPresence, PacketPresenceContacts,
+    PacketPresenceStatus, PresenceStatus,
+};
 use crate::reader::Reader;
 use crate::varint::varint_len;
 use crate::writer::{Writer, address_len};
@@ -464,6 +468,94 @@ impl Payload for PacketRelayClose {
             relay_id,
             reason: r
                 .string("PacketRelayClose.reason", MAX_STRING_LEN)?
+                .to_owned(),
+        })
+    }
+}
+
+/// Bytes a `String` of `s` takes on the wire.
+fn string_len(s: &str) -> usize {
+    varint_len(u32::try_from(s.len()).unwrap_or(u32::MAX)) + s.len()
+}
+
+fn read_status(r: &mut Reader<'_>, field: &'static str) -> Result<PresenceStatus, DecodeError> {
+    let value = r.u8(field)?;
+    PresenceStatus::from_byte(value).ok_or(DecodeError::InvalidCode { field, value })
+}
+
+impl Payload for PacketPresenceContacts {
+    fn payload_len(&self) -> usize {
+        2 + 16 * self.contacts.len().min(MAX_PRESENCE_BATCH)
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        let contacts = self.contacts.get(..MAX_PRESENCE_BATCH);
+        let contacts = contacts.unwrap_or(&self.contacts);
+        w.u8(self.op.to_byte());
+        // At most MAX_PRESENCE_BATCH (200), so the count fits a byte.
+        w.u8(u8::try_from(contacts.len()).unwrap_or(0));
+        for uuid in contacts {
+            w.uuid(uuid);
+        }
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let field = "PacketPresenceContacts.op";
+        let value = r.u8(field)?;
+        let op = ContactsOp::from_byte(value).ok_or(DecodeError::InvalidCode { field, value })?;
+        let count = r.u8("PacketPresenceContacts.count")?;
+        if usize::from(count) > MAX_PRESENCE_BATCH {
+            return Err(DecodeError::LengthTooLarge {
+                field: "PacketPresenceContacts.count",
+                len: u32::from(count),
+                max: MAX_PRESENCE_BATCH,
+            });
+        }
+        let mut contacts = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            contacts.push(r.uuid("PacketPresenceContacts.contacts")?);
+        }
+        Ok(Self { op, contacts })
+    }
+}
+
+impl Payload for PacketPresenceStatus {
+    fn payload_len(&self) -> usize {
+        1 + string_len(clamp_str(&self.message, MAX_STATUS_MESSAGE))
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        w.u8(self.status.to_byte());
+        w.string(clamp_str(&self.message, MAX_STATUS_MESSAGE));
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            status: read_status(r, "PacketPresenceStatus.status")?,
+            message: r
+                .string("PacketPresenceStatus.message", MAX_STATUS_MESSAGE)?
+                .to_owned(),
+        })
+    }
+}
+
+impl Payload for PacketPresence {
+    fn payload_len(&self) -> usize {
+        16 + 1 + string_len(clamp_str(&self.message, MAX_STATUS_MESSAGE))
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        w.uuid(&self.uuid);
+        w.u8(self.status.to_byte());
+        w.string(clamp_str(&self.message, MAX_STATUS_MESSAGE));
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        Ok(Self {
+            uuid: r.uuid("PacketPresence.uuid")?,
+            status: read_status(r, "PacketPresence.status")?,
+            message: r
+                .string("PacketPresence.message", MAX_STATUS_MESSAGE)?
                 .to_owned(),
         })
     }

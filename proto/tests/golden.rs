@@ -41,7 +41,7 @@ fn every_opcode_has_a_golden() {
     let mut seen: Vec<u8> = goldens().iter().map(|g| g.packet.opcode()).collect();
     seen.sort_unstable();
     seen.dedup();
-    assert_eq!(seen, (0u8..=0x0a).collect::<Vec<_>>());
+    assert_eq!(seen, (0u8..=0x0d).collect::<Vec<_>>());
     for g in goldens() {
         assert_eq!(g.bytes().get(1), Some(&g.packet.opcode()), "{}", g.name);
     }
@@ -218,6 +218,64 @@ fn partial_known_extension_is_truncated() {
             field: "PacketConnected.udp_token"
         })
     ));
+}
+
+#[test]
+fn presence_codes_and_sizes_are_checked() {
+    // An unknown status, an unknown list operation.
+    assert!(matches!(
+        decode_frame(&unhex("03 0c 04 00")),
+        Err(DecodeError::InvalidCode {
+            field: "PacketPresenceStatus.status",
+            value: 4
+        })
+    ));
+    assert!(matches!(
+        decode_frame(&unhex("03 0b 02 00")),
+        Err(DecodeError::InvalidCode {
+            field: "PacketPresenceContacts.op",
+            value: 2
+        })
+    ));
+    // 201 contacts is over the batch limit, refused before the UUIDs are read.
+    assert!(matches!(
+        decode_frame(&unhex("03 0b 00 c9")),
+        Err(DecodeError::LengthTooLarge {
+            field: "PacketPresenceContacts.count",
+            ..
+        })
+    ));
+    // A 257-byte status message is over the limit.
+    let mut frame = vec![0x85, 0x02, 0x0c, 0x01, 0x81, 0x02];
+    frame.extend(std::iter::repeat_n(b'a', 257));
+    assert_eq!(frame.len() - 2, 261);
+    assert!(matches!(
+        decode_frame(&frame),
+        Err(DecodeError::LengthTooLarge {
+            field: "PacketPresenceStatus.message",
+            ..
+        })
+    ));
+    // Encoders cut what decoders would refuse: 300 contacts become 200, a long
+    // message is cut at a character boundary.
+    let long = Packet::PresenceContacts(chatr_proto::PacketPresenceContacts {
+        op: chatr_proto::ContactsOp::Add,
+        contacts: vec![uuid::Uuid::nil(); 300],
+    });
+    let (back, _) = decode_frame(&long.to_bytes()).unwrap();
+    let Packet::PresenceContacts(back) = back else {
+        panic!("{back:?}")
+    };
+    assert_eq!(back.contacts.len(), chatr_proto::MAX_PRESENCE_BATCH);
+    let status = Packet::PresenceStatus(chatr_proto::PacketPresenceStatus {
+        status: chatr_proto::PresenceStatus::Busy,
+        message: "é".repeat(200),
+    });
+    let (back, _) = decode_frame(&status.to_bytes()).unwrap();
+    let Packet::PresenceStatus(back) = back else {
+        panic!("{back:?}")
+    };
+    assert_eq!(back.message, "é".repeat(128));
 }
 
 #[test]

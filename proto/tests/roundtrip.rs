@@ -129,6 +129,33 @@ fn any_packet() -> impl Strategy<Value = Packet> {
         (any_relay_id(), ".{0,250}").prop_map(|(relay_id, reason)| Packet::RelayClose(
             PacketRelayClose { relay_id, reason }
         )),
+        (
+            any::<bool>(),
+            proptest::collection::vec(any_uuid(), 0..=chatr_proto::MAX_PRESENCE_BATCH)
+        )
+            .prop_map(|(add, contacts)| Packet::PresenceContacts(
+                chatr_proto::PacketPresenceContacts {
+                    op: if add {
+                        chatr_proto::ContactsOp::Add
+                    } else {
+                        chatr_proto::ContactsOp::Remove
+                    },
+                    contacts,
+                }
+            )),
+        (0u8..=3, ".{0,60}").prop_map(|(status, message)| Packet::PresenceStatus(
+            chatr_proto::PacketPresenceStatus {
+                status: chatr_proto::PresenceStatus::from_byte(status).unwrap(),
+                message,
+            }
+        )),
+        (any_uuid(), 0u8..=3, ".{0,60}").prop_map(|(uuid, status, message)| Packet::Presence(
+            chatr_proto::PacketPresence {
+                uuid,
+                status: chatr_proto::PresenceStatus::from_byte(status).unwrap(),
+                message,
+            }
+        )),
         any::<i64>().prop_map(|ping_id| Packet::Ping(PacketPing { ping_id })),
         any::<i64>().prop_map(|ping_id| Packet::Pong(PacketPong { ping_id })),
         (

@@ -208,6 +208,8 @@ pub struct ServerConfig {
     pub cluster: crate::cluster::ClusterConfig,
     /// The cluster's shared registry; `None`: the redb file in `data_dir`.
     pub registry_postgres: Option<PostgresConfig>,
+    /// Presence of mutual contacts.
+    pub presence: crate::presence::PresenceConfig,
 }
 
 impl ServerConfig {
@@ -227,6 +229,7 @@ impl ServerConfig {
             relay: RelayConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
             registry_postgres: None,
+            presence: crate::presence::PresenceConfig::default(),
         }
     }
 

@@ -17,6 +17,8 @@
 //!    sessions through the hub's bounded per-session queues; after an accept
 //!    both clients get ClientInfo with the other's public endpoint.
 //!
+//! 5. Version-3 clients may share presence with their mutual contacts ([`presence`]).
+//!
 //! [`metrics`] counts what operators ask about; [`settings`] turns CLI flags,
 //! `CHATR_*` variables and TOML into a [`ServerConfig`].
 //!
@@ -34,6 +36,7 @@ pub mod error;
 pub mod hub;
 pub mod listen;
 pub mod metrics;
+pub mod presence;
 pub mod registry;
 mod relay;
 pub mod server;
@@ -47,4 +50,5 @@ pub use cluster::ClusterConfig;
 pub use config::{Limits, PostgresConfig, RegistrationPolicy, RelayConfig, ServerConfig, Timings};
 pub use error::ServerError;
 pub use hub::Hub;
+pub use presence::PresenceConfig;
 pub use server::{ServerHandle, run, start};

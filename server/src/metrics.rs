@@ -306,6 +306,8 @@ pub struct Metrics {
     registrations: [AtomicU64; RegistrationResult::ALL.len()],
     ping_timeouts: AtomicU64,
     udp_bindings: AtomicU64,
+    presence_sessions: AtomicI64,
+    presence_updates: AtomicU64,
     login_latency: Histogram,
     broker_latency: Histogram,
     relay_links: AtomicI64,
@@ -346,6 +348,22 @@ impl Metrics {
     /// A logged-in session ended.
     pub fn client_disconnected(&self) {
         self.connected_clients.fetch_sub(1, Ordering::Relaxed);
+    }
+    /// A session started (`+1`) or stopped (`-1`) sharing presence.
+    pub fn presence_sessions_add(&self, delta: i64) {
+        self.presence_sessions.fetch_add(delta, Ordering::Relaxed);
+    }
+    /// Sessions that share presence now (sent a contact list or a status).
+    pub fn presence_sessions(&self) -> i64 {
+        self.presence_sessions.load(Ordering::Relaxed)
+    }
+    /// `n` presence packets (`PacketPresence`) went to clients.
+    pub fn presence_updates_sent(&self, n: u64) {
+        self.presence_updates.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Presence packets sent to clients so far.
+    pub fn presence_updates(&self) -> u64 {
+        self.presence_updates.load(Ordering::Relaxed)
     }
     /// Currently logged-in sessions.
     pub fn connected_clients(&self) -> i64 {
@@ -488,6 +506,17 @@ impl Metrics {
             "Registry REST/admin writes by result.",
             RegistrationResult::ALL.iter().map(|r| r.label()),
             &self.registrations,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP chatr_presence_sessions Sessions sharing presence with their mutual contacts.\n\
+             # TYPE chatr_presence_sessions gauge\n\
+             chatr_presence_sessions {}\n\
+             # HELP chatr_presence_updates_total Presence packets sent to clients.\n\
+             # TYPE chatr_presence_updates_total counter\n\
+             chatr_presence_updates_total {}",
+            self.presence_sessions(),
+            self.presence_updates()
         );
         let _ = writeln!(
             out,

@@ -186,6 +186,7 @@ pub async fn start(
         },
         queue: config.limits.session_queue,
         relay: relay.clone(),
+        presence: crate::presence::Presence::new(config.presence.clone(), Arc::clone(&metrics)),
     });
     let limiter = ConnectionLimiter::new(
         config.limits.max_connections,

@@ -258,6 +258,23 @@ settings_table! {
     registry_postgres_pool: usize => registry_postgres_pool,
         env "CHATR_REGISTRY_POSTGRES_POOL" parse parse_number,
         arg(value_name = "N");
+    /// Tell version-3 clients which of their mutual contacts are online.
+    presence: bool => server.presence.enabled,
+        env "CHATR_PRESENCE" parse parse_bool,
+        arg(num_args = 0..=1, require_equals = true, default_missing_value = "true",
+            value_parser = parse_bool, value_name = "BOOL");
+    /// Most contacts one session's presence list holds (memory: about 100 bytes each).
+    presence_max_contacts: usize => server.presence.max_contacts,
+        env "CHATR_PRESENCE_MAX_CONTACTS" parse parse_number,
+        arg(value_name = "N");
+    /// Presence packets a client may send per second, sustained.
+    presence_rate: u32 => server.presence.updates_per_second,
+        env "CHATR_PRESENCE_RATE" parse parse_number,
+        arg(value_name = "N");
+    /// Burst of presence packets a client may send.
+    presence_burst: u32 => server.presence.update_burst,
+        env "CHATR_PRESENCE_BURST" parse parse_number,
+        arg(value_name = "N");
 }
 
 /// Why the settings could not be resolved.
@@ -578,6 +595,10 @@ mod tests {
             registry_postgres_url = "postgresql://chatr@db/chatr"
             registry_postgres_ca = "pg-ca.pem"
             registry_postgres_pool = 3
+            presence = false
+            presence_max_contacts = 7
+            presence_rate = 8
+            presence_burst = 9
             "#,
         );
         let from_file = cli(&["--config", config.to_str().unwrap()])
@@ -633,6 +654,10 @@ mod tests {
                 ("CHATR_REGISTRY_POSTGRES_URL", "postgresql://chatr@db/chatr"),
                 ("CHATR_REGISTRY_POSTGRES_CA", "pg-ca.pem"),
                 ("CHATR_REGISTRY_POSTGRES_POOL", "3"),
+                ("CHATR_PRESENCE", "false"),
+                ("CHATR_PRESENCE_MAX_CONTACTS", "7"),
+                ("CHATR_PRESENCE_RATE", "8"),
+                ("CHATR_PRESENCE_BURST", "9"),
             ]))
             .unwrap();
         let from_cli = cli(&[
@@ -685,6 +710,10 @@ mod tests {
             "--registry-postgres-url=postgresql://chatr@db/chatr",
             "--registry-postgres-ca=pg-ca.pem",
             "--registry-postgres-pool=3",
+            "--presence=false",
+            "--presence-max-contacts=7",
+            "--presence-rate=8",
+            "--presence-burst=9",
         ])
         .resolve(&env_of(&[]))
         .unwrap();
@@ -744,6 +773,10 @@ mod tests {
                     pool_size: 3,
                 })
             );
+            assert!(!c.presence.enabled);
+            assert_eq!(c.presence.max_contacts, 7);
+            assert_eq!(c.presence.updates_per_second, 8);
+            assert_eq!(c.presence.update_burst, 9);
         }
     }
 
@@ -792,7 +825,7 @@ mod tests {
 
     #[test]
     fn every_variable_is_chatr_and_the_key_in_upper_case() {
-        assert_eq!(ServeArgs::KEYS.len(), 48);
+        assert_eq!(ServeArgs::KEYS.len(), 52);
         for (key, var) in ServeArgs::KEYS {
             assert_eq!(*var, format!("CHATR_{}", key.to_ascii_uppercase()), "{key}");
         }

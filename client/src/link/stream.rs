@@ -24,6 +24,8 @@ pub enum StreamKind {
     Pipe,
     /// One file with a size and SHA-256 check (`0x03`), see [`transfer`](super::transfer).
     File,
+    /// One room's session between two members (`0x04`), see [`crate::room`].
+    Room,
 }
 
 impl StreamKind {
@@ -33,6 +35,7 @@ impl StreamKind {
             Self::Chat => 0x01,
             Self::Pipe => 0x02,
             Self::File => 0x03,
+            Self::Room => 0x04,
         }
     }
 
@@ -42,6 +45,7 @@ impl StreamKind {
             0x01 => Some(Self::Chat),
             0x02 => Some(Self::Pipe),
             0x03 => Some(Self::File),
+            0x04 => Some(Self::Room),
             _ => None,
         }
     }
@@ -140,13 +144,19 @@ mod tests {
 
     #[test]
     fn kind_bytes_round_trip_and_unknown_is_none() {
-        for kind in [StreamKind::Chat, StreamKind::Pipe, StreamKind::File] {
+        for kind in [
+            StreamKind::Chat,
+            StreamKind::Pipe,
+            StreamKind::File,
+            StreamKind::Room,
+        ] {
             assert_eq!(StreamKind::from_byte(kind.to_byte()), Some(kind));
         }
         assert_eq!(StreamKind::Chat.to_byte(), 0x01);
         assert_eq!(StreamKind::Pipe.to_byte(), 0x02);
         assert_eq!(StreamKind::File.to_byte(), 0x03);
         assert_eq!(StreamKind::from_byte(0x00), None);
-        assert_eq!(StreamKind::from_byte(0x04), None);
+        assert_eq!(StreamKind::Room.to_byte(), 0x04);
+        assert_eq!(StreamKind::from_byte(0x05), None);
     }
 }

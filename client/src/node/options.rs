@@ -47,6 +47,8 @@ pub struct ClientOptions {
     /// Incoming requests queued for [`Client::next_request`](super::Client::next_request)
     /// before further ones are denied (default 16).
     pub incoming_queue: usize,
+    /// What we share through presence from the first login on (default: nobody).
+    pub presence: crate::session::PresenceWanted,
 }
 
 impl std::fmt::Debug for ClientOptions {
@@ -77,6 +79,7 @@ impl ClientOptions {
             request_timeout: Duration::from_secs(40),
             client_info_timeout: Duration::from_secs(10),
             incoming_queue: 16,
+            presence: crate::session::PresenceWanted::default(),
         }
     }
 

@@ -27,6 +27,10 @@ pub struct SessionConfig {
     pub connect_timeout: Duration,
     /// Writing one packet must finish within this (default 10 s).
     pub write_timeout: Duration,
+    /// What we share through presence from the first login on (so the server's first
+    /// acknowledgement already covers it); change it later with
+    /// [`SessionHandle::set_presence`](super::SessionHandle::set_presence).
+    pub presence: super::handle::PresenceWanted,
 }
 
 impl std::fmt::Debug for SessionConfig {
@@ -56,6 +60,7 @@ impl SessionConfig {
             backoff: BackoffConfig::default(),
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            presence: super::handle::PresenceWanted::default(),
         }
     }
 }

@@ -34,7 +34,7 @@ use super::config::SessionConfig;
 use super::connect::{Connect, Connected, ServerTls};
 use super::error::{ConnectError, OfflineReason, SessionError};
 use super::event::{SessionEnd, SessionEvent};
-use super::handle::{Command, OnlineInfo, SessionHandle, SessionStatus};
+use super::handle::{Command, OnlineInfo, PresenceWanted, SessionHandle, SessionStatus};
 use super::machine::Session;
 use super::transport_error::TransportError;
 use crate::deadline::sleep_until_opt;
@@ -97,6 +97,7 @@ pub(crate) fn spawn_with<C: Connect>(
     let (hints_tx, hints_rx) = watch::channel(chatr_proto::LinkHints::default());
     let span =
         tracing::info_span!("session", uuid = %config.identity.uuid(), server = %config.server);
+    let presence = config.presence.clone();
     let driver = Driver {
         connector,
         config,
@@ -108,6 +109,7 @@ pub(crate) fn spawn_with<C: Connect>(
         status: status_tx,
         logins: 0,
         relay,
+        presence,
         hints: hints_rx,
     };
     tracker.spawn(driver.run().instrument(span));
@@ -132,6 +134,8 @@ struct Driver<C> {
     hints: watch::Receiver<chatr_proto::LinkHints>,
     logins: u64,
     relay: Option<TlsRelayPort>,
+    /// What we share through presence; sent after each login.
+    presence: PresenceWanted,
 }
 
 /// How one round (a connection attempt and the session on it) ended.
@@ -252,6 +256,7 @@ impl<C: Connect> Driver<C> {
             logins: self.logins,
             server_rtt: rtt,
             tls_relay: false,
+            presence: false,
             udp_relay: false,
         };
         let mut logged_in = false;
@@ -286,6 +291,15 @@ impl<C: Connect> Driver<C> {
                             v3 && features.contains(chatr_proto::SessionFeatures::RELAY_TLS);
                         info.udp_relay =
                             v3 && features.contains(chatr_proto::SessionFeatures::RELAY_UDP);
+                        info.presence = session.has_presence();
+                        if info.presence {
+                            let wanted = &self.presence;
+                            let contacts: Vec<_> = wanted.contacts.iter().copied().collect();
+                            // Status first, so the first announcement carries it.
+                            let _ = session.presence_status(wanted.status, &wanted.message);
+                            let _ =
+                                session.presence_contacts(chatr_proto::ContactsOp::Add, &contacts);
+                        }
                         // Whatever waited for the TLS relay while we were offline is stale.
                         if let Some(relay) = self.relay.as_mut() {
                             while relay.outgoing.try_recv().is_ok() {}
@@ -390,6 +404,13 @@ impl<C: Connect> Driver<C> {
                             session.close_relay(*relay);
                             Ok(())
                         }
+                        Command::SetPresence(wanted, _) => {
+                            if logged_in {
+                                apply_presence(&mut session, &self.presence, wanted);
+                            }
+                            self.presence = wanted.clone();
+                            Ok(())
+                        }
                     };
                     cmd.reply(result.map_err(|_| SessionError::Offline));
                 }
@@ -460,6 +481,22 @@ impl<C: Connect> Driver<C> {
             // Nobody drains events during shutdown: don't hang on them.
             _ = self.shutdown.cancelled() => {}
         }
+    }
+}
+
+/// Sends the difference between what the server has (`old`) and `new`.
+fn apply_presence(session: &mut Session, old: &PresenceWanted, new: &PresenceWanted) {
+    let added: Vec<_> = new.contacts.difference(&old.contacts).copied().collect();
+    let removed: Vec<_> = old.contacts.difference(&new.contacts).copied().collect();
+    if (new.status, &new.message) != (old.status, &old.message) {
+        let _ = session.presence_status(new.status, &new.message);
+    }
+    if !removed.is_empty() {
+        let _ = session.presence_contacts(chatr_proto::ContactsOp::Remove, &removed);
+    }
+    if !added.is_empty() || removed.is_empty() {
+        // An empty add still gets an acknowledgement: the caller learns it was applied.
+        let _ = session.presence_contacts(chatr_proto::ContactsOp::Add, &added);
     }
 }
 

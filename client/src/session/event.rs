@@ -2,7 +2,9 @@
 
 use std::fmt;
 
-use chatr_proto::{DisconnectReason, Endpoint, LINK_SECRET_LEN, RelayId, UDP_TOKEN_LEN};
+use chatr_proto::{
+    DisconnectReason, Endpoint, LINK_SECRET_LEN, PresenceStatus, RelayId, UDP_TOKEN_LEN,
+};
 use uuid::Uuid;
 
 use super::transport_error::TransportError;
@@ -69,6 +71,18 @@ pub enum SessionEvent {
         /// The server's reason ("idle", "closed by peer", …).
         reason: String,
     },
+    /// A mutual contact came online, changed status or went offline (version 3).
+    Presence {
+        /// The contact.
+        peer: Uuid,
+        /// Its status ([`PresenceStatus::Offline`]: gone, or it withdrew consent).
+        status: PresenceStatus,
+        /// Its status message.
+        message: String,
+    },
+    /// The server acknowledged our latest presence packet: every contact not announced
+    /// online by now is offline.
+    PresenceSynced,
     /// The session ended; the driver reconnects unless told to stop.
     Disconnected {
         /// Why.

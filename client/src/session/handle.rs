@@ -37,6 +37,32 @@ pub struct OnlineInfo {
     pub tls_relay: bool,
     /// Whether the server relays over its UDP port for this session (version 3).
     pub udp_relay: bool,
+    /// Whether the server tells this session which mutual contacts are online (version 3).
+    pub presence: bool,
+}
+
+/// What we share through the server's presence (version 3): whom we consent to share
+/// it with (they see us only if they name us too) and our status. The driver keeps it
+/// across reconnects and sends it after every login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceWanted {
+    /// Contacts that may see us, and whom we want to see.
+    pub contacts: std::collections::BTreeSet<Uuid>,
+    /// Our status.
+    pub status: chatr_proto::PresenceStatus,
+    /// Our status message.
+    pub message: String,
+}
+
+impl Default for PresenceWanted {
+    /// Nobody, available, no message.
+    fn default() -> Self {
+        Self {
+            contacts: std::collections::BTreeSet::new(),
+            status: chatr_proto::PresenceStatus::Available,
+            message: String::new(),
+        }
+    }
 }
 
 /// The driver's current state.
@@ -70,6 +96,7 @@ pub(super) enum Command {
         chatr_proto::RelayId,
         oneshot::Sender<Result<(), SessionError>>,
     ),
+    SetPresence(PresenceWanted, oneshot::Sender<Result<(), SessionError>>),
 }
 
 impl Command {
@@ -79,7 +106,8 @@ impl Command {
             Command::Request(_, _, tx)
             | Command::Accept(_, _, tx)
             | Command::Deny(_, tx)
-            | Command::CloseRelay(_, tx) => tx,
+            | Command::CloseRelay(_, tx)
+            | Command::SetPresence(_, tx) => tx,
         };
         let _ = tx.send(result);
     }
@@ -201,6 +229,12 @@ impl SessionHandle {
     /// Sends `PacketConnectionRequestDenied` for `peer`.
     pub async fn deny(&self, peer: Uuid) -> Result<(), SessionError> {
         self.command(|tx| Command::Deny(peer, tx)).await
+    }
+
+    /// Sets what we share through presence (kept across reconnects: it is sent after
+    /// every login to a server that offers presence). Works offline too.
+    pub async fn set_presence(&self, wanted: PresenceWanted) -> Result<(), SessionError> {
+        self.command(|tx| Command::SetPresence(wanted, tx)).await
     }
 
     /// What every following request and accept tells the peer about our NAT and extra

@@ -193,6 +193,12 @@ impl Session {
         self.features
     }
 
+    /// Whether the server offers presence on this session (version 3, feature `04`).
+    pub fn has_presence(&self) -> bool {
+        self.server_version >= chatr_proto::VERSION_3
+            && self.features.contains(SessionFeatures::PRESENCE)
+    }
+
     /// The NAT probe ports the server announced (version 3).
     pub fn nat_probe_ports(&self) -> &[u16] {
         &self.nat_probe_ports
@@ -311,9 +317,23 @@ impl Session {
                     reason: p.reason,
                 });
             }
+            Packet::Presence(p) if self.is_logged_in() && self.has_presence() => {
+                if p.uuid == self.uuid {
+                    self.events.push_back(SessionEvent::PresenceSynced);
+                } else {
+                    self.events.push_back(SessionEvent::Presence {
+                        peer: p.uuid,
+                        status: p.status,
+                        message: p.message,
+                    });
+                }
+            }
+            Packet::PresenceContacts(_) | Packet::PresenceStatus(_) => {
+                self.violation("client-only packet from server")
+            }
             // Relayed data of a version-3 session never reaches the machine (the driver
             // hands it to the link socket).
-            Packet::RelayData(_) | Packet::RelayClose(_) => {
+            Packet::RelayData(_) | Packet::RelayClose(_) | Packet::Presence(_) => {
                 self.violation("version-3 packet on a version-2 session")
             }
         }
@@ -478,6 +498,45 @@ impl Session {
         self.transmit.push_back(Packet::ConnectionRequestDenied(
             PacketConnectionRequestDenied { uuid: peer },
         ));
+        Ok(())
+    }
+
+    /// Sets our presence status (`PacketPresenceStatus`); nothing on a session without
+    /// presence ([`Session::has_presence`]).
+    pub fn presence_status(
+        &mut self,
+        status: chatr_proto::PresenceStatus,
+        message: &str,
+    ) -> Result<(), NotLoggedIn> {
+        self.ready()?;
+        if self.has_presence() {
+            self.transmit
+                .push_back(Packet::PresenceStatus(chatr_proto::PacketPresenceStatus {
+                    status,
+                    message: message.to_owned(),
+                }));
+        }
+        Ok(())
+    }
+
+    /// Adds `contacts` to (or removes them from) our presence consent list, in batches of
+    /// [`chatr_proto::MAX_PRESENCE_BATCH`]; nothing on a session without presence.
+    pub fn presence_contacts(
+        &mut self,
+        op: chatr_proto::ContactsOp,
+        contacts: &[Uuid],
+    ) -> Result<(), NotLoggedIn> {
+        self.ready()?;
+        if self.has_presence() {
+            for batch in contacts.chunks(chatr_proto::MAX_PRESENCE_BATCH) {
+                self.transmit.push_back(Packet::PresenceContacts(
+                    chatr_proto::PacketPresenceContacts {
+                        op,
+                        contacts: batch.to_vec(),
+                    },
+                ));
+            }
+        }
         Ok(())
     }
 

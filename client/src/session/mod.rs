@@ -33,6 +33,6 @@ pub use connect::{Connected, connect};
 pub use driver::{DatagramOut, spawn_session};
 pub use error::{ConnectError, OfflineReason, SessionError};
 pub use event::{SessionEnd, SessionEvent};
-pub use handle::{OnlineInfo, SessionHandle, SessionStatus};
+pub use handle::{OnlineInfo, PresenceWanted, SessionHandle, SessionStatus};
 pub use machine::{NotLoggedIn, Session, SessionTimings};
 pub use transport_error::TransportError;

@@ -5,10 +5,11 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chatr_proto::{
-    CandidateOrigin, Endpoint, ExtraCandidate, LinkHints, NatHint, NatMapping, Packet,
+    CandidateOrigin, ContactsOp, Endpoint, ExtraCandidate, LinkHints, NatHint, NatMapping, Packet,
     PacketClientInfo, PacketConnect, PacketConnected, PacketConnectionRequest,
     PacketConnectionRequestAccept, PacketConnectionRequestDenied, PacketDisconnect, PacketPing,
-    PacketPong, PacketRelayClose, PacketRelayData, RelayId, SessionFeatures, SessionParams,
+    PacketPong, PacketPresence, PacketPresenceContacts, PacketPresenceStatus, PacketRelayClose,
+    PacketRelayData, PresenceStatus, RelayId, SessionFeatures, SessionParams,
 };
 use uuid::Uuid;
 
@@ -345,6 +346,53 @@ pub(crate) fn goldens() -> Vec<Golden> {
             packet: Packet::RelayClose(PacketRelayClose {
                 relay_id: RelayId([1, 2, 3, 4, 5, 6, 7, 8]),
                 reason: "idle".into(),
+            }),
+            valid_cuts: &[],
+        },
+        Golden {
+            name: "PresenceContacts (v3): add one contact",
+            hex: "13 0b 00 01 U",
+            packet: Packet::PresenceContacts(PacketPresenceContacts {
+                op: ContactsOp::Add,
+                contacts: vec![uuid()],
+            }),
+            valid_cuts: &[],
+        },
+        Golden {
+            name: "PresenceContacts (v3): remove none",
+            hex: "03 0b 01 00",
+            packet: Packet::PresenceContacts(PacketPresenceContacts {
+                op: ContactsOp::Remove,
+                contacts: vec![],
+            }),
+            valid_cuts: &[],
+        },
+        Golden {
+            name: "PresenceStatus (v3): away, \"lunch\"",
+            hex: "08 0c 02 05 6c756e6368",
+            packet: Packet::PresenceStatus(PacketPresenceStatus {
+                status: PresenceStatus::Away,
+                message: "lunch".into(),
+            }),
+            valid_cuts: &[],
+        },
+        Golden {
+            name: "Presence (v3): available, \"hi\"",
+            hex: "15 0d U 01 02 6869",
+            packet: Packet::Presence(PacketPresence {
+                uuid: uuid(),
+                status: PresenceStatus::Available,
+                message: "hi".into(),
+            }),
+            valid_cuts: &[],
+        },
+        Golden {
+            name: "Presence (v3): offline",
+            hex: "13 0d U 00 00",
+            packet: Packet::Presence(PacketPresence {
+                uuid: uuid(),
+                status: PresenceStatus::Offline,
+                message: String::new(),
             }),
             valid_cuts: &[],
         },

@@ -1,6 +1,6 @@
 //! Outputs of the session machine, executed in order by the driver.
 
-use chatr_proto::{Packet, PacketRelayData, UDP_TOKEN_LEN};
+use chatr_proto::{ContactsOp, Packet, PacketRelayData, PresenceStatus, UDP_TOKEN_LEN};
 use uuid::Uuid;
 
 use super::event::PeerEvent;
@@ -74,6 +74,17 @@ pub(crate) enum Action {
     ProbeAnswered,
     /// Our (version-3) client sent a datagram for one of its relays: forward it.
     Relay(PacketRelayData),
+    /// Our (version-3) client changed what it shares: apply it to the presence registry.
+    Presence(PresenceAction),
     /// Flush what was sent, then close the connection.
     Close,
+}
+
+/// A presence change our client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PresenceAction {
+    /// Add to or remove from our consent list.
+    Contacts(ContactsOp, Vec<Uuid>),
+    /// Our status.
+    Status(PresenceStatus, String),
 }

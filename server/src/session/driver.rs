@@ -35,6 +35,7 @@ use super::{Action, ClaimOutcome, HubEvent, KeyLookup, SessionConfig};
 use crate::cluster::{BoxFuture, ClusterClaim, Holder};
 use crate::hub::{Hub, Kick, Mailbox, SessionEntry, SessionShared, SessionV3};
 use crate::metrics::{LoginResult, Metrics};
+use crate::presence::{Presence, PresenceInbox, Who};
 use crate::relay::{Relay, RelayOut};
 use crate::tls::TlsIdentity;
 
@@ -72,6 +73,8 @@ pub(crate) struct ConnContext {
     pub(crate) queue: usize,
     /// Relays accepted exchanges of version-3 clients.
     pub(crate) relay: Relay,
+    /// Presence of mutual contacts (version 3).
+    pub(crate) presence: Presence,
 }
 
 /// Serves one accepted TCP connection until it closes.
@@ -163,11 +166,14 @@ pub(crate) async fn run_session<S>(
         scratch: Vec::new(),
         udp_binding_key: keys.map(|k| k.udp_binding),
         relay_rx: None,
+        presence: Arc::default(),
         ctx,
     };
     driver.run(shutdown).await;
     driver.finish();
     if let Some(shared) = driver.shared.take() {
+        // Contacts see us go offline however the session ended (logout, time-out, kick).
+        driver.ctx.presence.leave(shared.uuid, shared.id);
         driver.ctx.hub.remove(&shared);
         tracing::info!("session ended");
     }
@@ -205,6 +211,7 @@ enum Wake {
     Frame(Option<Result<Packet, CodecError>>),
     Mail(Option<Mailbox>),
     Relay(Option<RelayOut>),
+    Presence,
     ProbeAnswer(bool),
     /// The cluster answered our claim of the UUID.
     ClusterClaim(ClusterClaim),
@@ -248,6 +255,9 @@ struct Driver<S> {
     /// the TLS stream, not through the machine: they are opaque data for a session
     /// that already logged in as version 3, and only such a session has this queue.
     relay_rx: Option<mpsc::Receiver<RelayOut>>,
+    /// What the presence registry has for our client (only ever filled once our client
+    /// sent a presence packet, which only a version-3 session offered presence may).
+    presence: Arc<PresenceInbox>,
 }
 
 fn now() -> Instant {
@@ -322,6 +332,12 @@ where
                 Wake::Relay(Some(out)) => self.write_relayed(out),
                 // The sender lives in our own SessionShared while we are registered.
                 Wake::Relay(None) => self.relay_rx = None,
+                Wake::Presence => {
+                    let pending = self.presence.take();
+                    if !pending.is_empty() {
+                        self.machine.handle_presence(now, pending);
+                    }
+                }
                 Wake::ProbeAnswer(alive) => {
                     self.probe = None;
                     self.machine.handle_probe_result(now, alive);
@@ -348,6 +364,7 @@ where
             probe,
             relay_rx,
             cluster_claim,
+            presence,
             ..
         } = self;
         let claimed = async {
@@ -384,6 +401,7 @@ where
             mail = owed_rx.recv() => Wake::Mail(mail),
             mail = rx.recv() => Wake::Mail(mail),
             out = relayed => Wake::Relay(out),
+            () = presence.notified() => Wake::Presence,
             frame = framed.next(), if reading => Wake::Frame(frame),
         }
     }
@@ -469,6 +487,13 @@ where
                         self.probed_id.take()
                     };
                     let outcome = self.ctx.hub.take_over(entry.clone(), old_id);
+                    if outcome == ClaimOutcome::Admitted
+                        && let Some(old) = old_id
+                    {
+                        // The replaced session is dead: its contacts see it go offline now,
+                        // not once its driver has given up writing to it.
+                        self.ctx.presence.leave(claim.uuid, old);
+                    }
                     self.claim_cluster_wide(entry, outcome, holder);
                 }
                 Action::Forward { to, event } => {
@@ -489,6 +514,26 @@ where
                         self.ctx
                             .relay
                             .forward_tls(shared, data.relay_id, data.datagram, now());
+                    }
+                }
+                Action::Presence(change) => {
+                    if let Some(shared) = &self.shared {
+                        let who = Who {
+                            uuid: shared.uuid,
+                            id: shared.id,
+                            inbox: &self.presence,
+                        };
+                        match change {
+                            super::PresenceAction::Contacts(op, list) => {
+                                let ignored = self.ctx.presence.contacts(who, op, &list);
+                                if ignored > 0 {
+                                    tracing::debug!(ignored, "contact list full; names ignored");
+                                }
+                            }
+                            super::PresenceAction::Status(status, message) => {
+                                self.ctx.presence.status(who, status, &message);
+                            }
+                        }
                     }
                 }
                 Action::Close => close = true,
@@ -647,6 +692,7 @@ mod tests {
             hub,
             tls: TlsIdentity::load_or_create(&config).unwrap(),
             keys: Arc::new(registry.clone()),
+            presence: Presence::new(config.presence.clone(), Arc::clone(&metrics)),
             metrics,
             session: SessionConfig::from_server(&config),
             queue: config.limits.session_queue,

@@ -21,19 +21,20 @@ use std::time::Instant;
 use chatr_proto::{
     DisconnectReason, Endpoint, Packet, PacketClientInfo, PacketConnected, PacketConnectionRequest,
     PacketConnectionRequestAccept, PacketConnectionRequestDenied, PacketDisconnect, PacketPing,
-    RelayId, SessionParams, VERSION_3,
+    PacketPresence, RelayId, SessionFeatures, SessionParams, VERSION_3,
 };
 use rand::RngExt;
 use rand::rngs::StdRng;
 use uuid::Uuid;
 
-use super::action::{Action, Claim, Layout};
+use super::action::{Action, Claim, Layout, PresenceAction};
 use super::event::{ClaimOutcome, HubEvent, PeerEndpoints, PeerEvent};
 use super::login::{self, LoginRefusal};
 use super::ping::{PingDue, PingTracker};
 use super::rate_limit::TokenBucket;
 use super::{KeyLookup, SessionConfig};
 use crate::metrics::{BrokerResult, LoginResult, Metrics};
+use crate::presence::PendingPresence;
 use crate::relay::{NoRelay, RelayBroker};
 
 /// A request this session made and is waiting on.
@@ -54,6 +55,10 @@ struct LoggedIn {
     limiter: TokenBucket,
     /// Requests others may send us (all of them together).
     incoming_limiter: TokenBucket,
+    /// Whether this session was offered presence (version 3, presence enabled).
+    presence: bool,
+    /// Presence packets our client may send.
+    presence_limiter: TokenBucket,
     /// Requests we sent, by target.
     outgoing: HashMap<Uuid, Outgoing>,
     /// Requests made to us that our client has not answered, by requester,
@@ -290,6 +295,32 @@ impl Session {
         }
     }
 
+    /// The presence registry has news for our client: contacts that came, changed or
+    /// went, then (with our own UUID) the acknowledgement of our latest presence packet.
+    pub(crate) fn handle_presence(&mut self, _now: Instant, pending: PendingPresence) {
+        let State::LoggedIn(s) = &self.state else {
+            return;
+        };
+        if !s.presence {
+            return;
+        }
+        let me = s.uuid;
+        for (uuid, state) in pending.updates {
+            self.send(Packet::Presence(PacketPresence {
+                uuid,
+                status: state.status,
+                message: state.message,
+            }));
+        }
+        if let Some(state) = pending.ack {
+            self.send(Packet::Presence(PacketPresence {
+                uuid: me,
+                status: state.status,
+                message: state.message,
+            }));
+        }
+    }
+
     /// Time passed: login deadline, probe deadline, pings, request expiry.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
         match &mut self.state {
@@ -398,10 +429,21 @@ impl Session {
             ),
             outgoing: HashMap::new(),
             incoming: HashMap::new(),
+            presence: claim.layout.is_version3() && self.config.presence,
+            presence_limiter: TokenBucket::new(
+                self.config.presence_rate,
+                self.config.presence_burst,
+                now,
+            ),
         }));
+        let presence = if claim.layout.is_version3() && self.config.presence {
+            SessionFeatures::PRESENCE
+        } else {
+            SessionFeatures::default()
+        };
         let session = claim.layout.is_version3().then(|| SessionParams {
             version: VERSION_3,
-            features: self.relays.features(),
+            features: self.relays.features().with(presence),
             nat_probe_ports: self.config.nat_probe_ports.clone(),
         });
         self.send(Packet::Connected(PacketConnected {
@@ -458,9 +500,32 @@ impl Session {
             }
             Packet::RelayData(data) => self.actions.push_back(Action::Relay(data)),
             Packet::RelayClose(close) => self.relays.close(close.relay_id, s.uuid),
-            // PacketConnect may only be sent once; Connected, Ping and
-            // ClientInfo are server-side packets.
-            Packet::Connect(_) | Packet::Connected(_) | Packet::Ping(_) | Packet::ClientInfo(_) => {
+            // Presence packets exist only for a session that was offered presence.
+            Packet::PresenceContacts(_) | Packet::PresenceStatus(_) if !s.presence => {
+                self.refuse_invalid_packet();
+            }
+            Packet::PresenceContacts(_) | Packet::PresenceStatus(_)
+                if !s.presence_limiter.try_take(now) =>
+            {
+                tracing::info!("too many presence updates; closing");
+                self.close(Some(DisconnectReason::TooManyPresenceUpdates.as_str()));
+            }
+            Packet::PresenceContacts(p) => self
+                .actions
+                .push_back(Action::Presence(PresenceAction::Contacts(p.op, p.contacts))),
+            Packet::PresenceStatus(p) => {
+                self.actions
+                    .push_back(Action::Presence(PresenceAction::Status(
+                        p.status, p.message,
+                    )))
+            }
+            // PacketConnect may only be sent once; Connected, Ping, ClientInfo and
+            // Presence are server-side packets.
+            Packet::Connect(_)
+            | Packet::Connected(_)
+            | Packet::Ping(_)
+            | Packet::ClientInfo(_)
+            | Packet::Presence(_) => {
                 self.refuse_invalid_packet();
             }
         }

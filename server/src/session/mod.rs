@@ -20,8 +20,8 @@ mod tests;
 use ed25519_dalek::VerifyingKey;
 use uuid::Uuid;
 
-pub(crate) use action::Action;
 pub use action::Layout;
+pub(crate) use action::{Action, PresenceAction};
 pub(crate) use event::{ClaimOutcome, HubEvent, PeerEndpoints, PeerEvent};
 
 use crate::config::{ServerConfig, Timings};
@@ -64,6 +64,10 @@ pub(crate) struct SessionConfig {
     pub(crate) nat_probe_ports: Vec<u16>,
     /// In a cluster: the first bytes of every UDP token this node issues (its tag).
     pub(crate) udp_token_prefix: Option<[u8; crate::cluster::TOKEN_PREFIX_LEN]>,
+    /// Presence: offered at all, and the packet rate limit.
+    pub(crate) presence: bool,
+    pub(crate) presence_rate: u32,
+    pub(crate) presence_burst: u32,
 }
 
 impl SessionConfig {
@@ -78,6 +82,9 @@ impl SessionConfig {
             incoming_request_burst: config.limits.incoming_request_burst,
             nat_probe_ports: Vec::new(),
             udp_token_prefix: None,
+            presence: config.presence.enabled,
+            presence_rate: config.presence.updates_per_second,
+            presence_burst: config.presence.update_burst,
         }
     }
 }

@@ -55,6 +55,9 @@ fn config() -> SessionConfig {
         incoming_request_burst: 4,
         nat_probe_ports: Vec::new(),
         udp_token_prefix: None,
+        presence: false,
+        presence_rate: 1,
+        presence_burst: 3,
     }
 }
 
@@ -1249,6 +1252,130 @@ fn relay_packets_are_for_v3_sessions_only() {
             assert_eq!(drain(&mut s), disconnect(DisconnectReason::InvalidPacket));
         }
     }
+}
+
+// ----- presence -----
+
+fn presence_session(t0: Instant) -> Session {
+    let mut cfg = config();
+    cfg.presence = true;
+    session_with(t0, cfg)
+}
+
+fn contacts(op: chatr_proto::ContactsOp, list: Vec<Uuid>) -> Packet {
+    Packet::PresenceContacts(chatr_proto::PacketPresenceContacts { op, contacts: list })
+}
+
+#[test]
+fn presence_is_offered_to_version3_only_and_its_packets_exist_only_then() {
+    let t0 = Instant::now();
+    let mut s = presence_session(t0);
+    let connected = login(&mut s, t0, connect_v3(me()));
+    let features = connected.session.unwrap().features;
+    assert!(features.contains(chatr_proto::SessionFeatures::PRESENCE));
+    s.handle_packet(t0, contacts(chatr_proto::ContactsOp::Add, vec![peer()]));
+    assert_eq!(
+        drain(&mut s),
+        vec![Action::Presence(crate::session::PresenceAction::Contacts(
+            chatr_proto::ContactsOp::Add,
+            vec![peer()]
+        ))]
+    );
+    // A version-2 session on the same server: the packet does not exist for it.
+    let mut s = presence_session(t0);
+    login(&mut s, t0, connect_v2(me()));
+    s.handle_packet(t0, contacts(chatr_proto::ContactsOp::Add, vec![peer()]));
+    assert_eq!(drain(&mut s), disconnect(DisconnectReason::InvalidPacket));
+    // A version-3 session of a server with presence off: neither.
+    let mut s = session(t0);
+    let connected = login(&mut s, t0, connect_v3(me()));
+    assert!(
+        !connected
+            .session
+            .unwrap()
+            .features
+            .contains(chatr_proto::SessionFeatures::PRESENCE)
+    );
+    s.handle_packet(
+        t0,
+        Packet::PresenceStatus(chatr_proto::PacketPresenceStatus {
+            status: chatr_proto::PresenceStatus::Away,
+            message: String::new(),
+        }),
+    );
+    assert_eq!(drain(&mut s), disconnect(DisconnectReason::InvalidPacket));
+    // And PacketPresence is the server's to send.
+    let mut s = presence_session(t0);
+    login(&mut s, t0, connect_v3(me()));
+    s.handle_packet(
+        t0,
+        Packet::Presence(chatr_proto::PacketPresence {
+            uuid: peer(),
+            status: chatr_proto::PresenceStatus::Available,
+            message: String::new(),
+        }),
+    );
+    assert_eq!(drain(&mut s), disconnect(DisconnectReason::InvalidPacket));
+}
+
+#[test]
+fn a_presence_flood_ends_the_session_with_a_reason() {
+    let t0 = Instant::now();
+    let mut s = presence_session(t0);
+    login(&mut s, t0, connect_v3(me()));
+    // Burst 3, then 1 per second.
+    for _ in 0..3 {
+        s.handle_packet(t0, contacts(chatr_proto::ContactsOp::Add, vec![]));
+        assert!(matches!(drain(&mut s).as_slice(), [Action::Presence(_)]));
+    }
+    s.handle_packet(
+        t0 + Duration::from_secs(1),
+        contacts(chatr_proto::ContactsOp::Add, vec![]),
+    );
+    assert!(matches!(drain(&mut s).as_slice(), [Action::Presence(_)]));
+    s.handle_packet(
+        t0 + Duration::from_secs(1),
+        contacts(chatr_proto::ContactsOp::Add, vec![]),
+    );
+    assert_eq!(
+        drain(&mut s),
+        disconnect(DisconnectReason::TooManyPresenceUpdates)
+    );
+}
+
+#[test]
+fn presence_news_is_sent_then_acknowledged_with_our_own_uuid() {
+    let t0 = Instant::now();
+    let mut s = presence_session(t0);
+    login(&mut s, t0, connect_v3(me()));
+    let mut pending = crate::presence::PendingPresence::default();
+    pending.updates.insert(
+        peer(),
+        crate::presence::PresenceState {
+            status: chatr_proto::PresenceStatus::Busy,
+            message: "call".into(),
+        },
+    );
+    pending.ack = Some(crate::presence::PresenceState {
+        status: chatr_proto::PresenceStatus::Available,
+        message: String::new(),
+    });
+    s.handle_presence(t0, pending);
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            Action::Send(Packet::Presence(chatr_proto::PacketPresence {
+                uuid: peer(),
+                status: chatr_proto::PresenceStatus::Busy,
+                message: "call".into(),
+            })),
+            Action::Send(Packet::Presence(chatr_proto::PacketPresence {
+                uuid: me(),
+                status: chatr_proto::PresenceStatus::Available,
+                message: String::new(),
+            })),
+        ]
+    );
 }
 
 fn some_hints() -> chatr_proto::LinkHints {
