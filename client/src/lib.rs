@@ -26,6 +26,7 @@ pub mod config;
 pub mod contacts;
 mod deadline;
 pub mod error;
+pub mod global_ipv6;
 pub mod home;
 pub mod identity;
 pub mod link;
