@@ -15,6 +15,10 @@
 //! to anything outside it. Every namespace is named `chl-<run id>-…`; dropping the
 //! [`Lab`] (also during a panic) stops the wires and deletes every namespace.
 //!
+//! IPv6 is off everywhere unless [`Lab::enable_ipv6`] asks for a public IPv6 segment;
+//! then [`Lab::add_dual_stack_site`] adds sites that route global IPv6 behind a
+//! stateful firewall besides their IPv4 NAT (`topology/ipv6.rs`).
+//!
 //! Two set-up details keep the first packets of a test from paying costs a real
 //! network would not charge them:
 //! - Every member of the public segment has a fixed MAC address and a permanent
