@@ -80,6 +80,10 @@ pub(crate) async fn run(g: &Globals, args: PipeArgs) -> Result<(), CliError> {
                 path_class: path.class,
                 received: report.received,
                 relay_reason: path.reason.map(|r| r.to_string()),
+                remote: match path.path {
+                    Some(chatr_client::path::PathId::Direct(addr)) => Some(addr),
+                    _ => None,
+                },
                 sent: report.sent,
                 switches: path.switches,
             },

@@ -103,6 +103,7 @@ async fn report(client: &Client, server: &str, timeout: Duration) -> Result<(), 
         ),
         None => println!("public TCP:  not reported by this server (older BindingResponse)"),
     }
+    println!("IPv6:        {}", ipv6_line(client));
     let observed = binding.and_then(|e| e.socket_addr()).or(stun);
     println!(
         "NAT:         {}",
@@ -113,6 +114,22 @@ async fn report(client: &Client, server: &str, timeout: Duration) -> Result<(), 
         relay_line(online.udp_relay, online.tls_relay, binding.is_some())
     );
     Ok(())
+}
+
+/// The IPv6 candidates we offer peers, in words.
+fn ipv6_line(client: &Client) -> String {
+    if !client.is_dual_stack() {
+        return "off: this host has no IPv6 sockets, so peers reach us over IPv4 only".into();
+    }
+    let offered = client.ipv6_candidates();
+    if offered.is_empty() {
+        return "no global IPv6 address on this host: direct paths use IPv4 only".into();
+    }
+    let list: Vec<String> = offered.iter().map(ToString::to_string).collect();
+    format!(
+        "{} offered to peers (global, no NAT on the way: a direct path even when both IPv4 NATs are hard)",
+        list.join(", ")
+    )
 }
 
 /// What a link from here does when no direct path works.

@@ -29,6 +29,7 @@ pub mod config;
 pub mod contacts;
 mod deadline;
 pub mod error;
+pub mod global_ipv6;
 pub mod home;
 pub mod identity;
 pub mod link;

@@ -56,6 +56,33 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     bind_udp_exact(addr)
 }
 
+/// Binds the peer-to-peer socket on port `port` (0: any) of every address, IPv4 and IPv6
+/// alike: `[::]` with `IPV6_V6ONLY` off, so one socket (and one port P) serves the
+/// IPv4 session, the IPv4 punch and direct IPv6 paths (docs/PROTOCOL.md §15). Where the
+/// host has no IPv6 at all (`AF_INET6` unsupported), it falls back to `0.0.0.0`; the
+/// socket's family then tells the caller whether it can offer IPv6 candidates.
+pub fn bind_udp_dual_stack(port: u16) -> io::Result<std::net::UdpSocket> {
+    let v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+    match bind_udp(v6) {
+        Ok(socket) if socket_is_dual_stack(&socket) => Ok(socket),
+        Ok(_) => {
+            tracing::debug!("IPV6_V6ONLY could not be turned off; using an IPv4 socket");
+            bind_udp(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
+        }
+        Err(err) if err.kind() == io::ErrorKind::AddrInUse => Err(err),
+        Err(err) => {
+            tracing::debug!(%err, "no IPv6 socket; using an IPv4 socket");
+            bind_udp(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
+        }
+    }
+}
+
+/// Whether `socket` is an IPv6 socket that also carries IPv4 (`IPV6_V6ONLY` off).
+pub fn socket_is_dual_stack(socket: &std::net::UdpSocket) -> bool {
+    let sock = socket2::SockRef::from(socket);
+    socket.local_addr().is_ok_and(|a| a.is_ipv6()) && sock.only_v6().is_ok_and(|only| !only)
+}
+
 /// Kernel buffer asked for on the peer-to-peer UDP socket, both directions.
 ///
 /// The default (`net.core.rmem_default`, ~208 KiB) overflows during QUIC's
@@ -242,6 +269,34 @@ mod tests {
             .unwrap();
         assert!(!conn.same_port);
         assert_ne!(conn.stream.local_addr().unwrap().port(), port);
+    }
+
+    #[tokio::test]
+    async fn dual_stack_socket_talks_to_ipv4_and_ipv6() {
+        let udp = bind_udp_dual_stack(0).unwrap();
+        assert!(socket_is_dual_stack(&udp), "{:?}", udp.local_addr());
+        let port = udp.local_addr().unwrap().port();
+        let udp = tokio::net::UdpSocket::from_std(udp).unwrap();
+        // An IPv4 peer sees our IPv4 address and port P.
+        let v4 = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to_v4 = SocketAddr::new(
+            IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()),
+            v4.local_addr().unwrap().port(),
+        );
+        udp.send_to(b"v4", to_v4).await.unwrap();
+        let mut buf = [0u8; 8];
+        let (n, from) = v4.recv_from(&mut buf).await.unwrap();
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"v4"[..], SocketAddr::from(([127, 0, 0, 1], port)))
+        );
+        // An IPv6 peer too, when this host has IPv6 loopback.
+        if let Ok(v6) = tokio::net::UdpSocket::bind("[::1]:0").await {
+            udp.send_to(b"v6", v6.local_addr().unwrap()).await.unwrap();
+            let (n, from) = v6.recv_from(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"v6");
+            assert_eq!(from, SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port));
+        }
     }
 
     #[test]

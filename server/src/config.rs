@@ -181,8 +181,11 @@ pub struct PostgresConfig {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// TCP (TLS) and UDP (endpoint discovery, STUN) listen address. Port 0 in tests.
+    /// The default `[::]` is dual-stack (`IPV6_V6ONLY` off): IPv4 clients appear as
+    /// IPv4 everywhere (their mapped addresses are unmapped), IPv6 clients as IPv6; on a
+    /// host without IPv6 the server falls back to `0.0.0.0`.
     pub listen: SocketAddr,
-    /// HTTPS registry API listen address.
+    /// HTTPS registry API listen address (dual-stack by default, like `listen`).
     pub api_listen: SocketAddr,
     /// Where the registry database, generated certificate and admin socket live.
     pub data_dir: PathBuf,
@@ -216,8 +219,8 @@ impl ServerConfig {
     /// Defaults for a server keeping its state in `data_dir`.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 7777)),
-            api_listen: SocketAddr::from(([0, 0, 0, 0], 7778)),
+            listen: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 7777)),
+            api_listen: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 7778)),
             data_dir: data_dir.into(),
             cert: None,
             key: None,

@@ -10,10 +10,17 @@
 //! silently caps the value at `net.core.somaxconn`; [`somaxconn`] reads it so
 //! the server can say so at start.
 
-use std::net::SocketAddr;
+//!
+//! **Dual stack.** An IPv6 wildcard (`[::]`, the default) is bound with `IPV6_V6ONLY`
+//! off, whatever `net.ipv6.bindv6only` says, so one TCP listener and one UDP socket
+//! serve IPv4 and IPv6 clients alike (IPv4 ones as `::ffff:a.b.c.d`, which every
+//! consumer unmaps before use: the bytes an IPv4 client gets are those of an IPv4-only
+//! server). Where the host has no IPv6 at all the wildcard falls back to `0.0.0.0`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 
 /// Where Linux keeps the cap on every listen backlog.
 const SOMAXCONN_PATH: &str = "/proc/sys/net/core/somaxconn";
@@ -22,7 +29,7 @@ const SOMAXCONN_PATH: &str = "/proc/sys/net/core/somaxconn";
 /// `TcpListener::bind` would set (`SO_REUSEADDR`, non-blocking). Must be
 /// called inside a tokio runtime.
 pub(crate) fn bind_tcp(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    let (socket, addr) = new_socket(addr, Type::STREAM, Protocol::TCP)?;
     // As std and tokio do: a restarted server can bind while old connections
     // of its previous run sit in TIME_WAIT.
     socket.set_reuse_address(true)?;
@@ -31,6 +38,39 @@ pub(crate) fn bind_tcp(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpLis
     let backlog = i32::try_from(backlog.max(1)).unwrap_or(i32::MAX);
     socket.listen(backlog)?;
     TcpListener::from_std(socket.into())
+}
+
+/// Binds a UDP socket on `addr` (dual-stack for an IPv6 wildcard), non-blocking. Must be
+/// called inside a tokio runtime.
+pub(crate) fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let (socket, addr) = new_socket(addr, Type::DGRAM, Protocol::UDP)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// A socket for `addr`, and the address to bind: an IPv6 socket with `IPV6_V6ONLY` off
+/// for an IPv6 address, or, for the IPv6 wildcard on a host without IPv6, an IPv4
+/// socket and `0.0.0.0`.
+fn new_socket(
+    addr: SocketAddr,
+    kind: Type,
+    protocol: Protocol,
+) -> std::io::Result<(Socket, SocketAddr)> {
+    match Socket::new(Domain::for_address(addr), kind, Some(protocol)) {
+        Ok(socket) => {
+            if addr.is_ipv6() {
+                socket.set_only_v6(false)?;
+            }
+            Ok((socket, addr))
+        }
+        Err(err) if addr.is_ipv6() && addr.ip().is_unspecified() => {
+            tracing::warn!(%err, %addr, "no IPv6 on this host; listening on IPv4 only");
+            let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), addr.port());
+            Ok((Socket::new(Domain::IPV4, kind, Some(protocol))?, v4))
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// `net.core.somaxconn`, the kernel's cap on every listen backlog, if readable.
@@ -61,6 +101,31 @@ mod tests {
         let client = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (_server, peer) = listener.accept().await.unwrap();
         assert_eq!(peer, client.local_addr().unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_ipv6_wildcard_serves_ipv4_and_ipv6() {
+        let listener = bind_tcp("[::]:0".parse().unwrap(), 16).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let v4 = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (_server, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer.ip().to_canonical(), v4.local_addr().unwrap().ip());
+        let udp = bind_udp(SocketAddr::new("::".parse().unwrap(), port)).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.send_to(b"x", ("127.0.0.1", port)).await.unwrap();
+        let mut buf = [0u8; 4];
+        let (_, from) = udp.recv_from(&mut buf).await.unwrap();
+        assert_eq!(
+            SocketAddr::new(from.ip().to_canonical(), from.port()),
+            client.local_addr().unwrap()
+        );
+        if tokio::net::UdpSocket::bind("[::1]:0").await.is_ok() {
+            let v6 = tokio::net::TcpStream::connect(("::1", port)).await.unwrap();
+            let (_server, peer) = listener.accept().await.unwrap();
+            assert_eq!(peer, v6.local_addr().unwrap());
+        }
     }
 
     #[test]

@@ -380,7 +380,7 @@ async fn bind_connect_port(
             source,
         })?;
         let bound = local_addr(&listener, addr, "TCP")?;
-        match UdpSocket::bind(bound).await {
+        match crate::listen::bind_udp(bound) {
             Ok(socket) => return Ok((listener, socket)),
             Err(source) if addr.port() == 0 && source.kind() == std::io::ErrorKind::AddrInUse => {
                 last_error = Some((bound, source));

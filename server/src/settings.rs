@@ -2,9 +2,9 @@
 //!
 //! `chatr-server` is configured in four layers; the first that sets a key wins:
 //!
-//! 1. command-line flags (`--listen 0.0.0.0:7777`),
+//! 1. command-line flags (`--listen [::]:7777`),
 //! 2. `CHATR_*` environment variables (`CHATR_LISTEN=0.0.0.0:7777`),
-//! 3. the TOML file named by `--config` / `CHATR_CONFIG` (`listen = "0.0.0.0:7777"`),
+//! 3. the TOML file named by `--config` / `CHATR_CONFIG` (`listen = "[::]:7777"`),
 //! 4. built-in defaults ([`Settings::defaults`]: the library's [`ServerConfig`] defaults).
 //!
 //! Every key has the same name in all three places: the flag is the key with
@@ -51,11 +51,11 @@ pub const DEFAULT_DATA_DIR: &str = "chatr-data";
 pub const ADMIN_SOCKET: &str = "admin.sock";
 
 settings_table! {
-    /// TCP (TLS) and UDP (endpoint discovery, STUN) address.
+    /// TCP (TLS) and UDP (endpoint discovery, STUN) address; `[::]` is dual-stack.
     listen: SocketAddr => server.listen,
         env "CHATR_LISTEN" parse parse_addr,
         arg(value_name = "ADDR");
-    /// HTTPS registry API address.
+    /// HTTPS registry API address; `[::]` is dual-stack.
     api_listen: SocketAddr => server.api_listen,
         env "CHATR_API_LISTEN" parse parse_addr,
         arg(value_name = "ADDR");
@@ -482,8 +482,8 @@ mod tests {
     #[test]
     fn defaults_without_any_layer() {
         let s = cli(&[]).resolve(&env_of(&[])).unwrap();
-        assert_eq!(s.server.listen, "0.0.0.0:7777".parse().unwrap());
-        assert_eq!(s.server.api_listen, "0.0.0.0:7778".parse().unwrap());
+        assert_eq!(s.server.listen, "[::]:7777".parse().unwrap());
+        assert_eq!(s.server.api_listen, "[::]:7778".parse().unwrap());
         assert_eq!(s.server.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(s.server.registration, RegistrationPolicy::Open);
         assert!(!s.server.require_channel_binding);
@@ -836,8 +836,8 @@ mod tests {
         use clap::CommandFactory as _;
         let help = Cli::command().render_long_help().to_string();
         for line in [
-            "address [default: 0.0.0.0:7777]",
-            "HTTPS registry API address [default: 0.0.0.0:7778]",
+            "is dual-stack [default: [::]:7777]",
+            "is dual-stack [default: [::]:7778]",
             "admin socket live [default: chatr-data]",
             "Who may register over the REST API [default: open]",
             "Ping a session this long after its last pong [default: 5s]",

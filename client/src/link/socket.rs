@@ -330,8 +330,16 @@ impl PathSocket {
     fn send_path(&self, route: &Route, path: PathId, transmit: &Transmit<'_>) -> io::Result<()> {
         match path {
             PathId::Direct(addr) => {
+                let destination = self.destination(addr);
                 let out = Transmit {
-                    destination: self.destination(addr),
+                    destination,
+                    // quinn pins the local address its last datagram of the link arrived
+                    // on, which may be another path's, even another family's (the IPv4
+                    // relay before a direct IPv6 path): a source of the wrong family is
+                    // EINVAL, so let the kernel choose then.
+                    src_ip: transmit
+                        .src_ip
+                        .filter(|src| same_family(*src, destination.ip())),
                     ..transmit.clone()
                 };
                 self.io.try_io(Interest::WRITABLE, || {
@@ -552,6 +560,12 @@ impl PathSocket {
 }
 
 /// An IPv6 socket reaches IPv4 peers through their mapped address `::ffff:a.b.c.d`.
+/// Whether a datagram from `src` to `dst` stays in one family (IPv4-mapped counts as
+/// IPv4).
+fn same_family(src: IpAddr, dst: IpAddr) -> bool {
+    src.to_canonical().is_ipv4() == dst.to_canonical().is_ipv4()
+}
+
 fn map_destination(socket_is_ipv6: bool, to: SocketAddr) -> SocketAddr {
     match to.ip() {
         IpAddr::V4(v4) if socket_is_ipv6 => {
@@ -874,6 +888,17 @@ mod tests {
         let (kept, diverted) = collect(&mut buf, 100, 0);
         assert_eq!(kept, 2);
         assert!(diverted.is_empty());
+    }
+
+    #[test]
+    fn a_source_address_of_another_family_is_not_kept() {
+        let v4: IpAddr = "192.168.1.2".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.168.1.2".parse().unwrap();
+        let v6: IpAddr = "2001:2:0:2::2".parse().unwrap();
+        let other4: IpAddr = "::ffff:203.0.113.1".parse().unwrap();
+        assert!(same_family(mapped, other4) && same_family(v4, other4));
+        assert!(!same_family(mapped, v6) && !same_family(v6, other4));
+        assert!(same_family(v6, "2001:2::1".parse().unwrap()));
     }
 
     #[test]

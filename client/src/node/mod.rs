@@ -26,6 +26,7 @@
 //! opens). Direct links do not depend on the session once made: they survive the
 //! server going away and coming back.
 
+mod ipv6_offer;
 mod link_driver;
 // Main wires the setters up only in part so far (nothing calls set_nat, set_port_mapped
 // or set_ipv6 yet); without this the workspace does not pass clippy -D warnings.
@@ -58,7 +59,7 @@ use self::shared::{Brokered, ClientInfo, ExchangeGuard, Shared};
 use crate::error::ClientError;
 use crate::identity::Identity;
 use crate::link::{ControlRx, LinkEndpoint, LinkError, PeerLink, RawSender, Source};
-use crate::net::{bind_udp, resolve, wildcard_for};
+use crate::net::{bind_udp_dual_stack, resolve, socket_is_dual_stack};
 use crate::path::{AgentConfig, LinkAgent, LocalInfo};
 use crate::punch::{exchange_id_of, is_probe};
 use crate::session::{
@@ -94,6 +95,8 @@ struct Inner {
     shared: Arc<Shared>,
     /// What our requests and accepts tell peers about us.
     hints: Arc<local_hints::LocalHints>,
+    /// Our IPv6 candidates (part of `hints`).
+    ipv6: Arc<ipv6_offer::Ipv6Offer>,
     requests: AsyncMutex<mpsc::Receiver<QueuedRequest>>,
     presence: watch::Receiver<PresenceView>,
     shutdown: CancellationToken,
@@ -158,16 +161,17 @@ impl Client {
     /// returns at once (the session logs in in the background; see
     /// [`Client::wait_online`]).
     pub async fn start(options: ClientOptions) -> Result<Client, ClientError> {
-        // Bind the family the server is reachable on.
-        let server_addr =
-            resolve(&options.server)
-                .await
-                .map_err(|e| SessionError::Unreachable {
-                    server: options.server.to_string(),
-                    cause: ConnectError::Resolve(Arc::new(e)),
-                })?;
-        let socket =
-            bind_udp(wildcard_for(server_addr, options.local_port)).map_err(ClientError::Socket)?;
+        // An unresolvable server name is the caller's mistake: say so at once.
+        resolve(&options.server)
+            .await
+            .map_err(|e| SessionError::Unreachable {
+                server: options.server.to_string(),
+                cause: ConnectError::Resolve(Arc::new(e)),
+            })?;
+        // Dual-stack whatever the server's family: the session may run over IPv4 while
+        // direct paths to peers run over IPv6.
+        let socket = bind_udp_dual_stack(options.local_port).map_err(ClientError::Socket)?;
+        let dual_stack = socket_is_dual_stack(&socket);
         let mut link_config = options.link.clone();
         // Every link this client makes is path-managed (one virtual address per peer).
         link_config.virtual_only = true;
@@ -225,10 +229,26 @@ impl Client {
         tracing::info!(uuid = %options.identity.uuid(), port, "client started");
 
         let hints = Arc::new(local_hints::LocalHints::new(session.clone()));
+        let ipv6 = Arc::new(ipv6_offer::Ipv6Offer::new(
+            port,
+            dual_stack,
+            Arc::clone(&hints),
+        ));
+        ipv6.refresh(None);
+        tracker.spawn(ipv6_offer::observe_over_ipv6(ipv6_offer::ObserveContext {
+            offer: Arc::clone(&ipv6),
+            session: session.clone(),
+            shared: shared.clone(),
+            raw: raw.clone(),
+            server: options.server.clone(),
+            online_timeout: options.online_timeout,
+            shutdown: shutdown.clone(),
+        }));
         Ok(Client {
             inner: Arc::new(Inner {
                 identity: options.identity.clone(),
                 hints,
+                ipv6,
                 session,
                 endpoint,
                 raw,
@@ -308,29 +328,28 @@ impl Client {
     /// our UDP socket has. Needs the session online (to know the server address).
     pub async fn stun_probe(&self, timeout: Duration) -> Result<SocketAddr, ClientError> {
         let online = self.wait_online(timeout).await?;
-        let txid: stun::TransactionId = rand::random();
-        let rx = self.inner.shared.add_stun(txid);
-        let request = stun::binding_request(&txid);
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut rx = std::pin::pin!(rx);
-        // Resend a few times: UDP may lose the request or the answer.
-        let result = loop {
-            self.inner
-                .raw
-                .send_raw(online.server, &request)
-                .await
-                .map_err(ClientError::Socket)?;
-            let wait = tokio::time::sleep(Duration::from_millis(300));
-            tokio::select! {
-                r = &mut rx => break r.map_err(|_| ClientError::ShuttingDown),
-                _ = wait => {}
-            }
-            if tokio::time::Instant::now() >= deadline {
-                break Err(ClientError::Timeout("the server's STUN answer"));
-            }
-        };
-        self.inner.shared.cancel_stun(&txid);
-        result
+        stun_request(&self.inner.shared, &self.inner.raw, online.server, timeout).await
+    }
+
+    /// Whether our UDP socket carries IPv6 as well as IPv4 (false only on a host without
+    /// IPv6 support).
+    pub fn is_dual_stack(&self) -> bool {
+        self.inner.ipv6.dual_stack()
+    }
+
+    /// The IPv6 endpoints we offer peers now: our interfaces' global addresses with port
+    /// P, then our address as the server observed it over IPv6 (when it did). Re-reads
+    /// the interfaces.
+    pub fn ipv6_candidates(&self) -> Vec<SocketAddr> {
+        self.inner
+            .ipv6
+            .refresh(self.inner.session.online().as_ref())
+    }
+
+    /// Our address as the server observed it over IPv6 (any scope, for diagnostics),
+    /// when its name has an IPv6 address that answered STUN.
+    pub fn ipv6_observed(&self) -> Option<SocketAddr> {
+        self.inner.ipv6.observed()
     }
 
     /// Waits for the next peer asking us for a link; `None` once shut down.
@@ -357,6 +376,7 @@ impl Client {
         peer_key: VerifyingKey,
     ) -> Result<(PeerLink, LinkReport), ClientError> {
         let (online, guard, brokered) = self.begin_exchange(peer).await?;
+        self.inner.ipv6.refresh(Some(&online));
         let mut agent = LinkAgent::initiate(
             std::time::Instant::now(),
             self.agent_config(),
@@ -397,6 +417,7 @@ impl Client {
         peer_key: VerifyingKey,
     ) -> Result<(PeerLink, LinkReport), ClientError> {
         let (online, guard, brokered) = self.begin_exchange(peer).await?;
+        self.inner.ipv6.refresh(Some(&online));
         let mut agent = LinkAgent::respond(
             std::time::Instant::now(),
             self.agent_config(),
@@ -483,6 +504,38 @@ impl Client {
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
     }
+}
+
+/// Asks the STUN responder at `server` (a Connect server's UDP port) which address our
+/// socket has, resending every 300 ms until `timeout`.
+async fn stun_request(
+    shared: &Shared,
+    raw: &RawSender,
+    server: SocketAddr,
+    timeout: Duration,
+) -> Result<SocketAddr, ClientError> {
+    let txid: stun::TransactionId = rand::random();
+    let rx = shared.add_stun(txid);
+    let request = stun::binding_request(&txid);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut rx = std::pin::pin!(rx);
+    // Resend a few times: UDP may lose the request or the answer.
+    let result = loop {
+        if let Err(err) = raw.send_raw(server, &request).await {
+            shared.cancel_stun(&txid);
+            return Err(ClientError::Socket(err));
+        }
+        let wait = tokio::time::sleep(Duration::from_millis(300));
+        tokio::select! {
+            r = &mut rx => break r.map_err(|_| ClientError::ShuttingDown),
+            _ = wait => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break Err(ClientError::Timeout("the server's STUN answer"));
+        }
+    };
+    shared.cancel_stun(&txid);
+    result
 }
 
 /// Forwards session events: brokering to waiting attempts, requests to the queue.

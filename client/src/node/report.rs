@@ -238,7 +238,7 @@ pub struct AttemptReport {
 }
 
 /// What one side of a link moved, how long it took, and where the link was at the end:
-/// `{"ms", "path_class", "received", "relay_reason", "sent", "switches"}`.
+/// `{"ms", "path_class", "received", "relay_reason", "remote", "sent", "switches"}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TransferReport {
@@ -253,6 +253,10 @@ pub struct TransferReport {
     /// When still relayed at the end: why.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub relay_reason: Option<String>,
+    /// The peer's address on the direct path carrying the link when the transfer ended
+    /// (`None` when relayed): tells an IPv6 path from an IPv4 one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<SocketAddr>,
     /// Bytes sent to the peer (and confirmed by it).
     pub sent: u64,
     /// How often the link changed path up to then.

@@ -11,7 +11,7 @@ const ENV_HELP: &str = "\
 Every serve flag can also be set through a CHATR_* environment variable (the flag name in upper case,
 '-' replaced by '_', e.g. CHATR_API_LISTEN, CHATR_DATA_DIR, CHATR_REGISTRATION; CHATR_SAN takes a
 comma-separated list) or in the TOML file given by --config / CHATR_CONFIG (same names with '_', e.g.
-api_listen = \"0.0.0.0:7778\"). Precedence: command line > environment > config file > defaults.
+api_listen = \"[::]:7778\"). Precedence: command line > environment > config file > defaults.
 Durations are written like 500ms, 5s, 2m or 1h.";
 
 /// `chatr-server`: the Chatr Connect server and its admin tools.

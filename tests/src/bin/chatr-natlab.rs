@@ -34,7 +34,8 @@ struct Args {
     /// Directory holding `chatr` and `chatr-server` [default: $CHATR_BIN_DIR, else target/debug].
     #[arg(long, env = "CHATR_BIN_DIR")]
     bin_dir: Option<PathBuf>,
-    /// Only these pairs (comma-separated `PROFILE:PROFILE` or `same-lan`).
+    /// Only these pairs (comma-separated `PROFILE:PROFILE` or `same-lan`; `PROFILE+v6` is the
+    /// dual-stack variant, e.g. `symmetric+v6:symmetric+v6`).
     #[arg(long, value_delimiter = ',')]
     pairs: Vec<String>,
     /// Pairs run at the same time.

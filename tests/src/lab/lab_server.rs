@@ -44,8 +44,10 @@ impl LabServer {
             .netns()
             .command(&binaries.server)
             .arg("serve")
-            .args(["--listen", &format!("0.0.0.0:{CONNECT_PORT}")])
-            .args(["--api-listen", &format!("0.0.0.0:{API_PORT}")])
+            // Dual-stack, as by default: IPv4 clients see exactly an IPv4 server, and the
+            // lab's IPv6 hosts (when it has them) can reach it over IPv6.
+            .args(["--listen", &format!("[::]:{CONNECT_PORT}")])
+            .args(["--api-listen", &format!("[::]:{API_PORT}")])
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--san", &ip.to_string()])

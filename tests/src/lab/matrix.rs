@@ -27,7 +27,8 @@ use super::cli_runner::{ChatrRunner, Finished};
 use super::error::LabError;
 use super::lab_server::LabServer;
 use super::nat::NatProfile;
-use super::topology::{Host, Lab, LinkCondition};
+use super::site_profile::SiteProfile;
+use super::topology::{Host, Lab, LinkCondition, Site};
 
 /// An initiator failing faster than this with "offline" asked before the listener logged in.
 const OFFLINE_RETRY_WINDOW: Duration = Duration::from_secs(5);
@@ -174,6 +175,10 @@ pub enum Pair {
     /// Peer A (listener, "alice") behind the first profile, peer B (initiator, "bob")
     /// behind the second, each at its own site.
     Profiles(NatProfile, NatProfile),
+    /// Like [`Pair::Profiles`], in a lab with a public IPv6 segment, where either side may
+    /// be dual-stack (`symmetric+v6`: global IPv6 behind a stateful firewall besides its
+    /// IPv4 NAT).
+    DualStack(SiteProfile, SiteProfile),
     /// Both peers on the LAN of one port-restricted NAT (which does not hairpin).
     SameLan,
 }
@@ -199,19 +204,56 @@ impl Pair {
                 pairs.push(Pair::Profiles(a, b));
             }
         }
+        pairs.extend(Pair::dual_stack());
         pairs.push(Pair::SameLan);
         pairs
+    }
+
+    /// The dual-stack variants the matrix runs: pairs that IPv4 alone leaves relayed,
+    /// with IPv6 on both sides (must go direct, over IPv6) and on one side only (still
+    /// relayed: the IPv6 candidates the dual-stack side offers cannot be reached from
+    /// an IPv4-only peer, and must not get in the way).
+    pub fn dual_stack() -> Vec<Pair> {
+        let v6 = SiteProfile::dual_stack;
+        vec![
+            Pair::DualStack(v6(NatProfile::Symmetric), v6(NatProfile::Symmetric)),
+            Pair::DualStack(v6(NatProfile::Cgnat), v6(NatProfile::Symmetric)),
+            Pair::DualStack(
+                v6(NatProfile::Symmetric),
+                SiteProfile::v4(NatProfile::Symmetric),
+            ),
+        ]
+    }
+
+    /// Whether the pair needs the lab's public IPv6 segment.
+    pub fn needs_ipv6(&self) -> bool {
+        matches!(self, Pair::DualStack(a, b) if a.ipv6 || b.ipv6)
+    }
+
+    /// A pair whose only direct path is over IPv6: both sides dual-stack, and their IPv4
+    /// NATs leave no direct IPv4 path. Its direct link must run over IPv6.
+    pub fn direct_only_over_ipv6(&self) -> bool {
+        match *self {
+            Pair::DualStack(a, b) => {
+                a.ipv6
+                    && b.ipv6
+                    && Pair::Profiles(a.nat, b.nat).expectation() == Expectation::Relayed
+                    && self.expectation() == Expectation::Direct
+            }
+            _ => false,
+        }
     }
 
     /// `a↔b` or `same-lan`.
     pub fn label(&self) -> String {
         match self {
             Pair::Profiles(a, b) => format!("{a} ↔ {b}"),
+            Pair::DualStack(a, b) => format!("{a} ↔ {b}"),
             Pair::SameLan => "same-lan".into(),
         }
     }
 
-    /// Parses `a:b` or `same-lan`.
+    /// Parses `a:b` or `same-lan`; a profile name ending in `+v6` makes a dual-stack pair.
     pub fn parse(s: &str) -> Result<Pair, String> {
         if s == "same-lan" {
             return Ok(Pair::SameLan);
@@ -219,10 +261,13 @@ impl Pair {
         let (a, b) = s
             .split_once(':')
             .ok_or_else(|| format!("pair `{s}` must be PROFILE:PROFILE or same-lan"))?;
-        Ok(Pair::Profiles(
-            a.parse().map_err(|e| format!("{e}"))?,
-            b.parse().map_err(|e| format!("{e}"))?,
-        ))
+        let a: SiteProfile = a.parse().map_err(|e| format!("{e}"))?;
+        let b: SiteProfile = b.parse().map_err(|e| format!("{e}"))?;
+        Ok(if a.ipv6 || b.ipv6 {
+            Pair::DualStack(a, b)
+        } else {
+            Pair::Profiles(a.nat, b.nat)
+        })
     }
 
     /// A direct link is required when UDP passes and at least one side maps
@@ -247,6 +292,13 @@ impl Pair {
                 Expectation::Relayed
             }
             Pair::Profiles(..) => Expectation::Direct,
+            // Global IPv6 on both sides behind stateful firewalls: punching opens them.
+            Pair::DualStack(a, b)
+                if a.ipv6 && b.ipv6 && a.nat.passes_udp() && b.nat.passes_udp() =>
+            {
+                Expectation::Direct
+            }
+            Pair::DualStack(a, b) => Pair::Profiles(a.nat, b.nat).expectation(),
         }
     }
 
@@ -258,6 +310,7 @@ impl Pair {
                 let side = if listener { a } else { b };
                 (!side.passes_udp()).then_some(PathClass::RelayTls)
             }
+            Pair::DualStack(a, b) => Pair::Profiles(a.nat, b.nat).required_class(listener),
             Pair::SameLan => None,
         }
     }
@@ -361,13 +414,33 @@ impl PeerOutcome {
         }
     }
 
-    /// `relay-udp` or, when the link moved during the pipe, `relay-udp→direct-lan`.
+    /// The peer address the link used at the end of the pipe (else when it came up):
+    /// the server's for the UDP relay, unspecified for the TLS relay.
+    pub fn final_remote(&self) -> Option<std::net::SocketAddr> {
+        let report = self.report.as_ref()?;
+        match &report.transfer {
+            Some(t) if t.path_class.is_some() => t.remote.or(report.remote),
+            _ => report.remote,
+        }
+    }
+
+    /// `relay-udp` or, when the link moved during the pipe, `relay-udp→direct-lan`; a
+    /// direct path over IPv6 ends in ` (v6)`.
     fn path_cell(&self) -> String {
         let first = self.report.as_ref().and_then(|r| r.path_class);
         let last = self.final_class();
+        let v6 = if last.is_some_and(|c| !c.is_relayed())
+            && self
+                .final_remote()
+                .is_some_and(|a| a.ip().to_canonical().is_ipv6())
+        {
+            " (v6)"
+        } else {
+            ""
+        };
         match (first, last) {
-            (Some(a), Some(b)) if a != b => format!("{a}→{b}"),
-            (Some(a), _) => a.to_string(),
+            (Some(a), Some(b)) if a != b => format!("{a}→{b}{v6}"),
+            (Some(a), _) => format!("{a}{v6}"),
             (None, _) => "–".into(),
         }
     }
@@ -379,6 +452,26 @@ impl PairResult {
         !self.linked
             || (self.expectation == Expectation::Direct && !self.direct)
             || self.wrong_class().is_some()
+            || self.wrong_family().is_some()
+    }
+
+    /// A side of a pair that can only be direct over IPv6 whose final path is direct but
+    /// not over IPv6 (it cannot be: a sign the report is wrong).
+    pub fn wrong_family(&self) -> Option<String> {
+        if !self.pair.direct_only_over_ipv6() || !self.direct {
+            return None;
+        }
+        [("listener", &self.listener), ("initiator", &self.initiator)]
+            .into_iter()
+            .find_map(|(who, side)| {
+                let remote = side.final_remote();
+                (!remote.is_some_and(|a| a.ip().to_canonical().is_ipv6())).then(|| {
+                    format!(
+                        "{who} must be direct over IPv6, ended on {}",
+                        remote.map_or_else(|| "no address".to_owned(), |a| a.to_string())
+                    )
+                })
+            })
     }
 
     /// A side whose report names another path than the one the lab leaves it.
@@ -449,6 +542,9 @@ pub fn run(config: &MatrixConfig) -> Result<MatrixRun, MatrixError> {
     };
 
     let mut lab = Lab::new()?;
+    if config.pairs.iter().any(Pair::needs_ipv6) {
+        lab.enable_ipv6()?;
+    }
     let server_host = lab.add_public_host("srv")?;
     let link = config.uplink();
     let mut peers: Vec<(Host, Host)> = Vec::new();
@@ -457,6 +553,14 @@ pub fn run(config: &MatrixConfig) -> Result<MatrixRun, MatrixError> {
             Pair::Profiles(a, b) => {
                 let mut site_a = lab.add_site(&format!("p{k}a"), a, link)?;
                 let mut site_b = lab.add_site(&format!("p{k}b"), b, link)?;
+                peers.push((
+                    lab.add_host(&mut site_a, "alice")?,
+                    lab.add_host(&mut site_b, "bob")?,
+                ));
+            }
+            Pair::DualStack(a, b) => {
+                let mut site_a = add_site(&mut lab, &format!("p{k}a"), a, link)?;
+                let mut site_b = add_site(&mut lab, &format!("p{k}b"), b, link)?;
                 peers.push((
                     lab.add_host(&mut site_a, "alice")?,
                     lab.add_host(&mut site_b, "bob")?,
@@ -531,6 +635,20 @@ pub fn run(config: &MatrixConfig) -> Result<MatrixRun, MatrixError> {
         started,
         elapsed: clock.elapsed(),
     })
+}
+
+/// A site of `profile`: dual-stack when it asks for IPv6.
+fn add_site(
+    lab: &mut Lab,
+    name: &str,
+    profile: SiteProfile,
+    link: LinkCondition,
+) -> Result<Site, LabError> {
+    if profile.ipv6 {
+        lab.add_dual_stack_site(name, profile.nat, link)
+    } else {
+        lab.add_site(name, profile.nat, link)
+    }
 }
 
 /// Everything one pair's run needs.
@@ -648,7 +766,7 @@ impl PairContext<'_> {
         } else if !result.direct {
             result.why = why_relayed(&result.listener, &result.initiator);
         }
-        if let Some(wrong) = result.wrong_class() {
+        if let Some(wrong) = result.wrong_class().or_else(|| result.wrong_family()) {
             result.why = format!("{wrong}; {}", result.why);
         }
         Ok(())
@@ -897,6 +1015,7 @@ impl MatrixRun {
         for r in &self.results {
             let (a, b) = match r.pair {
                 Pair::Profiles(a, b) => (a.name().to_owned(), b.name().to_owned()),
+                Pair::DualStack(a, b) => (a.to_string(), b.to_string()),
                 Pair::SameLan => (
                     "same-lan (port-restricted)".to_owned(),
                     "same LAN".to_owned(),
@@ -956,10 +1075,13 @@ inbound packets in its `input`/`forward` hooks, so they reach no socket and leav
 | cgnat | EIM | APDF | a port-restricted home router (WAN in 100.64.0.0/10) behind a port-restricted carrier NAT |
 | udp-blocked | EIM (TCP) | all UDP dropped | a port-restricted router whose firewall drops every UDP packet, both ways: only TCP (and so the TLS relay) gets through |
 | same-lan | EIM | APDF | two peers on one port-restricted NAT, which does not hairpin: only private endpoints work |
+| *profile*+v6 | as *profile* (IPv4) | IPv6: stateful (APDF) | dual-stack: the IPv4 side as *profile*; IPv6 routed without NAT66 (`2001:2::/48` plays the internet) behind the router's `inet` filter: out allowed, established/related in, new inbound dropped |
 
 Symmetric meeting port-dependent filtering (symmetric, port-restricted, cgnat) leaves no direct path without port
 prediction, and a UDP-blocked network none at all: those pairs must link through the server's relay (UDP, or TLS for
-the blocked side), while the client keeps probing for a direct path in the background.
+the blocked side), while the client keeps probing for a direct path in the background. With global IPv6 on both
+sides the same pairs have a direct path over IPv6 (*path* ends in `(v6)`), which the matrix requires; a dual-stack
+side meeting an IPv4-only one stays relayed.
 ";
 
 #[cfg(test)]
@@ -969,7 +1091,7 @@ mod tests {
     #[test]
     fn every_pair_once_plus_same_lan() {
         let pairs = Pair::all();
-        assert_eq!(pairs.len(), 28 + 1);
+        assert_eq!(pairs.len(), 28 + 3 + 1);
         assert_eq!(pairs.last(), Some(&Pair::SameLan));
         let relayed: Vec<String> = pairs
             .iter()
@@ -987,6 +1109,7 @@ mod tests {
             "symmetric ↔ udp-blocked".to_owned(),
             "cgnat ↔ udp-blocked".to_owned(),
             "udp-blocked ↔ udp-blocked".to_owned(),
+            "symmetric+v6 ↔ symmetric".to_owned(),
         ];
         expected.sort();
         let mut relayed_sorted = relayed;
@@ -1005,6 +1128,27 @@ mod tests {
             Ok(Pair::Profiles(NatProfile::None, NatProfile::Symmetric))
         );
         assert!(Pair::parse("none").is_err());
+        let both = Pair::parse("cgnat+v6:symmetric+v6").unwrap();
+        assert_eq!(
+            both,
+            Pair::DualStack(
+                SiteProfile::dual_stack(NatProfile::Cgnat),
+                SiteProfile::dual_stack(NatProfile::Symmetric)
+            )
+        );
+        assert_eq!(both.label(), "cgnat+v6 ↔ symmetric+v6");
+        assert!(both.needs_ipv6() && both.direct_only_over_ipv6());
+        assert_eq!(both.expectation(), Expectation::Direct);
+        let one = Pair::parse("symmetric+v6:symmetric").unwrap();
+        assert_eq!(one.expectation(), Expectation::Relayed);
+        assert!(one.needs_ipv6() && !one.direct_only_over_ipv6());
+        // IPv4 alone goes direct here: the link may use either family.
+        let easy = Pair::parse("full-cone+v6:symmetric+v6").unwrap();
+        assert_eq!(easy.expectation(), Expectation::Direct);
+        assert!(!easy.direct_only_over_ipv6());
+        let blocked = Pair::parse("udp-blocked+v6:none+v6").unwrap();
+        assert_eq!(blocked.expectation(), Expectation::Relayed);
+        assert_eq!(blocked.required_class(true), Some(PathClass::RelayTls));
         assert!(Pair::parse("none:bogus").is_err());
     }
 

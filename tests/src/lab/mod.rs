@@ -3,7 +3,10 @@
 //! A [`Lab`] is a small internet built from network namespaces joined by veth
 //! pairs: a public segment (a bridge holding the `chatr-server` host and any
 //! other public hosts) and *sites*, each a NAT router (or two, for CGNAT) of a
-//! given [`NatProfile`] with hosts on its LAN. Each site's uplink can carry a
+//! given [`NatProfile`] with hosts on its LAN. With [`Lab::enable_ipv6`] the public
+//! segment carries IPv6 too and [`Lab::add_dual_stack_site`] builds sites that also
+//! route global IPv6 behind a stateful firewall (no NAT66), named `PROFILE+v6`
+//! ([`SiteProfile`]). Each site's uplink can carry a
 //! [`LinkCondition`]: latency from a userspace delay wire, `wire.rs` (this kernel
 //! has no `netem`) and loss from nftables `numgen`. Processes run inside a
 //! host with [`Netns::command`]; Rust code with [`Netns::run_in`].
@@ -26,6 +29,7 @@ mod nat;
 mod netns;
 pub mod probe;
 mod run_id;
+mod site_profile;
 mod sys;
 mod topology;
 mod wire;
@@ -34,6 +38,7 @@ pub use error::LabError;
 pub use nat::{Filtering, Mapping, NatProfile, UnknownProfile};
 pub use netns::Netns;
 pub use run_id::{NAMESPACE_PREFIX, sweep_leftovers};
+pub use site_profile::SiteProfile;
 pub use sys::ensure_prerequisites;
 pub use topology::{Host, Lab, LinkCondition, Site};
 pub use wire::WireStats;

@@ -15,6 +15,10 @@
 //! to anything outside it. Every namespace is named `chl-<run id>-…`; dropping the
 //! [`Lab`] (also during a panic) stops the wires and deletes every namespace.
 //!
+//! IPv6 is off everywhere unless [`Lab::enable_ipv6`] asks for a public IPv6 segment;
+//! then [`Lab::add_dual_stack_site`] adds sites that route global IPv6 behind a
+//! stateful firewall besides their IPv4 NAT (`topology/ipv6.rs`).
+//!
 //! Two set-up details keep the first packets of a test from paying costs a real
 //! network would not charge them:
 //! - Every member of the public segment has a fixed MAC address and a permanent
@@ -27,7 +31,9 @@
 //!   that happened to share an index (in different namespaces) stayed without carrier,
 //!   so a bridge port dropped every frame for up to a second after set-up.
 
-use std::net::Ipv4Addr;
+mod ipv6;
+
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,6 +94,8 @@ pub struct Host {
     name: String,
     ns: Arc<Netns>,
     ip: Ipv4Addr,
+    /// Its global IPv6 address on a dual-stack site (`ipv6.rs`).
+    ipv6: Option<Ipv6Addr>,
 }
 
 impl Host {
@@ -123,6 +131,8 @@ pub struct Site {
     /// Routers from the inside out (home, carrier).
     routers: Vec<Arc<Netns>>,
     hosts: u8,
+    /// Routes IPv6 too (`ipv6.rs`).
+    dual_stack: bool,
 }
 
 impl Site {
@@ -169,6 +179,8 @@ pub struct Lab {
     next_ifindex: u32,
     /// Interfaces on the public segment, for the permanent neighbour entries.
     public_members: Vec<SegmentMember>,
+    /// The public IPv6 segment, once [`Lab::enable_ipv6`] asked for one.
+    ipv6: Option<ipv6::Ipv6Segment>,
 }
 
 /// One interface on the public segment.
@@ -214,6 +226,7 @@ impl Lab {
             next_site: 1,
             next_ifindex: FIRST_IFINDEX,
             public_members: Vec::new(),
+            ipv6: None,
         })
     }
 
@@ -262,10 +275,15 @@ impl Lab {
         let ns = self.new_namespace(&checked_name(name)?)?;
         let ip = Ipv4Addr::new(PUBLIC_NET[0], PUBLIC_NET[1], PUBLIC_NET[2], octet);
         self.attach_to_public(&ns, "eth0", LinkCondition::IDEAL, Some(ip))?;
+        let ipv6 = match self.ipv6 {
+            Some(_) => Some(self.join_ipv6(&ns, "eth0", octet)?),
+            None => None,
+        };
         Ok(Host {
             name: name.to_owned(),
             ns,
             ip,
+            ipv6,
         })
     }
 
@@ -291,6 +309,7 @@ impl Lab {
             lan_router: None,
             routers: Vec::new(),
             hosts: 0,
+            dual_stack: false,
         };
         let layers = profile.layers();
         if layers.is_empty() {
@@ -367,7 +386,8 @@ impl Lab {
                 ip
             }
         };
-        Ok(Host { name, ns, ip })
+        let ipv6 = self.host_ipv6(site, &ns, ip)?;
+        Ok(Host { name, ns, ip, ipv6 })
     }
 
     /// Connects interface `ifname` (created here, in `ns`) to the public bridge, through a
