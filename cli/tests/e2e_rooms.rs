@@ -231,11 +231,15 @@ async fn four_friends_see_each_other_online_and_chat_in_a_room() {
     assert_eq!(listed_state(&list, "carol"), "offline", "{list}");
     // Dave is online, but not for alice: he did not consent.
     assert_eq!(listed_state(&list, "dave"), "offline", "{list}");
-    // Bob saw alice come (her `contacts list` logged in) and go.
+    // Alice comes online for a while (`listen`), then her process dies: bob sees both.
+    // (A `contacts list` is online for milliseconds only: a listener's view may never
+    // show it, as the view is a state, not a log.)
+    let mut alice_listen = Running::start("alice", &alice, &["listen"]);
     bob_listen
         .stdout
         .wait_line("* alice is online, available")
         .await;
+    alice_listen.child.kill().await.unwrap();
     bob_listen.stdout.wait_line("* alice went offline").await;
     // Dave's listen never hears of alice, though he has her as a contact.
     let dave_list = ok(&dave, &["contacts", "list", "--offline"]).await;

@@ -270,7 +270,14 @@ async fn next_brokering(events: &mut mpsc::Receiver<SessionEvent>) -> SessionEve
             .await
             .expect("event in time")
             .expect("driver alive");
-        if !matches!(ev, SessionEvent::UdpBound { .. }) {
+        // Not brokering: the UDP binding, and the presence the driver sends (and the
+        // server acknowledges) after every login.
+        if !matches!(
+            ev,
+            SessionEvent::UdpBound { .. }
+                | SessionEvent::PresenceSynced
+                | SessionEvent::Presence { .. }
+        ) {
             return ev;
         }
     }

@@ -295,8 +295,16 @@ impl<C: Connect> Driver<C> {
                         if info.presence {
                             let wanted = &self.presence;
                             let contacts: Vec<_> = wanted.contacts.iter().copied().collect();
-                            // Status first, so the first announcement carries it.
-                            let _ = session.presence_status(wanted.status, &wanted.message);
+                            // The server may acknowledge each packet on its own, and the
+                            // first acknowledgement ends "who is online" (PresenceSynced):
+                            // so the contacts go first. A status other than the default must
+                            // go before them (an "appear offline" user must never show up
+                            // online), at the price of an early acknowledgement.
+                            let default = wanted.status == chatr_proto::PresenceStatus::Available
+                                && wanted.message.is_empty();
+                            if !default {
+                                let _ = session.presence_status(wanted.status, &wanted.message);
+                            }
                             let _ =
                                 session.presence_contacts(chatr_proto::ContactsOp::Add, &contacts);
                         }
