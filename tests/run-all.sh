@@ -11,6 +11,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# The NAT lab's `upnp` profile runs a real miniupnpd (UPnP IGD, NAT-PMP, PCP) in a router namespace.
+[ -x /usr/sbin/miniupnpd ] || missing+=(miniupnpd-nftables)
 
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then

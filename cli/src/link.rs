@@ -53,6 +53,7 @@ impl Policy {
 pub(crate) async fn start_client(g: &Globals) -> Result<Client, CliError> {
     let mut options = ClientOptions::from_home(&g.home)?;
     options.path_policy = g.path;
+    options.port_mapping.mode = g.port_mapping;
     let wait = options.online_timeout;
     let client = Client::start(options).await?;
     let online = interruptible(async { Ok(client.wait_online(wait).await?) }).await;

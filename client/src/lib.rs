@@ -16,6 +16,9 @@
 //! 5. [`link`]: QUIC over that path, both sides authenticated by their raw
 //!    ed25519 keys; chat, pipe and file streams.
 //!
+//! 6. [`portmap`]: in the background, the router is asked (PCP, NAT-PMP, UPnP IGD) to
+//!    forward a public port to the socket; peers get that endpoint as a candidate.
+//!
 //! [`node::Client`] ties it together: the API other programs embed (the `chatr`
 //! command line is one of them, in the `chatr-cli` crate; this library carries
 //! no CLI, log subscriber or server code).
@@ -32,6 +35,7 @@ pub mod link;
 pub mod net;
 pub mod node;
 pub mod path;
+pub mod portmap;
 pub mod punch;
 pub mod rest;
 pub mod session;

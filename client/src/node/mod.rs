@@ -25,6 +25,9 @@
 //! background task (heartbeats, fall back to the relay, move to a direct path that
 //! opens). Direct links do not depend on the session once made: they survive the
 //! server going away and coming back.
+//!
+//! One more background task asks the router for a port mapping of the socket
+//! ([`crate::portmap`]); a grant joins our link hints, so peers punch toward it too.
 
 mod link_driver;
 mod local_hints;
@@ -45,6 +48,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+pub(crate) use local_hints::LocalHints;
 pub use options::ClientOptions;
 pub use report::{AttemptReport, AttemptResult, LinkReport, TransferReport, TriedCandidate};
 
@@ -55,6 +59,7 @@ use crate::identity::Identity;
 use crate::link::{ControlRx, LinkEndpoint, LinkError, PeerLink, RawSender, Source};
 use crate::net::{bind_udp, resolve, wildcard_for};
 use crate::path::{AgentConfig, LinkAgent, LocalInfo};
+use crate::portmap::PortMapStatus;
 use crate::punch::{exchange_id_of, is_probe};
 use crate::session::{
     ConnectError, DatagramOut, OnlineInfo, SessionError, SessionEvent, SessionHandle,
@@ -89,6 +94,8 @@ struct Inner {
     shared: Arc<Shared>,
     /// What our requests and accepts tell peers about us.
     hints: Arc<local_hints::LocalHints>,
+    /// What the router granted (see [`Client::port_mapping`]).
+    port_mapping: tokio::sync::watch::Receiver<PortMapStatus>,
     requests: AsyncMutex<mpsc::Receiver<QueuedRequest>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -216,10 +223,18 @@ impl Client {
         tracing::info!(uuid = %options.identity.uuid(), port, "client started");
 
         let hints = Arc::new(local_hints::LocalHints::new(session.clone()));
+        let port_mapping = crate::portmap::spawn(
+            options.port_mapping.clone(),
+            port,
+            hints.clone(),
+            shutdown.clone(),
+            &tracker,
+        );
         Ok(Client {
             inner: Arc::new(Inner {
                 identity: options.identity.clone(),
                 hints,
+                port_mapping,
                 session,
                 endpoint,
                 raw,
@@ -252,6 +267,22 @@ impl Client {
     /// The session handle (state changes, raw brokering commands).
     pub fn session(&self) -> &SessionHandle {
         &self.inner.session
+    }
+
+    /// What the router granted for our UDP socket, as of now.
+    pub fn port_mapping(&self) -> PortMapStatus {
+        self.inner.port_mapping.borrow().clone()
+    }
+
+    /// Waits (at most `timeout`) until the router has answered or is known not to, and
+    /// returns what it granted.
+    pub async fn wait_port_mapping(&self, timeout: Duration) -> PortMapStatus {
+        let mut rx = self.inner.port_mapping.clone();
+        let settled = tokio::time::timeout(timeout, rx.wait_for(PortMapStatus::is_settled)).await;
+        match settled {
+            Ok(Ok(status)) => status.clone(),
+            _ => self.port_mapping(),
+        }
     }
 
     /// Waits until logged in to the Connect server.

@@ -28,6 +28,7 @@ pub mod probe;
 mod run_id;
 mod sys;
 mod topology;
+pub mod upnp;
 mod wire;
 
 pub use error::LabError;
