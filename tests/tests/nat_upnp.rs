@@ -188,12 +188,14 @@ fn report(path: &Path) -> AttemptReport {
 }
 
 /// Alice (behind `upnp`) listens, bob (behind `symmetric`) pipes to her; returns both
-/// reports. `alice_mapping` is alice's `--port-mapping`.
+/// reports. `alice_mapping` is alice's `--port-mapping`; `while_listening` runs once
+/// alice has been listening for 2 s, before bob starts.
 fn pipe_pair(
     runner: &ChatrRunner<'_>,
     alice: &Host,
     bob: &Host,
     alice_mapping: &str,
+    while_listening: impl FnOnce(),
 ) -> (AttemptReport, AttemptReport) {
     let data = runner.dir.join(format!("data-{alice_mapping}"));
     std::fs::write(&data, vec![7u8; 64 * 1024]).unwrap();
@@ -219,6 +221,7 @@ fn pipe_pair(
         });
         // The listener logs in and gets its mapping first.
         std::thread::sleep(Duration::from_millis(2000));
+        while_listening();
         let bob_done = runner
             .chatr(
                 bob,
@@ -283,7 +286,14 @@ fn a_port_mapping_makes_a_symmetric_peer_link_direct() {
         .unwrap();
     let public_ip = upnp_site.public_ip().unwrap();
 
-    let (alice_report, bob_report) = pipe_pair(&runner, &alice, &bob, "auto");
+    let (alice_report, bob_report) = pipe_pair(&runner, &alice, &bob, "auto", || {
+        let rules = mapped_rules(&upnp_site);
+        assert_eq!(
+            rules.len(),
+            1,
+            "alice holds one mapping at the router while she listens: {rules:?}"
+        );
+    });
     eprintln!("with the mapping: alice {alice_report:?}\nbob {bob_report:?}");
     assert_eq!(
         bob_report.path_class,
@@ -310,7 +320,12 @@ fn a_port_mapping_makes_a_symmetric_peer_link_direct() {
     );
 
     // The same pair without the mapping: the symmetric NATs leave no direct path.
-    let (alice_report, bob_report) = pipe_pair(&runner, &alice, &bob, "off");
+    let (alice_report, bob_report) = pipe_pair(&runner, &alice, &bob, "off", || {
+        assert!(
+            mapped_rules(&upnp_site).is_empty(),
+            "no mapping when turned off"
+        );
+    });
     eprintln!("without the mapping: alice {alice_report:?}\nbob {bob_report:?}");
     for (who, r) in [("alice", &alice_report), ("bob", &bob_report)] {
         assert_eq!(

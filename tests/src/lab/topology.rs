@@ -12,7 +12,9 @@
 //! and drops a share of frames on ingress at both ends (`nft numgen`), which is
 //! how link conditions are made without `netem`. The public segment is a single
 //! /24 with no default routes anywhere, so nothing in the lab can address a packet
-//! to anything outside it. Every namespace is named `chl-<run id>-…`; dropping the
+//! to anything outside it. (The bridge also carries a second /24, `lab::upnp`'s
+//! [`UPNP_PUBLIC_NET`], for the WAN addresses of `upnp` routers, which miniupnpd must take
+//! for public; every member has an on-link route to the other /24.) Every namespace is named `chl-<run id>-…`; dropping the
 //! [`Lab`] (also during a panic) stops the wires and deletes every namespace.
 //!
 //! Two set-up details keep the first packets of a test from paying costs a real
