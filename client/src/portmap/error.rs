@@ -45,16 +45,18 @@ impl PortMapError {
     /// Whether this says nobody answered (as opposed to a router that answered "no").
     pub fn is_silence(&self) -> bool {
         use crab_nat::MappingFailure as M;
-        match self {
-            PortMapError::NoGateway | PortMapError::Local(_) | PortMapError::Timeout(_) => true,
-            PortMapError::NoUpnpGateway(_) => true,
-            PortMapError::Pcp(M::Pcp(
-                crab_nat::pcp::Failure::Timeout | crab_nat::pcp::Failure::Socket(_),
-            ))
-            | PortMapError::Pcp(M::NatPmp(
-                crab_nat::natpmp::Failure::Timeout | crab_nat::natpmp::Failure::Socket(_),
-            )) => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            PortMapError::NoGateway
+                | PortMapError::Local(_)
+                | PortMapError::Timeout(_)
+                | PortMapError::NoUpnpGateway(_)
+                | PortMapError::Pcp(M::Pcp(
+                    crab_nat::pcp::Failure::Timeout | crab_nat::pcp::Failure::Socket(_)
+                ))
+                | PortMapError::Pcp(M::NatPmp(
+                    crab_nat::natpmp::Failure::Timeout | crab_nat::natpmp::Failure::Socket(_)
+                ))
+        )
     }
 }

@@ -84,15 +84,10 @@ mod tests {
         let mut s = LeaseSchedule::granted(t0, Duration::from_secs(120));
         let mut now = s.next_renewal();
         let mut retries = Vec::new();
-        loop {
-            match s.renewal_failed(now) {
-                AfterFailure::RetryAt(at) => {
-                    assert!(at > now && at < s.expires());
-                    retries.push(at - t0);
-                    now = at;
-                }
-                AfterFailure::Expired => break,
-            }
+        while let AfterFailure::RetryAt(at) = s.renewal_failed(now) {
+            assert!(at > now && at < s.expires());
+            retries.push(at - t0);
+            now = at;
         }
         let secs: Vec<u64> = retries.iter().map(Duration::as_secs).collect();
         assert_eq!(secs, [90, 105, 112, 116, 118]);
