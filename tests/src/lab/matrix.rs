@@ -191,7 +191,7 @@ pub enum Expectation {
 
 /// The peers the `upnp` profile meets in [`Pair::all`] (each pair costs a whole link
 /// set-up in CI, and against the easier profiles a mapping proves nothing new).
-const UPNP_PARTNERS: [NatProfile; 2] = [NatProfile::Symmetric, NatProfile::Cgnat];
+pub const UPNP_PARTNERS: [NatProfile; 2] = [NatProfile::Symmetric, NatProfile::Cgnat];
 
 impl Pair {
     /// Every unordered pair of profiles (including a profile with itself), the `upnp`
