@@ -966,6 +966,7 @@ inbound packets in its `input`/`forward` hooks, so they reach no socket and leav
 | symmetric | APDM | APDF | masquerade `fully-random` (a fresh random port per destination) |
 | cgnat | EIM | APDF | a port-restricted home router (WAN in 100.64.0.0/10) behind a port-restricted carrier NAT |
 | udp-blocked | EIM (TCP) | all UDP dropped | a port-restricted router whose firewall drops every UDP packet, both ways: only TCP (and so the TLS relay) gets through |
+| upnp | APDM (EIM + EIF for a mapped port) | APDF | a symmetric router running Debian's miniupnpd (UPnP IGD, NAT-PMP, PCP), WAN in 192.0.31.0/24 (miniupnpd refuses reserved ranges); the client asks it for a mapping of its UDP port; against symmetric and cgnat only |
 | same-lan | EIM | APDF | two peers on one port-restricted NAT, which does not hairpin: only private endpoints work |
 
 Symmetric meeting port-dependent filtering (symmetric, port-restricted, cgnat) leaves no direct path without port
