@@ -981,8 +981,14 @@ mod tests {
     #[test]
     fn every_pair_once_plus_same_lan() {
         let pairs = Pair::all();
-        assert_eq!(pairs.len(), 28 + 1);
+        assert_eq!(pairs.len(), 28 + UPNP_PARTNERS.len() + 1);
         assert_eq!(pairs.last(), Some(&Pair::SameLan));
+        // The upnp router's mapping must make it direct even with the hardest partners.
+        for partner in UPNP_PARTNERS {
+            let pair = Pair::Profiles(NatProfile::Upnp, partner);
+            assert!(pairs.contains(&pair));
+            assert_eq!(pair.expectation(), Expectation::Direct);
+        }
         let relayed: Vec<String> = pairs
             .iter()
             .filter(|p| p.expectation() == Expectation::Relayed)
