@@ -223,8 +223,14 @@ impl Client {
         tracing::info!(uuid = %options.identity.uuid(), port, "client started");
 
         let hints = Arc::new(local_hints::LocalHints::new(session.clone()));
+        // A server on loopback is on this machine: no router lies between, and asking
+        // one would send packets off the machine for nothing (tests run like this).
+        let mut port_map_config = options.port_mapping.clone();
+        if server_addr.ip().is_loopback() {
+            port_map_config.mode = crate::portmap::PortMapMode::Off;
+        }
         let port_mapping = crate::portmap::spawn(
-            options.port_mapping.clone(),
+            port_map_config,
             port,
             hints.clone(),
             shutdown.clone(),
