@@ -18,6 +18,8 @@ command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 # cli/tests/tui_tmux.rs drives `chatr tui` through a real terminal.
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
+# The NAT lab's `upnp` profile runs a real miniupnpd (UPnP IGD, NAT-PMP, PCP) in a router namespace.
+[ -x /usr/sbin/miniupnpd ] || missing+=(miniupnpd-nftables)
 
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then

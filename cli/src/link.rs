@@ -61,6 +61,7 @@ pub(crate) async fn start_client(g: &Globals) -> Result<Client, CliError> {
     // Our consent list goes out with the login, so the server's first acknowledgement
     // already covers it (a later set_presence races the first acknowledgement).
     options.presence = presence_wanted(g, PresenceStatus::Available, "")?;
+    options.port_mapping.mode = g.port_mapping;
     let wait = options.online_timeout;
     let client = Client::start(options).await?;
     let online = interruptible(async { Ok(client.wait_online(wait).await?) }).await;

@@ -52,6 +52,16 @@ pub(crate) struct Cli {
         default_value = "auto"
     )]
     path: chatr_client::path::PathPolicy,
+    /// Ask the router to forward a public port to our UDP socket: auto (PCP, NAT-PMP,
+    /// then UPnP IGD), off, or only one of pcp, nat-pmp, upnp
+    #[arg(
+        long,
+        global = true,
+        env = "CHATR_PORT_MAPPING",
+        value_name = "MODE",
+        default_value = "auto"
+    )]
+    port_mapping: chatr_client::portmap::PortMapMode,
     /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG also works
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -107,6 +117,8 @@ pub(crate) struct Globals {
     pub(crate) report: Option<PathBuf>,
     /// `--path`: which paths links may use.
     pub(crate) path: chatr_client::path::PathPolicy,
+    /// `--port-mapping`: whether and how to ask the router for a port mapping.
+    pub(crate) port_mapping: chatr_client::portmap::PortMapMode,
     /// The last report written to `report`, which a pipe completes with its transfer.
     pub(crate) last_report: std::sync::Arc<std::sync::Mutex<Option<chatr_client::AttemptReport>>>,
 }
@@ -203,6 +215,7 @@ fn main() -> ExitCode {
         home: Home::new(cli.home.clone().unwrap_or_else(Home::default_dir)),
         report: cli.report.clone(),
         path: cli.path,
+        port_mapping: cli.port_mapping,
         last_report: std::sync::Arc::default(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -5,6 +5,9 @@
 //! whether there is a NAT and whether it keeps ports. With a single server
 //! address we cannot tell an endpoint-independent mapping from a symmetric one,
 //! and the report says so instead of guessing.
+//!
+//! The last line says what the router granted when asked for a port mapping (PCP,
+//! NAT-PMP or UPnP IGD: protocol, public endpoint, lease), or that no router answered.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,7 +28,8 @@ pub(crate) struct StatusArgs {
 
 pub(crate) async fn run(g: &Globals, args: StatusArgs) -> Result<(), CliError> {
     let timeout = Duration::from_secs(args.timeout.max(1));
-    let options = ClientOptions::from_home(&g.home)?;
+    let mut options = ClientOptions::from_home(&g.home)?;
+    options.port_mapping.mode = g.port_mapping;
     let uuid = options.identity.uuid();
     let config = g.home.config()?;
     println!("identity:    {uuid}");
@@ -113,6 +117,9 @@ async fn report(client: &Client, server: &str, timeout: Duration) -> Result<(), 
         "relay:       {}",
         relay_line(online.udp_relay, online.tls_relay, binding.is_some())
     );
+    // Asked in the background since the start; by now it has usually answered.
+    let mapping = client.wait_port_mapping(timeout).await;
+    println!("router:      {mapping}");
     Ok(())
 }
 

@@ -19,6 +19,9 @@
 //!    group chats over a mesh of them; the session also carries the presence of
 //!    mutual contacts ([`Client::presence`]).
 //!
+//! 6. [`portmap`]: in the background, the router is asked (PCP, NAT-PMP, UPnP IGD) to
+//!    forward a public port to the socket; peers get that endpoint as a candidate.
+//!
 //! [`node::Client`] ties it together: the API other programs embed (the `chatr`
 //! command line is one of them, in the `chatr-cli` crate; this library carries
 //! no CLI, log subscriber or server code).
@@ -37,6 +40,7 @@ pub mod net;
 pub mod node;
 pub mod path;
 pub mod peers;
+pub mod portmap;
 pub mod punch;
 pub mod rest;
 pub mod room;

@@ -25,6 +25,9 @@
 //! background task (heartbeats, fall back to the relay, move to a direct path that
 //! opens). Direct links do not depend on the session once made: they survive the
 //! server going away and coming back.
+//!
+//! One more background task asks the router for a port mapping of the socket
+//! ([`crate::portmap`]); a grant joins our link hints, so peers punch toward it too.
 
 mod ipv6_offer;
 mod link_driver;
@@ -50,6 +53,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+pub(crate) use local_hints::LocalHints;
 pub use options::ClientOptions;
 pub use presence::{ContactPresence, PresenceView};
 pub use report::{AttemptReport, AttemptResult, LinkReport, TransferReport, TriedCandidate};
@@ -61,6 +65,7 @@ use crate::identity::Identity;
 use crate::link::{ControlRx, LinkEndpoint, LinkError, PeerLink, RawSender, Source};
 use crate::net::{bind_udp_dual_stack, resolve, socket_is_dual_stack};
 use crate::path::{AgentConfig, LinkAgent, LocalInfo};
+use crate::portmap::PortMapStatus;
 use crate::punch::{exchange_id_of, is_probe};
 use crate::session::{
     ConnectError, DatagramOut, OnlineInfo, PresenceWanted, SessionError, SessionEvent,
@@ -97,6 +102,8 @@ struct Inner {
     hints: Arc<local_hints::LocalHints>,
     /// Our IPv6 candidates (part of `hints`).
     ipv6: Arc<ipv6_offer::Ipv6Offer>,
+    /// What the router granted (see [`Client::port_mapping`]).
+    port_mapping: tokio::sync::watch::Receiver<PortMapStatus>,
     requests: AsyncMutex<mpsc::Receiver<QueuedRequest>>,
     presence: watch::Receiver<PresenceView>,
     shutdown: CancellationToken,
@@ -244,11 +251,25 @@ impl Client {
             online_timeout: options.online_timeout,
             shutdown: shutdown.clone(),
         }));
+        // A server on loopback is on this machine: no router lies between, and asking
+        // one would send packets off the machine for nothing (tests run like this).
+        let mut port_map_config = options.port_mapping.clone();
+        if server_addr.ip().is_loopback() {
+            port_map_config.mode = crate::portmap::PortMapMode::Off;
+        }
+        let port_mapping = crate::portmap::spawn(
+            port_map_config,
+            port,
+            hints.clone(),
+            shutdown.clone(),
+            &tracker,
+        );
         Ok(Client {
             inner: Arc::new(Inner {
                 identity: options.identity.clone(),
                 hints,
                 ipv6,
+                port_mapping,
                 session,
                 endpoint,
                 raw,
@@ -282,6 +303,22 @@ impl Client {
     /// The session handle (state changes, raw brokering commands).
     pub fn session(&self) -> &SessionHandle {
         &self.inner.session
+    }
+
+    /// What the router granted for our UDP socket, as of now.
+    pub fn port_mapping(&self) -> PortMapStatus {
+        self.inner.port_mapping.borrow().clone()
+    }
+
+    /// Waits (at most `timeout`) until the router has answered or is known not to, and
+    /// returns what it granted.
+    pub async fn wait_port_mapping(&self, timeout: Duration) -> PortMapStatus {
+        let mut rx = self.inner.port_mapping.clone();
+        let settled = tokio::time::timeout(timeout, rx.wait_for(PortMapStatus::is_settled)).await;
+        match settled {
+            Ok(Ok(status)) => status.clone(),
+            _ => self.port_mapping(),
+        }
     }
 
     /// Waits until logged in to the Connect server.

@@ -9,6 +9,7 @@ use crate::home::Home;
 use crate::identity::Identity;
 use crate::link::LinkConfig;
 use crate::path::{PathConfig, PathPolicy};
+use crate::portmap::PortMapConfig;
 use crate::punch::PunchConfig;
 use crate::session::{BackoffConfig, SessionTimings};
 
@@ -44,6 +45,9 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// How long `PacketClientInfo` may take after an accept (default 10 s).
     pub client_info_timeout: Duration,
+    /// Asking the router for a port mapping (default: PCP, NAT-PMP, then UPnP IGD, in
+    /// the background; [`PortMapConfig::off`] never asks).
+    pub port_mapping: PortMapConfig,
     /// Incoming requests queued for [`Client::next_request`](super::Client::next_request)
     /// before further ones are denied (default 16).
     pub incoming_queue: usize,
@@ -80,6 +84,7 @@ impl ClientOptions {
             client_info_timeout: Duration::from_secs(10),
             incoming_queue: 16,
             presence: crate::session::PresenceWanted::default(),
+            port_mapping: PortMapConfig::default(),
         }
     }
 

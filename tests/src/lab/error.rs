@@ -48,6 +48,14 @@ pub enum LabError {
     /// The topology request does not make sense (too many sites, two hosts on a public site, …).
     #[error("invalid lab topology: {0}")]
     Topology(String),
+    /// A daemon the lab runs (miniupnpd) did not start or died.
+    #[error("{daemon} failed: {detail}")]
+    Daemon {
+        /// Which daemon.
+        daemon: &'static str,
+        /// What went wrong, with its log.
+        detail: String,
+    },
     /// The delay wire could not be started.
     #[error("delay wire `{wire}` failed to start: {detail}")]
     Wire {

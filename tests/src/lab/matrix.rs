@@ -194,8 +194,13 @@ pub enum Expectation {
     Relayed,
 }
 
+/// The peers the `upnp` profile meets in [`Pair::all`] (each pair costs a whole link
+/// set-up in CI, and against the easier profiles a mapping proves nothing new).
+pub const UPNP_PARTNERS: [NatProfile; 2] = [NatProfile::Symmetric, NatProfile::Cgnat];
+
 impl Pair {
-    /// Every unordered pair of profiles (including a profile with itself), then `same-lan`.
+    /// Every unordered pair of profiles (including a profile with itself), the `upnp`
+    /// profile against [`UPNP_PARTNERS`], then `same-lan`.
     pub fn all() -> Vec<Pair> {
         let mut pairs = Vec::new();
         let profiles = NatProfile::WITH_FIREWALLS;
@@ -205,6 +210,11 @@ impl Pair {
             }
         }
         pairs.extend(Pair::dual_stack());
+        // The `upnp` router (symmetric, but it grants port mappings) only against the
+        // peers that no other profile gets a direct path with: the mapping must do it.
+        for partner in UPNP_PARTNERS {
+            pairs.push(Pair::Profiles(NatProfile::Upnp, partner));
+        }
         pairs.push(Pair::SameLan);
         pairs
     }
@@ -274,7 +284,8 @@ impl Pair {
     /// endpoint-independently — except where a symmetric NAT's fresh port meets
     /// port-dependent filtering (symmetric, port-restricted, and CGNAT, whose carrier
     /// filters like port-restricted): those, and every pair with a side that blocks UDP,
-    /// must be relayed.
+    /// must be relayed. A `upnp` side's router maps our port for anyone, so it must be
+    /// direct with every peer UDP reaches.
     pub fn expectation(&self) -> Expectation {
         let port_filtered = |p: NatProfile| {
             matches!(
@@ -1074,6 +1085,7 @@ inbound packets in its `input`/`forward` hooks, so they reach no socket and leav
 | symmetric | APDM | APDF | masquerade `fully-random` (a fresh random port per destination) |
 | cgnat | EIM | APDF | a port-restricted home router (WAN in 100.64.0.0/10) behind a port-restricted carrier NAT |
 | udp-blocked | EIM (TCP) | all UDP dropped | a port-restricted router whose firewall drops every UDP packet, both ways: only TCP (and so the TLS relay) gets through |
+| upnp | APDM (EIM + EIF for a mapped port) | APDF | a symmetric router running Debian's miniupnpd (UPnP IGD, NAT-PMP, PCP), WAN in 192.0.31.0/24 (miniupnpd refuses reserved ranges); the client asks it for a mapping of its UDP port; against symmetric and cgnat only |
 | same-lan | EIM | APDF | two peers on one port-restricted NAT, which does not hairpin: only private endpoints work |
 | *profile*+v6 | as *profile* (IPv4) | IPv6: stateful (APDF) | dual-stack: the IPv4 side as *profile*; IPv6 routed without NAT66 (`2001:2::/48` plays the internet) behind the router's `inet` filter: out allowed, established/related in, new inbound dropped |
 
@@ -1091,8 +1103,14 @@ mod tests {
     #[test]
     fn every_pair_once_plus_same_lan() {
         let pairs = Pair::all();
-        assert_eq!(pairs.len(), 28 + 3 + 1);
+        assert_eq!(pairs.len(), 28 + 3 + UPNP_PARTNERS.len() + 1);
         assert_eq!(pairs.last(), Some(&Pair::SameLan));
+        // The upnp router's mapping must make it direct even with the hardest partners.
+        for partner in UPNP_PARTNERS {
+            let pair = Pair::Profiles(NatProfile::Upnp, partner);
+            assert!(pairs.contains(&pair));
+            assert_eq!(pair.expectation(), Expectation::Direct);
+        }
         let relayed: Vec<String> = pairs
             .iter()
             .filter(|p| p.expectation() == Expectation::Relayed)

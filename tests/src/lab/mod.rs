@@ -32,6 +32,7 @@ mod run_id;
 mod site_profile;
 mod sys;
 mod topology;
+pub mod upnp;
 mod wire;
 
 pub use error::LabError;

@@ -38,6 +38,9 @@ pub enum NatProfile {
     /// A port-restricted router whose firewall drops every UDP packet, in and out (a
     /// network that lets only TCP through): no punching, no UDP relay; only TLS works.
     UdpBlocked,
+    /// A symmetric NAT whose router runs miniupnpd: it grants UPnP IGD, NAT-PMP and PCP
+    /// mappings, and a mapped port takes anyone's packets (see `lab::upnp`).
+    Upnp,
 }
 
 /// RFC 4787 mapping behaviour.
@@ -87,6 +90,10 @@ impl NatProfile {
         NatProfile::UdpBlocked,
     ];
 
+    /// Profiles outside [`NatProfile::WITH_FIREWALLS`]'s full matrix (they join it
+    /// against a few partners only; see `matrix::Pair::all`).
+    pub const EXTRA: [NatProfile; 1] = [NatProfile::Upnp];
+
     /// Whether the profile lets any UDP through.
     pub fn passes_udp(self) -> bool {
         self != NatProfile::UdpBlocked
@@ -102,6 +109,7 @@ impl NatProfile {
             NatProfile::Symmetric => "symmetric",
             NatProfile::Cgnat => "cgnat",
             NatProfile::UdpBlocked => "udp-blocked",
+            NatProfile::Upnp => "upnp",
         }
     }
 
@@ -109,7 +117,7 @@ impl NatProfile {
     pub fn mapping(self) -> Mapping {
         match self {
             NatProfile::None => Mapping::NoTranslation,
-            NatProfile::Symmetric => Mapping::AddressAndPortDependent,
+            NatProfile::Symmetric | NatProfile::Upnp => Mapping::AddressAndPortDependent,
             NatProfile::FullCone
             | NatProfile::AddressRestricted
             | NatProfile::PortRestricted
@@ -127,7 +135,8 @@ impl NatProfile {
             NatProfile::PortRestricted
             | NatProfile::Symmetric
             | NatProfile::Cgnat
-            | NatProfile::UdpBlocked => Filtering::AddressAndPortDependent,
+            | NatProfile::UdpBlocked
+            | NatProfile::Upnp => Filtering::AddressAndPortDependent,
         }
     }
 
@@ -141,6 +150,7 @@ impl NatProfile {
             NatProfile::Symmetric => &[Layer::Symmetric],
             NatProfile::Cgnat => &[Layer::PortRestricted, Layer::PortRestricted],
             NatProfile::UdpBlocked => &[Layer::TcpOnly],
+            NatProfile::Upnp => &[Layer::Upnp],
         }
     }
 }
@@ -154,7 +164,7 @@ impl fmt::Display for NatProfile {
 /// Error for an unknown profile name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown NAT profile `{0}` (expected one of: none, full-cone, address-restricted, port-restricted, symmetric, cgnat, udp-blocked)"
+    "unknown NAT profile `{0}` (expected one of: none, full-cone, address-restricted, port-restricted, symmetric, cgnat, udp-blocked, upnp)"
 )]
 pub struct UnknownProfile(pub String);
 
@@ -164,6 +174,7 @@ impl FromStr for NatProfile {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         NatProfile::WITH_FIREWALLS
             .into_iter()
+            .chain(NatProfile::EXTRA)
             .find(|p| p.name() == s)
             .ok_or_else(|| UnknownProfile(s.to_owned()))
     }
@@ -178,6 +189,8 @@ pub(crate) enum Layer {
     Symmetric,
     /// Port-restricted, and every UDP packet through the router is dropped.
     TcpOnly,
+    /// Symmetric, with miniupnpd granting port mappings (`lab::upnp`).
+    Upnp,
 }
 
 /// Name of the WAN interface in every router namespace; rules key on it.
@@ -185,6 +198,9 @@ pub(crate) const WAN: &str = "wan";
 
 /// The nftables ruleset of one NAT router whose outside interface is [`WAN`].
 pub(crate) fn router_ruleset(layer: Layer) -> String {
+    if layer == Layer::Upnp {
+        return super::upnp::ruleset();
+    }
     let cone = matches!(layer, Layer::FullCone | Layer::AddressRestricted);
     // A TCP-only network drops UDP before anything else, both ways and to the router.
     let udp_drop = if layer == Layer::TcpOnly {
@@ -289,7 +305,10 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for profile in NatProfile::WITH_FIREWALLS {
+        for profile in NatProfile::WITH_FIREWALLS
+            .into_iter()
+            .chain(NatProfile::EXTRA)
+        {
             assert_eq!(profile.name().parse::<NatProfile>(), Ok(profile));
         }
         assert!("cone".parse::<NatProfile>().is_err());

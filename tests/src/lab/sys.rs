@@ -99,7 +99,7 @@ pub(crate) fn nft_path() -> PathBuf {
 ///
 /// A failing `apt-get update` (a mirror hiccup) is not fatal by itself: the install may
 /// still succeed from the lists already on the machine. Only the install's outcome counts.
-fn apt_install(packages: &[&str]) -> Result<(), String> {
+pub(crate) fn apt_install(packages: &[&str]) -> Result<(), String> {
     let update = Command::new("apt-get")
         .args(["update", "-qq"])
         .env("DEBIAN_FRONTEND", "noninteractive")

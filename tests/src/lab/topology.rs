@@ -12,7 +12,9 @@
 //! and drops a share of frames on ingress at both ends (`nft numgen`), which is
 //! how link conditions are made without `netem`. The public segment is a single
 //! /24 with no default routes anywhere, so nothing in the lab can address a packet
-//! to anything outside it. Every namespace is named `chl-<run id>-…`; dropping the
+//! to anything outside it. (The bridge also carries a second /24, `lab::upnp`'s
+//! [`UPNP_PUBLIC_NET`], for the WAN addresses of `upnp` routers, which miniupnpd must take
+//! for public; every member has an on-link route to the other /24.) Every namespace is named `chl-<run id>-…`; dropping the
 //! [`Lab`] (also during a panic) stops the wires and deletes every namespace.
 //!
 //! IPv6 is off everywhere unless [`Lab::enable_ipv6`] asks for a public IPv6 segment;
@@ -42,6 +44,7 @@ use super::nat::{self, NatProfile, WAN};
 use super::netns::Netns;
 use super::run_id::{self, NAMESPACE_PREFIX, RunLock};
 use super::sys;
+use super::upnp::{self, Miniupnpd, UPNP_PUBLIC_NET};
 use super::wire::{Wire, WireStats};
 
 /// The public segment's prefix length and base (TEST-NET-3, only inside the lab).
@@ -169,6 +172,8 @@ impl Site {
 pub struct Lab {
     // Field order is drop order: stop wires, then delete namespaces, then release the lock.
     wires: Vec<Wire>,
+    /// Daemons inside router namespaces (the `upnp` profile's miniupnpd).
+    daemons: Vec<Miniupnpd>,
     namespaces: Vec<Arc<Netns>>,
     wire_ns: Option<Arc<Netns>>,
     public: Arc<Netns>,
@@ -217,6 +222,7 @@ impl Lab {
         public.ip(&["link", "set", "br0", "up"])?;
         Ok(Lab {
             wires: Vec::new(),
+            daemons: Vec::new(),
             namespaces: Vec::new(),
             wire_ns: None,
             public,
@@ -328,7 +334,11 @@ impl Lab {
             }
             match &outer {
                 None => {
-                    let ip = self.attach_to_public(&router, WAN, link, None)?;
+                    // miniupnpd needs a WAN address it takes for public (see `lab::upnp`).
+                    let wan_ip = (*layer == nat::Layer::Upnp).then(|| {
+                        upnp::wan_ip((u16::from(FIRST_UPLINK_HOST) + self.next_uplink) as u8)
+                    });
+                    let ip = self.attach_to_public(&router, WAN, link, wan_ip)?;
                     site.public_ip = Some(ip);
                 }
                 Some(carrier) => {
@@ -346,6 +356,9 @@ impl Lab {
             inner.ip(&["link", "add", "lan", "type", "bridge"])?;
             inner.ip(&["addr", "add", &format!("{gateway}/24"), "dev", "lan"])?;
             inner.ip(&["link", "set", "lan", "up"])?;
+            if layers.contains(&nat::Layer::Upnp) {
+                self.daemons.push(Miniupnpd::start(&inner, gateway, index)?);
+            }
             site.lan_router = Some(inner);
         }
         Ok(site)
@@ -447,6 +460,16 @@ impl Lab {
             }
         }
         ns.ip(&["addr", "add", &format!("{ip}/24"), "dev", ifname])?;
+        // The bridge carries two /24s: the lab's own and the `upnp` routers' (whose WAN
+        // addresses miniupnpd must take for public). Each member reaches the other one on
+        // link.
+        let other_net = if ip.octets()[..3] == UPNP_PUBLIC_NET {
+            PUBLIC_NET
+        } else {
+            UPNP_PUBLIC_NET
+        };
+        let other = format!("{}.{}.{}.0/24", other_net[0], other_net[1], other_net[2]);
+        ns.ip(&["route", "replace", &other, "dev", ifname, "scope", "link"])?;
         self.join_public_segment(ns, ifname, ip)?;
         Ok(ip)
     }
@@ -497,6 +520,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         // Wires first: their threads live in the wire namespace.
         self.wires.clear();
+        self.daemons.clear();
         // Delete in reverse creation order (processes inside are killed first), even if a
         // caller still holds a `Host` or `Site` handle to some of them.
         while let Some(ns) = self.namespaces.pop() {
