@@ -29,6 +29,7 @@ pub mod error;
 pub mod home;
 pub mod identity;
 pub mod link;
+pub mod nat;
 pub mod net;
 pub mod node;
 pub mod path;

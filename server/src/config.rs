@@ -190,6 +190,10 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// The relay.
     pub relay: RelayConfig,
+    /// Extra UDP ports that answer STUN for NAT behaviour discovery (`docs/PROTOCOL.md`
+    /// §10.7): this many, from the listen port + 2 (any free ports when the listen port
+    /// is 0). 0 turns NAT discovery off.
+    pub nat_probe_ports: usize,
 }
 
 impl ServerConfig {
@@ -207,6 +211,7 @@ impl ServerConfig {
             timings: Timings::default(),
             limits: Limits::default(),
             relay: RelayConfig::default(),
+            nat_probe_ports: 2,
         }
     }
 

@@ -28,6 +28,7 @@ pub mod error;
 pub mod hub;
 pub mod listen;
 pub mod metrics;
+mod nat_probe;
 pub mod registry;
 mod relay;
 pub mod server;

@@ -140,6 +140,10 @@ pub async fn start(
     }
     let (listener, udp_socket) = bind_connect_port(config.listen, backlog).await?;
     let connect_addr = local_addr(&listener, config.listen, "TCP")?;
+    let probe_sockets =
+        crate::nat_probe::bind(config.listen, connect_addr, config.nat_probe_ports).await?;
+    let mut session_config = SessionConfig::from_server(&config);
+    session_config.nat_probe_ports = crate::nat_probe::ports(&probe_sockets);
     let api_listener =
         bind_tcp(config.api_listen, backlog).map_err(|source| ServerError::Bind {
             addr: config.api_listen,
@@ -170,7 +174,7 @@ pub async fn start(
         tls: tls.clone(),
         keys: Arc::new(registry.clone()),
         metrics: Arc::clone(&metrics),
-        session: SessionConfig::from_server(&config),
+        session: session_config,
         queue: config.limits.session_queue,
         relay: relay.clone(),
     });
@@ -192,6 +196,9 @@ pub async fn start(
         Arc::clone(&metrics),
         shutdown.clone(),
     ));
+    for socket in probe_sockets {
+        tracker.spawn(crate::nat_probe::serve(socket, shutdown.clone()));
+    }
     tracker.spawn(sweep_relays(relay, shutdown.clone()));
     let api = ApiContext::new(&config, registry.clone(), Arc::clone(&metrics), tls.clone());
     tracker.spawn(serve_api(api, api_listener, shutdown.clone()));

@@ -211,6 +211,11 @@ settings_table! {
     relay_tls_queue: usize => server.relay.tls_queue,
         env "CHATR_RELAY_TLS_QUEUE" parse parse_number,
         arg(value_name = "N");
+    /// Extra UDP ports answering STUN for clients' NAT discovery, from the listen port + 2
+    /// (any free ports when the listen port is 0); 0 = off.
+    nat_probe_ports: usize => server.nat_probe_ports,
+        env "CHATR_NAT_PROBE_PORTS" parse parse_number,
+        arg(value_name = "N");
 }
 
 /// Why the settings could not be resolved.
@@ -502,6 +507,7 @@ mod tests {
             relay_total_rate = 3000
             relay_total_burst = 4000
             relay_tls_queue = 5
+            nat_probe_ports = 3
             "#,
         );
         let from_file = cli(&["--config", config.to_str().unwrap()])
@@ -546,6 +552,7 @@ mod tests {
                 ("CHATR_RELAY_TOTAL_RATE", "3000"),
                 ("CHATR_RELAY_TOTAL_BURST", "4000"),
                 ("CHATR_RELAY_TLS_QUEUE", "5"),
+                ("CHATR_NAT_PROBE_PORTS", "3"),
             ]))
             .unwrap();
         let from_cli = cli(&[
@@ -587,6 +594,7 @@ mod tests {
             "--relay-total-rate=3000",
             "--relay-total-burst=4000",
             "--relay-tls-queue=5",
+            "--nat-probe-ports=3",
         ])
         .resolve(&env_of(&[]))
         .unwrap();
@@ -617,6 +625,7 @@ mod tests {
             assert_eq!(c.limits.api_max_connections, 11);
             assert_eq!(c.limits.api_max_connections_per_ip, 3);
             assert_eq!(c.limits.listen_backlog, 512);
+            assert_eq!(c.nat_probe_ports, 3);
             assert_eq!(c.limits.incoming_requests_per_second, 4);
             assert_eq!(c.limits.incoming_request_burst, 6);
             assert!(!c.relay.enabled);

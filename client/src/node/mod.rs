@@ -26,8 +26,10 @@
 //! opens). Direct links do not depend on the session once made: they survive the
 //! server going away and coming back.
 
+mod birthday;
 mod link_driver;
 mod local_hints;
+mod nat_probe;
 mod options;
 mod report;
 mod shared;
@@ -89,6 +91,8 @@ struct Inner {
     shared: Arc<Shared>,
     /// What our requests and accepts tell peers about us.
     hints: Arc<local_hints::LocalHints>,
+    /// Measures our NAT's behaviour from the link socket.
+    prober: nat_probe::Prober,
     requests: AsyncMutex<mpsc::Receiver<QueuedRequest>>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -216,10 +220,23 @@ impl Client {
         tracing::info!(uuid = %options.identity.uuid(), port, "client started");
 
         let hints = Arc::new(local_hints::LocalHints::new(session.clone()));
+        let prober = nat_probe::Prober {
+            raw: raw.clone(),
+            shared: shared.clone(),
+            hints: hints.clone(),
+            port,
+            measured: Arc::new(tokio::sync::watch::channel(None).0),
+        };
+        tracker.spawn(nat_probe::watch_logins(
+            prober.clone(),
+            session.clone(),
+            shutdown.clone(),
+        ));
         Ok(Client {
             inner: Arc::new(Inner {
                 identity: options.identity.clone(),
                 hints,
+                prober,
                 session,
                 endpoint,
                 raw,
@@ -288,6 +305,19 @@ impl Client {
         result
     }
 
+    /// Our NAT's behaviour as measured against the server's NAT probe ports after the
+    /// last login (`docs/PROTOCOL.md` §10.7), waiting up to `timeout` for the first
+    /// measurement. [`chatr_proto::NatMapping::Unknown`] when the server has no probe
+    /// ports or they did not answer; `None` when nothing was measured in time.
+    pub async fn nat_behaviour(&self, timeout: Duration) -> Option<chatr_proto::NatHint> {
+        let mut rx = self.inner.prober.measured.subscribe();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(hint)) => *hint,
+            _ => None,
+        }
+    }
+
     /// Waits for the next peer asking us for a link; `None` once shut down.
     pub async fn next_request(&self) -> Option<IncomingRequest> {
         let mut rx = self.inner.requests.lock().await;
@@ -312,6 +342,7 @@ impl Client {
         peer_key: VerifyingKey,
     ) -> Result<(PeerLink, LinkReport), ClientError> {
         let (online, guard, brokered) = self.begin_exchange(peer).await?;
+        self.inner.prober.before_attempt(&online).await;
         let mut agent = LinkAgent::initiate(
             std::time::Instant::now(),
             self.agent_config(),
@@ -352,6 +383,7 @@ impl Client {
         peer_key: VerifyingKey,
     ) -> Result<(PeerLink, LinkReport), ClientError> {
         let (online, guard, brokered) = self.begin_exchange(peer).await?;
+        self.inner.prober.before_attempt(&online).await;
         let mut agent = LinkAgent::respond(
             std::time::Instant::now(),
             self.agent_config(),

@@ -253,6 +253,7 @@ impl<C: Connect> Driver<C> {
             server_rtt: rtt,
             tls_relay: false,
             udp_relay: false,
+            nat_probe_ports: Vec::new(),
         };
         let mut logged_in = false;
         let mut shutting_down = false;
@@ -286,6 +287,11 @@ impl<C: Connect> Driver<C> {
                             v3 && features.contains(chatr_proto::SessionFeatures::RELAY_TLS);
                         info.udp_relay =
                             v3 && features.contains(chatr_proto::SessionFeatures::RELAY_UDP);
+                        info.nat_probe_ports = if v3 {
+                            session.nat_probe_ports().to_vec()
+                        } else {
+                            Vec::new()
+                        };
                         // Whatever waited for the TLS relay while we were offline is stale.
                         if let Some(relay) = self.relay.as_mut() {
                             while relay.outgoing.try_recv().is_ok() {}

@@ -37,6 +37,8 @@ pub struct OnlineInfo {
     pub tls_relay: bool,
     /// Whether the server relays over its UDP port for this session (version 3).
     pub udp_relay: bool,
+    /// The server's NAT probe ports (version 3; empty when it has none).
+    pub nat_probe_ports: Vec<u16>,
 }
 
 /// The driver's current state.

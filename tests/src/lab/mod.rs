@@ -18,6 +18,7 @@
 //! the NAT profiles themselves) and [`matrix`] (every pair of profiles with the
 //! real `chatr` and `chatr-server` binaries, rendered to `docs/NAT-MATRIX.md`).
 
+pub mod background;
 pub mod cli_runner;
 mod error;
 pub mod lab_server;
@@ -26,6 +27,7 @@ mod nat;
 mod netns;
 pub mod probe;
 mod run_id;
+pub mod stats;
 mod sys;
 mod topology;
 mod wire;
