@@ -686,7 +686,7 @@ mod tests {
 
     #[test]
     fn every_variable_is_chatr_and_the_key_in_upper_case() {
-        assert_eq!(ServeArgs::KEYS.len(), 37);
+        assert_eq!(ServeArgs::KEYS.len(), 38);
         for (key, var) in ServeArgs::KEYS {
             assert_eq!(*var, format!("CHATR_{}", key.to_ascii_uppercase()), "{key}");
         }

@@ -84,9 +84,13 @@ pub fn predicted_ports(hint: &NatHint, window: u16) -> Vec<u16> {
 /// `count` distinct random ports in 1024–65535 for the birthday technique, drawn from
 /// `seed` (the exchange's secret: unpredictable to anyone else, repeatable in tests).
 pub fn birthday_ports(seed: &[u8], count: usize) -> Vec<u16> {
-    let mut state = seed.iter().fold(0x9E37_79B9_7F4A_7C15u64, |acc, b| {
-        acc.rotate_left(8) ^ u64::from(*b).wrapping_mul(0x100_0000_01B3)
-    });
+    // Every byte of the seed counts: its SHA-256 starts the generator.
+    let digest = ring::digest::digest(&ring::digest::SHA256, seed);
+    let mut state = digest
+        .as_ref()
+        .iter()
+        .take(8)
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
     let span = u64::from(u16::MAX - LOWEST_PORT) + 1;
     let count = count.min(usize::from(u16::MAX - LOWEST_PORT) + 1);
     let mut seen = HashSet::with_capacity(count);

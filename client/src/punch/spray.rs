@@ -37,10 +37,13 @@ impl Spray {
 
     /// How many probes are due at `now` (the pace allows them and targets remain).
     pub(crate) fn due(&self, now: Instant) -> usize {
-        let elapsed = now.saturating_duration_since(self.started_at);
-        // One probe at once, then `rate` per second.
-        let allowed = (elapsed.as_secs_f64() * f64::from(self.rate)).floor() as u64 + 1;
-        let owed = allowed.saturating_sub(u64::from(self.sent));
+        let elapsed = now.saturating_duration_since(self.started_at).as_nanos();
+        // One probe at once, then `rate` per second. Integer arithmetic, so that at
+        // exactly `next_at` the next probe is due (a rounding error would spin the timer).
+        let allowed = elapsed * u128::from(self.rate) / 1_000_000_000 + 1;
+        let owed = u64::try_from(allowed)
+            .unwrap_or(u64::MAX)
+            .saturating_sub(u64::from(self.sent));
         usize::try_from(owed)
             .unwrap_or(usize::MAX)
             .min(self.targets.len())
@@ -59,8 +62,9 @@ impl Spray {
         if self.targets.is_empty() {
             return None;
         }
-        let secs = f64::from(self.sent) / f64::from(self.rate);
-        Some(self.started_at + Duration::from_secs_f64(secs))
+        // The first instant at which `due` allows one more: ⌈sent / rate⌉ seconds in.
+        let nanos = (u64::from(self.sent) * 1_000_000_000).div_ceil(u64::from(self.rate));
+        Some(self.started_at + Duration::from_nanos(nanos))
     }
 
     /// The guess and send time of a spray probe with `txid`.
@@ -102,7 +106,10 @@ mod tests {
         assert_eq!(send(&mut spray, t0), 1);
         assert_eq!(send(&mut spray, t0), 0);
         assert_eq!(spray.next_at(), Some(t0 + Duration::from_millis(5)));
-        assert_eq!(send(&mut spray, t0 + Duration::from_millis(100)), 20);
+        // Exactly at `next_at` the next one is due (no timer spinning on rounding).
+        let at = spray.next_at().unwrap();
+        assert_eq!(send(&mut spray, at), 1);
+        assert_eq!(send(&mut spray, t0 + Duration::from_millis(100)), 19);
         assert_eq!(send(&mut spray, t0 + Duration::from_secs(1)), 180);
         assert_eq!(spray.sent(), 201);
         // Late timers never burst past what the rate allows overall, nor past the list.
