@@ -56,6 +56,9 @@ impl HardNat {
     }
 }
 
+/// Datagrams in flight: (arrival, sequence) → (to the easy side?, hard socket, from, bytes).
+type Wire = BTreeMap<(Instant, u64), (bool, usize, SocketAddr, Vec<u8>)>;
+
 struct Outcome {
     /// Virtual time to both sides agreeing, if they did.
     agreed: Option<Duration>,
@@ -124,7 +127,7 @@ fn run(
     let keys = ProbeKeys::new(&secret);
     let mut easy_sent_to: HashSet<SocketAddr> = HashSet::new();
     // Arrival time → (to the easy side?, socket, from, bytes), in order.
-    let mut wire: BTreeMap<(Instant, u64), (bool, usize, SocketAddr, Vec<u8>)> = BTreeMap::new();
+    let mut wire: Wire = BTreeMap::new();
     let mut seq = 0u64;
     let mut adopted: Option<usize> = None;
     let mut opened = 0usize;
