@@ -28,7 +28,7 @@
 //!
 //! **Auxiliary sockets.** The hard side of birthday punching (`docs/PROTOCOL.md` §10.7)
 //! finds its peer through one of many extra sockets, whose NAT mapping is the only one
-//! the peer's NAT lets in. [`PathSocket::adopt_aux`] makes that socket carry the direct
+//! the peer's NAT lets in. `PathSocket::adopt_aux` makes that socket carry the direct
 //! path to that peer address: whatever goes to the address (QUIC, probes) leaves from
 //! it, and what it receives joins this socket's receive path, as if it had arrived here.
 //!
