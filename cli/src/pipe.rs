@@ -32,6 +32,10 @@ pub(crate) struct PipeArgs {
     /// With --listen: also accept peers that are not contacts (key from the registry)
     #[arg(long, requires = "listen", conflicts_with = "from")]
     accept_any: bool,
+    /// After the transfer, wait up to this many seconds for the link to go direct if it
+    /// is relayed (the NAT lab measures time-to-direct with it); 0 = do not wait
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    wait_direct: u64,
 }
 
 /// How long the peer has to open the pipe stream once linked.
@@ -45,6 +49,7 @@ pub(crate) async fn run(g: &Globals, args: PipeArgs) -> Result<(), CliError> {
     let policy = Policy::from_args(g, args.accept_any, args.from.as_deref())?;
     let client = start_client(g).await?;
     let result = async {
+        let started = std::time::Instant::now();
         let (link, stream) = match &target {
             Some(peer) => {
                 let link = request(g, &client, peer).await?;
@@ -72,7 +77,11 @@ pub(crate) async fn run(g: &Globals, args: PipeArgs) -> Result<(), CliError> {
             r = run_pipe(stream, tokio::io::stdin(), tokio::io::stdout()) => r.map_err(|e| CliError::Undelivered(format!("the pipe failed: {e}")))?,
             _ = ctrl_c() => return Err(CliError::Undelivered("interrupted".into())),
         };
-        let path = link.paths().map(|p| p.current()).unwrap_or_default();
+        let mut path = link.paths().map(|p| p.current()).unwrap_or_default();
+        let direct_ms = wait_direct(&link, started, Duration::from_secs(args.wait_direct)).await;
+        if direct_ms.is_some() {
+            path = link.paths().map(|p| p.current()).unwrap_or_default();
+        }
         report_transfer(
             g,
             TransferReport {
@@ -86,6 +95,8 @@ pub(crate) async fn run(g: &Globals, args: PipeArgs) -> Result<(), CliError> {
                 },
                 sent: report.sent,
                 switches: path.switches,
+                direct_ms,
+                probes_sent: Some(path.probes_sent),
             },
         );
         link.close(CloseCode::Normal, "pipe done");
@@ -102,4 +113,34 @@ pub(crate) async fn run(g: &Globals, args: PipeArgs) -> Result<(), CliError> {
     .await;
     client.shutdown().await;
     result
+}
+
+/// Waits up to `limit` for `link` to be on a direct path; the milliseconds from
+/// `started` (the link attempt) until it was, 0 when it already is, `None` when it was
+/// not in time.
+async fn wait_direct(
+    link: &chatr_client::link::PeerLink,
+    started: std::time::Instant,
+    limit: Duration,
+) -> Option<u64> {
+    let mut paths = link.paths()?.clone();
+    let is_direct =
+        |p: &chatr_client::path::LinkPaths| p.current().class.is_some_and(|c| !c.is_relayed());
+    if is_direct(&paths) {
+        return Some(0);
+    }
+    if limit.is_zero() {
+        return None;
+    }
+    let waited = tokio::time::timeout(limit, async {
+        while paths.changed().await {
+            if is_direct(&paths) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    matches!(waited, Ok(true))
+        .then(|| u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX))
 }

@@ -114,6 +114,10 @@ async fn report(client: &Client, server: &str, timeout: Duration) -> Result<(), 
         classify(online.local, port, observed, binding, stun)
     );
     println!(
+        "NAT mapping: {}",
+        mapping_line(client, &online, timeout).await
+    );
+    println!(
         "relay:       {}",
         relay_line(online.udp_relay, online.tls_relay, binding.is_some())
     );
@@ -137,6 +141,29 @@ fn ipv6_line(client: &Client) -> String {
         "{} offered to peers (global, no NAT on the way: a direct path even when both IPv4 NATs are hard)",
         list.join(", ")
     )
+}
+
+/// What the NAT probes against the server's extra ports found (`docs/PROTOCOL.md` §10.7).
+async fn mapping_line(
+    client: &Client,
+    online: &chatr_client::session::OnlineInfo,
+    timeout: Duration,
+) -> String {
+    if online.nat_probe_ports.is_empty() {
+        return chatr_client::nat::describe(&chatr_proto::NatHint::default());
+    }
+    match client.nat_behaviour(timeout).await {
+        Some(hint) => {
+            let ports: Vec<String> = online.nat_probe_ports.iter().map(u16::to_string).collect();
+            format!(
+                "{} (measured against the server's ports {} and {})",
+                chatr_client::nat::describe(&hint),
+                online.server.port(),
+                ports.join(", ")
+            )
+        }
+        None => "not measured yet (no answer from the server's NAT probe ports)".to_owned(),
+    }
 }
 
 /// What a link from here does when no direct path works.

@@ -36,6 +36,7 @@ pub mod global_ipv6;
 pub mod home;
 pub mod identity;
 pub mod link;
+pub mod nat;
 pub mod net;
 pub mod node;
 pub mod path;

@@ -213,6 +213,10 @@ pub struct ServerConfig {
     pub registry_postgres: Option<PostgresConfig>,
     /// Presence of mutual contacts.
     pub presence: crate::presence::PresenceConfig,
+    /// Extra UDP ports that answer STUN for NAT behaviour discovery (`docs/PROTOCOL.md`
+    /// §10.7): this many, from the listen port + 2 (any free ports when the listen port
+    /// is 0). 0 turns NAT discovery off.
+    pub nat_probe_ports: usize,
 }
 
 impl ServerConfig {
@@ -233,6 +237,7 @@ impl ServerConfig {
             cluster: crate::cluster::ClusterConfig::default(),
             registry_postgres: None,
             presence: crate::presence::PresenceConfig::default(),
+            nat_probe_ports: 2,
         }
     }
 

@@ -36,6 +36,7 @@ pub mod error;
 pub mod hub;
 pub mod listen;
 pub mod metrics;
+mod nat_probe;
 pub mod presence;
 pub mod registry;
 mod relay;

@@ -149,6 +149,10 @@ pub async fn start(
     }
     let (listener, udp_socket) = bind_connect_port(config.listen, backlog).await?;
     let connect_addr = local_addr(&listener, config.listen, "TCP")?;
+    let probe_sockets =
+        crate::nat_probe::bind(config.listen, connect_addr, config.nat_probe_ports).await?;
+    let mut session_config = SessionConfig::from_server(&config);
+    session_config.nat_probe_ports = crate::nat_probe::ports(&probe_sockets);
     let api_listener =
         bind_tcp(config.api_listen, backlog).map_err(|source| ServerError::Bind {
             addr: config.api_listen,
@@ -182,7 +186,7 @@ pub async fn start(
         metrics: Arc::clone(&metrics),
         session: SessionConfig {
             udp_token_prefix: cluster.token_prefix(),
-            ..SessionConfig::from_server(&config)
+            ..session_config
         },
         queue: config.limits.session_queue,
         relay: relay.clone(),
@@ -206,6 +210,9 @@ pub async fn start(
         Arc::clone(&metrics),
         shutdown.clone(),
     ));
+    for socket in probe_sockets {
+        tracker.spawn(crate::nat_probe::serve(socket, shutdown.clone()));
+    }
     tracker.spawn(sweep_relays(relay, shutdown.clone()));
     let api = ApiContext::new(&config, registry.clone(), Arc::clone(&metrics), tls.clone())
         .with_health(Arc::new(NodeHealth {

@@ -275,6 +275,11 @@ settings_table! {
     presence_burst: u32 => server.presence.update_burst,
         env "CHATR_PRESENCE_BURST" parse parse_number,
         arg(value_name = "N");
+    /// Extra UDP ports answering STUN for clients' NAT discovery, from the listen port + 2
+    /// (any free ports when the listen port is 0); 0 = off.
+    nat_probe_ports: usize => server.nat_probe_ports,
+        env "CHATR_NAT_PROBE_PORTS" parse parse_number,
+        arg(value_name = "N");
 }
 
 /// Why the settings could not be resolved.
@@ -599,6 +604,7 @@ mod tests {
             presence_max_contacts = 7
             presence_rate = 8
             presence_burst = 9
+            nat_probe_ports = 3
             "#,
         );
         let from_file = cli(&["--config", config.to_str().unwrap()])
@@ -658,6 +664,7 @@ mod tests {
                 ("CHATR_PRESENCE_MAX_CONTACTS", "7"),
                 ("CHATR_PRESENCE_RATE", "8"),
                 ("CHATR_PRESENCE_BURST", "9"),
+                ("CHATR_NAT_PROBE_PORTS", "3"),
             ]))
             .unwrap();
         let from_cli = cli(&[
@@ -714,6 +721,7 @@ mod tests {
             "--presence-max-contacts=7",
             "--presence-rate=8",
             "--presence-burst=9",
+            "--nat-probe-ports=3",
         ])
         .resolve(&env_of(&[]))
         .unwrap();
@@ -744,6 +752,7 @@ mod tests {
             assert_eq!(c.limits.api_max_connections, 11);
             assert_eq!(c.limits.api_max_connections_per_ip, 3);
             assert_eq!(c.limits.listen_backlog, 512);
+            assert_eq!(c.nat_probe_ports, 3);
             assert_eq!(c.limits.incoming_requests_per_second, 4);
             assert_eq!(c.limits.incoming_request_burst, 6);
             assert!(!c.relay.enabled);
@@ -825,7 +834,7 @@ mod tests {
 
     #[test]
     fn every_variable_is_chatr_and_the_key_in_upper_case() {
-        assert_eq!(ServeArgs::KEYS.len(), 52);
+        assert_eq!(ServeArgs::KEYS.len(), 53);
         for (key, var) in ServeArgs::KEYS {
             assert_eq!(*var, format!("CHATR_{}", key.to_ascii_uppercase()), "{key}");
         }

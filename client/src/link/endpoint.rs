@@ -297,6 +297,23 @@ impl LinkEndpoint {
     }
 
     /// Sends a control datagram of a path-managed link on `path`.
+    /// Makes `socket` carry the direct path to `remote`, feeding it `first` (the
+    /// datagram that won it) as received (birthday punching; see `socket.rs`).
+    pub(crate) fn adopt_aux(
+        &self,
+        remote: SocketAddr,
+        socket: Arc<tokio::net::UdpSocket>,
+        first: bytes::Bytes,
+    ) {
+        self.socket.adopt_aux(remote, socket);
+        self.socket.inject_aux(remote, first);
+    }
+
+    /// Stops using the auxiliary socket of `remote`.
+    pub(crate) fn release_aux(&self, remote: SocketAddr) {
+        self.socket.release_aux(remote);
+    }
+
     pub(crate) async fn send_on_path(
         &self,
         route: &Route,

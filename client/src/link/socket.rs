@@ -26,6 +26,12 @@
 //! never notices a path change. Control datagrams relayed for a link reach [`ControlRx`]
 //! tagged with their [`Source`].
 //!
+//! **Auxiliary sockets.** The hard side of birthday punching (`docs/PROTOCOL.md` §10.7)
+//! finds its peer through one of many extra sockets, whose NAT mapping is the only one
+//! the peer's NAT lets in. `PathSocket::adopt_aux` makes that socket carry the direct
+//! path to that peer address: whatever goes to the address (QUIC, probes) leaves from
+//! it, and what it receives joins this socket's receive path, as if it had arrived here.
+//!
 //! **Batches.** On Linux a single receive can return several datagrams from the same
 //! sender glued together, `stride` bytes apart (the last may be shorter: GRO), and one
 //! send can carry several (GSO). Both stay enabled because they matter for bulk
@@ -35,7 +41,7 @@
 //! invariant quinn relies on. On send, a relayed batch gets a header in front of each
 //! segment and goes out as one GSO send too.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSliceMut};
@@ -65,6 +71,9 @@ const QUIC_FIXED_BIT: u8 = 0x40;
 
 /// Relayed datagrams queued towards (and from) the Connect TLS session.
 const TLS_RELAY_QUEUE: usize = 1024;
+
+/// Datagrams received on auxiliary sockets, queued for the receive path.
+const AUX_QUEUE: usize = 1024;
 
 /// Handshake datagrams of a link kept to send again when its primary path changes
 /// during set-up, and how long they stay worth it.
@@ -138,6 +147,11 @@ pub(crate) struct PathSocket {
     tls_in: Mutex<mpsc::Receiver<TlsRelayed>>,
     /// Recent handshake (long-header) datagrams per link.
     replay: Mutex<VecDeque<Remembered>>,
+    /// Direct paths carried by an auxiliary socket: peer address → socket.
+    aux: Mutex<HashMap<SocketAddr, Arc<tokio::net::UdpSocket>>>,
+    /// What the auxiliary sockets received (their reader tasks fill it).
+    aux_tx: mpsc::Sender<(SocketAddr, Bytes)>,
+    aux_in: Mutex<mpsc::Receiver<(SocketAddr, Bytes)>>,
 }
 
 /// A handshake datagram kept for [`PathSocket::set_plan`].
@@ -175,6 +189,7 @@ impl PathSocket {
         let (tls_out, outgoing) = mpsc::channel(TLS_RELAY_QUEUE);
         let (incoming, tls_in) = mpsc::channel(TLS_RELAY_QUEUE);
         let stats = Arc::new(ControlStats::default());
+        let (aux_tx, aux_in) = mpsc::channel(AUX_QUEUE);
         let socket = Arc::new(Self {
             io,
             state,
@@ -186,6 +201,9 @@ impl PathSocket {
             tls_out,
             tls_in: Mutex::new(tls_in),
             replay: Mutex::new(VecDeque::new()),
+            aux: Mutex::new(HashMap::new()),
+            aux_tx,
+            aux_in: Mutex::new(aux_in),
         });
         Ok((
             socket,
@@ -213,8 +231,10 @@ impl PathSocket {
                 "raw datagrams must not have bit 0x40 set in their first byte (reserved for QUIC)",
             ));
         }
-        let to = self.destination(to);
-        let sent = self.io.send_to(datagram, to).await?;
+        let sent = match self.aux_for(to) {
+            Some(aux) => aux.send_to(datagram, to).await?,
+            None => self.io.send_to(datagram, self.destination(to)).await?,
+        };
         if sent != datagram.len() {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -301,6 +321,106 @@ impl PathSocket {
         self.io.local_addr()
     }
 
+    /// Makes `socket` carry the direct path to `remote` (see the module docs), replacing
+    /// any earlier one for it. A task reads it until [`PathSocket::release_aux`] or until
+    /// this socket is gone.
+    pub(crate) fn adopt_aux(&self, remote: SocketAddr, socket: Arc<tokio::net::UdpSocket>) {
+        let remote = canonical(remote);
+        self.aux
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(remote, Arc::clone(&socket));
+        let tx = self.aux_tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let received = tokio::select! {
+                    () = tx.closed() => return,
+                    r = socket.recv_from(&mut buf) => r,
+                };
+                match received {
+                    Ok((len, from)) => {
+                        let Some(datagram) = buf.get(..len) else {
+                            continue;
+                        };
+                        // Full: dropped, like a full kernel buffer.
+                        let _ = tx.try_send((canonical(from), Bytes::copy_from_slice(datagram)));
+                    }
+                    Err(e) => tracing::debug!(error = %e, "auxiliary socket receive failed"),
+                }
+                // Released: the socket is no longer in the table.
+                if Arc::strong_count(&socket) == 1 {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Stops using the auxiliary socket of `remote` (the link closed).
+    pub(crate) fn release_aux(&self, remote: SocketAddr) {
+        self.aux
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&canonical(remote));
+    }
+
+    /// Feeds a datagram an auxiliary socket received before it was adopted (the Probe
+    /// that won it) into the receive path.
+    pub(crate) fn inject_aux(&self, from: SocketAddr, datagram: Bytes) {
+        let _ = self.aux_tx.try_send((canonical(from), datagram));
+    }
+
+    fn aux_for(&self, remote: SocketAddr) -> Option<Arc<tokio::net::UdpSocket>> {
+        let aux = self.aux.lock().unwrap_or_else(PoisonError::into_inner);
+        if aux.is_empty() {
+            return None;
+        }
+        aux.get(&canonical(remote)).cloned()
+    }
+
+    /// Takes what the auxiliary sockets received, up to the free slots: QUIC datagrams
+    /// of a known direct path into the slots, control ones to the channel.
+    fn poll_aux(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        metas: &mut [RecvMeta],
+    ) -> usize {
+        let mut rx = self.aux_in.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut filled = 0;
+        while filled < bufs.len().min(metas.len()) {
+            let Poll::Ready(Some((from, datagram))) = rx.poll_recv(cx) else {
+                break;
+            };
+            if !datagram.first().copied().is_some_and(is_quic) {
+                self.divert(Source::Direct(from), &datagram);
+                continue;
+            }
+            let Some(virtual_addr) = self.routes.virtual_of_direct(from) else {
+                continue;
+            };
+            let (Some(buf), Some(meta)) = (bufs.get_mut(filled), metas.get_mut(filled)) else {
+                break;
+            };
+            let Some(dst) = buf.get_mut(..datagram.len()) else {
+                continue;
+            };
+            dst.copy_from_slice(&datagram);
+            if let Some(route) = self.routes.get(virtual_addr) {
+                route.touch();
+            }
+            *meta = RecvMeta {
+                addr: self.as_seen_by_quinn(virtual_addr),
+                len: datagram.len(),
+                stride: datagram.len(),
+                ecn: None,
+                dst_ip: None,
+            };
+            filled += 1;
+        }
+        filled
+    }
+
     /// Maps an IPv4 destination for a dual-stack IPv6 socket.
     fn destination(&self, to: SocketAddr) -> SocketAddr {
         map_destination(self.ipv6, to)
@@ -330,6 +450,18 @@ impl PathSocket {
     fn send_path(&self, route: &Route, path: PathId, transmit: &Transmit<'_>) -> io::Result<()> {
         match path {
             PathId::Direct(addr) => {
+                if let Some(aux) = self.aux_for(addr) {
+                    // No GSO on the auxiliary socket: segment by segment.
+                    let segment = transmit
+                        .segment_size
+                        .unwrap_or(transmit.contents.len())
+                        .max(1);
+                    for chunk in transmit.contents.chunks(segment) {
+                        // A full buffer is a lost datagram; QUIC recovers.
+                        let _ = aux.try_send_to(chunk, addr);
+                    }
+                    return Ok(());
+                }
                 let destination = self.destination(addr);
                 let out = Transmit {
                     destination,
@@ -701,6 +833,10 @@ impl AsyncUdpSocket for PathSocket {
             let from_tls = self.poll_tls(cx, bufs, meta);
             if from_tls > 0 {
                 return Poll::Ready(Ok(from_tls));
+            }
+            let from_aux = self.poll_aux(cx, bufs, meta);
+            if from_aux > 0 {
+                return Poll::Ready(Ok(from_aux));
             }
             ready!(self.io.poll_recv_ready(cx))?;
             let received = self.io.try_io(Interest::READABLE, || {

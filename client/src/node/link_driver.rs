@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::birthday::{Birthday, Catch};
 use super::report::LinkReport;
 use super::shared::{Brokered, ExchangeGuard, LinkInput, Shared, WaiterGuard};
 use crate::deadline::sleep_until_opt;
@@ -64,6 +65,77 @@ struct Attempt {
     confirming: Option<BoxFuture<'static, Result<PeerLink, LinkError>>>,
     link: Option<PeerLink>,
     quic_error: Option<LinkError>,
+    /// The hard side of birthday punching, while its sockets wait.
+    birthday: HardSide,
+}
+
+/// The hard side of birthday punching (`super::birthday`) for one link.
+#[derive(Default)]
+struct HardSide {
+    started: bool,
+    running: Option<Birthday>,
+    /// The peer address whose path an adopted socket carries.
+    adopted: Option<std::net::SocketAddr>,
+}
+
+impl HardSide {
+    /// Opens the sockets once the agent says this side is the hard one; closes them once
+    /// the link is direct some other way.
+    fn maybe_start(&mut self, agent: &mut LinkAgent) {
+        if self.started {
+            if self.running.is_some() && self.adopted.is_none() && is_direct(agent) {
+                tracing::debug!("birthday punching: direct without it; closing its sockets");
+                self.running = None;
+            }
+            return;
+        }
+        let Some(target) = agent.birthday_target() else {
+            return;
+        };
+        self.started = true;
+        let probes: Vec<Vec<u8>> = (0..crate::nat::BIRTHDAY_SOCKETS)
+            .filter_map(|_| agent.extra_probe())
+            .collect();
+        tracing::info!(%target, sockets = probes.len(), "birthday punching: opening sockets");
+        self.running = Some(Birthday::start(target, probes, crate::nat::SPRAY_RATE));
+    }
+
+    /// A socket caught something from the peer's address: if it is the peer's Probe,
+    /// that socket carries the direct path from now on and the others close.
+    fn on_catch(&mut self, agent: &LinkAgent, endpoint: &LinkEndpoint, catch: Catch) {
+        let (from, datagram, socket) = catch;
+        if self.adopted.is_some() || !agent.is_peer_probe(&datagram) {
+            return;
+        }
+        // The plain punch got there first: its path stays on the link socket.
+        if is_direct(agent) {
+            self.running = None;
+            return;
+        }
+        tracing::info!(remote = %from, "birthday punching: a socket met the peer");
+        endpoint.adopt_aux(from, socket, datagram);
+        self.adopted = Some(from);
+        self.running = None;
+    }
+
+    fn release(&mut self, endpoint: &LinkEndpoint) {
+        self.running = None;
+        if let Some(remote) = self.adopted.take() {
+            endpoint.release_aux(remote);
+        }
+    }
+}
+
+/// Whether the punch already agreed on a direct path.
+fn is_direct(agent: &LinkAgent) -> bool {
+    agent.punch_succeeded()
+}
+
+async fn recv_catch(hard: &mut HardSide) -> Option<Catch> {
+    match hard.running.as_mut() {
+        Some(b) => b.caught.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs a link attempt to its end: the link and its report, or why there is none. Once
@@ -88,6 +160,7 @@ pub(crate) async fn run_attempt(
         confirming: None,
         link: None,
         quic_error: None,
+        birthday: HardSide::default(),
     };
     let outcome = match attempt.run().await {
         Ok(outcome) => outcome,
@@ -106,6 +179,7 @@ pub(crate) async fn run_attempt(
         route,
         exchange_id,
         probes,
+        birthday,
         ..
     } = attempt;
     let relay_server = route
@@ -132,6 +206,7 @@ pub(crate) async fn run_attempt(
         status: status_tx,
         pin: pin_rx,
         shutdown: ctx.shutdown.clone(),
+        birthday,
     };
     ctx.tracker.spawn(keeper.run());
     Ok((link, report))
@@ -144,6 +219,7 @@ impl Attempt {
             if let Some(outcome) = self.execute().await? {
                 return Ok(outcome);
             }
+            self.birthday.maybe_start(&mut self.agent);
             let timer = self
                 .agent
                 .poll_timeout()
@@ -155,6 +231,9 @@ impl Attempt {
                     None => return Err(ClientError::ShuttingDown),
                 },
                 Some(input) = recv_opt(&mut self.probes) => feed(&mut self.agent, input),
+                Some(catch) = recv_catch(&mut self.birthday) => {
+                    self.birthday.on_catch(&self.agent, &self.ctx.endpoint, catch);
+                }
                 r = poll_opt(&mut self.connecting) => {
                     self.connecting = None;
                     self.on_quic(r);
@@ -314,6 +393,7 @@ impl Attempt {
     /// Forgets the attempt's route and probe channel (failed attempts), after [`DRAIN`]:
     /// a refusal's CONNECTION_CLOSE must still find its path.
     fn forget(&mut self) {
+        self.birthday.release(&self.ctx.endpoint);
         if let Some(id) = self.exchange_id.take() {
             self.ctx.shared.remove_punch(&id);
         }
@@ -357,6 +437,7 @@ struct Keeper {
     status: watch::Sender<PathStatus>,
     pin: mpsc::Receiver<Option<PathId>>,
     shutdown: CancellationToken,
+    birthday: HardSide,
 }
 
 impl Keeper {
@@ -370,6 +451,7 @@ impl Keeper {
             while let Some(event) = self.agent.poll_event() {
                 span.in_scope(|| tracing::info!(?event, "link path changed"));
             }
+            self.birthday.maybe_start(&mut self.agent);
             // Only a change is news for the watchers.
             let status = status_of(&self.agent);
             self.status.send_if_modified(|old| {
@@ -394,11 +476,15 @@ impl Keeper {
                     }
                 }
                 Some(input) = recv_opt(&mut self.probes) => feed(&mut self.agent, input),
+                Some(catch) = recv_catch(&mut self.birthday) => {
+                    self.birthday.on_catch(&self.agent, &self.endpoint, catch);
+                }
                 Some(pin) = self.pin.recv() => self.agent.pin(Instant::now(), pin),
                 () = sleep_until_opt(timer) => self.agent.handle_timeout(Instant::now()),
             }
         };
         self.agent.handle_link_closed(Instant::now());
+        self.birthday.running = None;
         if !ended {
             return;
         }
@@ -414,6 +500,7 @@ impl Keeper {
             }
             self.endpoint.routes().remove(&route);
         }
+        self.birthday.release(&self.endpoint);
         if let Some(id) = self.exchange_id.take() {
             self.shared.remove_punch(&id);
         }
@@ -439,6 +526,7 @@ fn status_of(agent: &LinkAgent) -> PathStatus {
         reason: agent.relay_reason(),
         switches: paths.switches(),
         rtt: paths.active_rtt(),
+        probes_sent: agent.probes_sent(),
     }
 }
 

@@ -43,19 +43,11 @@ impl LocalHints {
     }
 
     /// The public endpoint our router mapped to our socket (`None`: no mapping).
-    #[allow(
-        dead_code,
-        reason = "set by the NAT probing and port mapping of issue 11, not yet on this branch"
-    )]
     pub(crate) fn set_port_mapped(&self, endpoint: Option<SocketAddr>) {
         self.update(|p| p.port_mapped = endpoint);
     }
 
     /// Our global IPv6 addresses, with our socket's port.
-    #[allow(
-        dead_code,
-        reason = "IPv6 candidates (issue 11, part 5) call it; merged from its own branch"
-    )]
     pub(crate) fn set_ipv6(&self, endpoints: Vec<SocketAddr>) {
         self.update(|p| p.ipv6 = endpoints);
     }

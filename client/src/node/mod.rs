@@ -29,12 +29,14 @@
 //! One more background task asks the router for a port mapping of the socket
 //! ([`crate::portmap`]); a grant joins our link hints, so peers punch toward it too.
 
+mod birthday;
 mod ipv6_offer;
 mod link_driver;
 // Main wires the setters up only in part so far (nothing calls set_nat, set_port_mapped
 // or set_ipv6 yet); without this the workspace does not pass clippy -D warnings.
 #[allow(dead_code)]
 mod local_hints;
+mod nat_probe;
 mod options;
 mod presence;
 mod report;
@@ -104,6 +106,8 @@ struct Inner {
     ipv6: Arc<ipv6_offer::Ipv6Offer>,
     /// What the router granted (see [`Client::port_mapping`]).
     port_mapping: tokio::sync::watch::Receiver<PortMapStatus>,
+    /// Measures our NAT's behaviour from the link socket.
+    prober: nat_probe::Prober,
     requests: AsyncMutex<mpsc::Receiver<QueuedRequest>>,
     presence: watch::Receiver<PresenceView>,
     shutdown: CancellationToken,
@@ -169,12 +173,13 @@ impl Client {
     /// [`Client::wait_online`]).
     pub async fn start(options: ClientOptions) -> Result<Client, ClientError> {
         // An unresolvable server name is the caller's mistake: say so at once.
-        resolve(&options.server)
-            .await
-            .map_err(|e| SessionError::Unreachable {
-                server: options.server.to_string(),
-                cause: ConnectError::Resolve(Arc::new(e)),
-            })?;
+        let server_addr =
+            resolve(&options.server)
+                .await
+                .map_err(|e| SessionError::Unreachable {
+                    server: options.server.to_string(),
+                    cause: ConnectError::Resolve(Arc::new(e)),
+                })?;
         // Dual-stack whatever the server's family: the session may run over IPv4 while
         // direct paths to peers run over IPv6.
         let socket = bind_udp_dual_stack(options.local_port).map_err(ClientError::Socket)?;
@@ -264,12 +269,25 @@ impl Client {
             shutdown.clone(),
             &tracker,
         );
+        let prober = nat_probe::Prober {
+            raw: raw.clone(),
+            shared: shared.clone(),
+            hints: hints.clone(),
+            port,
+            measured: Arc::new(tokio::sync::watch::channel(None).0),
+        };
+        tracker.spawn(nat_probe::watch_logins(
+            prober.clone(),
+            session.clone(),
+            shutdown.clone(),
+        ));
         Ok(Client {
             inner: Arc::new(Inner {
                 identity: options.identity.clone(),
                 hints,
                 ipv6,
                 port_mapping,
+                prober,
                 session,
                 endpoint,
                 raw,
@@ -389,6 +407,19 @@ impl Client {
         self.inner.ipv6.observed()
     }
 
+    /// Our NAT's behaviour as measured against the server's NAT probe ports after the
+    /// last login (`docs/PROTOCOL.md` §10.7), waiting up to `timeout` for the first
+    /// measurement. [`chatr_proto::NatMapping::Unknown`] when the server has no probe
+    /// ports or they did not answer; `None` when nothing was measured in time.
+    pub async fn nat_behaviour(&self, timeout: Duration) -> Option<chatr_proto::NatHint> {
+        let mut rx = self.inner.prober.measured.subscribe();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(Option::is_some)).await;
+        match waited {
+            Ok(Ok(hint)) => *hint,
+            _ => None,
+        }
+    }
+
     /// Waits for the next peer asking us for a link; `None` once shut down.
     pub async fn next_request(&self) -> Option<IncomingRequest> {
         let mut rx = self.inner.requests.lock().await;
@@ -414,6 +445,7 @@ impl Client {
     ) -> Result<(PeerLink, LinkReport), ClientError> {
         let (online, guard, brokered) = self.begin_exchange(peer).await?;
         self.inner.ipv6.refresh(Some(&online));
+        self.inner.prober.before_attempt(&online).await;
         let mut agent = LinkAgent::initiate(
             std::time::Instant::now(),
             self.agent_config(),
@@ -455,6 +487,7 @@ impl Client {
     ) -> Result<(PeerLink, LinkReport), ClientError> {
         let (online, guard, brokered) = self.begin_exchange(peer).await?;
         self.inner.ipv6.refresh(Some(&online));
+        self.inner.prober.before_attempt(&online).await;
         let mut agent = LinkAgent::respond(
             std::time::Instant::now(),
             self.agent_config(),

@@ -9,8 +9,8 @@
 //! never known), and on a failed punch `"candidates_tried": [{"candidate", "probes",
 //! "remote"}]`. `path_class` is `direct-lan`, `direct-public`, `relay-udp` or
 //! `relay-tls`; a relayed link has no `candidate`, and `relay_reason` says why. After a
-//! `chatr pipe`, `"transfer": {"ms", "path_class", "received", "relay_reason", "sent",
-//! "switches"}` says what went through and where the link was by then.
+//! `chatr pipe`, `"transfer": {"direct_ms", "ms", "path_class", "probes_sent", "received",
+//! "relay_reason", "sent", "switches"}` says what went through and where the link was by then.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -261,6 +261,15 @@ pub struct TransferReport {
     pub sent: u64,
     /// How often the link changed path up to then.
     pub switches: u32,
+    /// With `chatr pipe --wait-direct`: milliseconds from the start of the command's link
+    /// attempt until the link was seen on a direct path, 0 when it already was when the
+    /// transfer ended (then `punch_ms` tells); absent when it never was in time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direct_ms: Option<u64>,
+    /// Punch probes this side sent for the link by the end (prediction and birthday
+    /// probes included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probes_sent: Option<u32>,
 }
 
 impl TransferReport {

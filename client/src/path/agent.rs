@@ -13,9 +13,12 @@ use super::config::PathConfig;
 use super::id::{PathClass, PathId, RelayVia, SendPlan};
 use super::manager::{PathEvent, PathManager};
 use super::reason::RelayReason;
+use crate::nat::{
+    BIRTHDAY_PROBES, PREDICT_WINDOW, SPRAY_RATE, Strategy, birthday_ports, predicted_ports,
+};
 use crate::punch::{
-    Candidate, CandidateKind, LocalNet, Punch, PunchConfig, PunchEvent, PunchFailure, PunchSuccess,
-    Role,
+    Candidate, CandidateKind, LocalNet, ProbeKeys, Punch, PunchConfig, PunchEvent, PunchFailure,
+    PunchSuccess, Role,
 };
 
 /// Time limits of a link attempt.
@@ -182,6 +185,15 @@ pub struct LinkAgent {
     local_nat: NatHint,
     /// What the peer told us about its NAT and extra candidates.
     peer_hints: Option<LinkHints>,
+    /// What this side does beyond the plain punch (chosen when ClientInfo arrives).
+    strategy: Strategy,
+    /// The punch's probe count when last seen (it outlives the punch machine).
+    probes_seen: u32,
+    /// The peer's public endpoint, once ClientInfo told it.
+    peer_public: Option<SocketAddr>,
+    /// The exchange's probe keys, once ClientInfo gave the secret (birthday sockets
+    /// are checked against them even after the punch machine is gone).
+    keys: Option<ProbeKeys>,
     actions: VecDeque<AgentAction>,
     events: VecDeque<PathEvent>,
     transmits: VecDeque<(PathId, Vec<u8>)>,
@@ -234,6 +246,10 @@ impl LinkAgent {
             pinned: None,
             local_nat: NatHint::default(),
             peer_hints: None,
+            strategy: Strategy::Plain,
+            probes_seen: 0,
+            peer_public: None,
+            keys: None,
             actions: VecDeque::new(),
             events: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -275,6 +291,52 @@ impl LinkAgent {
         matches!(self.phase, Phase::Over)
     }
 
+    /// What this side does beyond the plain punch (`Plain` before ClientInfo).
+    pub fn strategy(&self) -> Strategy {
+        self.strategy
+    }
+
+    /// The hard side of the birthday technique: where its many sockets send (the peer's
+    /// public endpoint), when this side is that.
+    pub fn birthday_target(&self) -> Option<SocketAddr> {
+        (self.strategy == Strategy::BirthdaySockets)
+            .then_some(self.peer_public)
+            .flatten()
+    }
+
+    /// A Probe of the running punch for another socket to send (see
+    /// [`Punch::extra_probe`]); `None` when the punch is over.
+    pub fn extra_probe(&mut self) -> Option<Vec<u8>> {
+        self.punch
+            .as_mut()
+            .filter(|p| !p.is_finished())
+            .map(Punch::extra_probe)
+    }
+
+    /// Whether `datagram` is an authentic probe datagram (Probe or acknowledgement) from
+    /// the peer in this exchange.
+    pub fn is_peer_probe(&self, datagram: &[u8]) -> bool {
+        self.keys
+            .as_ref()
+            .is_some_and(|k| k.open(datagram).is_ok_and(|p| p.sender == self.peer))
+    }
+
+    /// Whether the punch agreed on a direct path (it may have been lost since).
+    pub fn punch_succeeded(&self) -> bool {
+        matches!(self.punch_result, Some(Ok(_)))
+    }
+
+    /// Probes the punch's spray (prediction or birthday) sent so far.
+    pub fn spray_sent(&self) -> u32 {
+        self.punch.as_ref().map_or(0, Punch::spray_sent)
+    }
+
+    /// Punch probes sent for this link so far, including after the punch machine ended.
+    pub fn probes_sent(&self) -> u32 {
+        let live = self.punch.as_ref().map_or(0, |p| p.stats().probes_sent);
+        live.max(self.probes_seen)
+    }
+
     /// Why the link is relayed right now, if it is.
     pub fn relay_reason(&self) -> Option<RelayReason> {
         let paths = self.paths.as_ref()?;
@@ -286,6 +348,9 @@ impl LinkAgent {
         }
         if paths.active() == Some(PathId::Relay(RelayVia::Tls)) {
             return Some(RelayReason::UdpBlocked);
+        }
+        if self.strategy == Strategy::BothRandom {
+            return Some(RelayReason::BothSymmetric);
         }
         Some(match &self.punch_result {
             Some(Err(failure)) => RelayReason::PunchFailed {
@@ -527,6 +592,30 @@ impl LinkAgent {
             self.candidates.clone(),
         )
         .with_local_networks([LocalNet::guess(self.local.private_ip)]);
+        self.keys = Some(ProbeKeys::new(&exchange.link_secret));
+        let peer_public = exchange.public_endpoint.socket_addr();
+        self.peer_public = peer_public;
+        let peer_nat = self.peer_hints.as_ref().map(|h| h.nat);
+        self.strategy = Strategy::choose(&self.local_nat, peer_nat.as_ref());
+        let targets: Vec<SocketAddr> = match (self.strategy, peer_public, peer_nat) {
+            (Strategy::Predict, Some(public), Some(nat)) => predicted_ports(&nat, PREDICT_WINDOW)
+                .into_iter()
+                .map(|port| SocketAddr::new(public.ip(), port))
+                .collect(),
+            (Strategy::BirthdaySpray, Some(public), _) => {
+                birthday_ports(&exchange.link_secret, BIRTHDAY_PROBES)
+                    .into_iter()
+                    .map(|port| SocketAddr::new(public.ip(), port))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        tracing::debug!(strategy = ?self.strategy, guesses = targets.len(), "punch strategy");
+        let punch = if targets.is_empty() {
+            punch
+        } else {
+            punch.with_spray(now, targets, SPRAY_RATE)
+        };
         let optimistic = optimistic_target(self.local.public, &self.candidates);
         let mut paths = PathManager::new(
             now,
@@ -560,6 +649,7 @@ impl LinkAgent {
     /// Moves the punch's and the manager's outputs along, and handles the punch's end.
     fn after_input(&mut self, now: Instant) {
         if let Some(punch) = self.punch.as_mut() {
+            self.probes_seen = self.probes_seen.max(punch.stats().probes_sent);
             while let Some(t) = punch.poll_transmit() {
                 self.transmits
                     .push_back((PathId::Direct(t.destination), t.contents));

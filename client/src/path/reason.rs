@@ -22,6 +22,9 @@ pub enum RelayReason {
     NoDirectYet,
     /// A direct path worked, then stopped answering.
     DirectLost,
+    /// Both NATs give a new random port for every destination (both measured it):
+    /// neither side can guess the other's port, so no direct path can be punched.
+    BothSymmetric,
 }
 
 impl RelayReason {
@@ -34,6 +37,7 @@ impl RelayReason {
             Self::PunchFailed { .. } => "punch-failed",
             Self::NoDirectYet => "no-direct-yet",
             Self::DirectLost => "direct-lost",
+            Self::BothSymmetric => "both-symmetric",
         }
     }
 }
@@ -59,6 +63,11 @@ impl fmt::Display for RelayReason {
             Self::DirectLost => f.write_str(
                 "the direct path stopped answering: relayed through the server until it comes \
                  back",
+            ),
+            Self::BothSymmetric => f.write_str(
+                "both NATs give a new random port for every destination (symmetric NATs on both \
+                 sides), so neither side can guess where to send: relayed through the server \
+                 (a port mapping on either router, or IPv6, would allow a direct path)",
             ),
         }
     }

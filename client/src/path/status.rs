@@ -20,6 +20,9 @@ pub struct PathStatus {
     pub switches: u32,
     /// Measured round trip of the path in use, if known.
     pub rtt: Option<Duration>,
+    /// Punch probes this side sent for the link so far (prediction and birthday probes
+    /// included).
+    pub probes_sent: u32,
 }
 
 /// The handle of the task that keeps one link's paths. Cheap to clone.

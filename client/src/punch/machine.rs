@@ -11,6 +11,7 @@ use super::candidate::{Candidate, CandidateKind, PathKind, dedup};
 use super::config::PunchConfig;
 use super::event::{FailReason, PunchEvent, PunchFailure, PunchSuccess, Transmit};
 use super::local_net::LocalNet;
+use super::spray::Spray;
 use super::wire::{ExchangeId, FLAG_LAN, Probe, ProbeKeys, ProbeType};
 use crate::net::canonical;
 
@@ -152,6 +153,8 @@ pub struct Punch {
     events: VecDeque<PunchEvent>,
     phase: Phase,
     stats: PunchStats,
+    /// Guessed ports being probed (prediction or birthday), if any.
+    spray: Option<Spray>,
 }
 
 impl Punch {
@@ -212,6 +215,7 @@ impl Punch {
             events: VecDeque::new(),
             phase: Phase::Probing { decide_at: None },
             stats: PunchStats::default(),
+            spray: None,
         };
         tracing::debug!(
             exchange = %punch.keys.exchange_id(),
@@ -232,6 +236,35 @@ impl Punch {
     pub fn with_local_networks(mut self, nets: impl IntoIterator<Item = LocalNet>) -> Self {
         self.local_nets = nets.into_iter().collect();
         self
+    }
+
+    /// Also probes `targets` (guessed addresses of the peer: predicted or random ports),
+    /// one Probe each, at most `rate` per second (`docs/PROTOCOL.md` §10.7). Call right
+    /// after [`Punch::new`]; the first goes out at once.
+    pub fn with_spray(mut self, now: Instant, targets: Vec<SocketAddr>, rate: u32) -> Self {
+        tracing::debug!(targets = targets.len(), rate, "spraying guessed ports");
+        self.spray = Some(Spray::new(now, targets, rate));
+        self.send_spray(now);
+        self
+    }
+
+    /// Probes the spray sent so far.
+    pub fn spray_sent(&self) -> u32 {
+        self.spray.as_ref().map_or(0, Spray::sent)
+    }
+
+    /// A Probe of this exchange for the driver to send from another socket (the hard
+    /// side of the birthday technique: one from each of its many sockets). Answers to
+    /// it are not tracked: what counts is the peer's Probe it lets in.
+    pub fn extra_probe(&mut self) -> Vec<u8> {
+        let txid = self.fresh_txid();
+        self.stats.probes_sent = self.stats.probes_sent.saturating_add(1);
+        self.keys.seal(&Probe {
+            kind: ProbeType::Probe,
+            sender: self.local,
+            txid,
+            flags: 0,
+        })
     }
 
     // ---- getters ----
@@ -347,7 +380,10 @@ impl Punch {
             Phase::Probing {
                 decide_at: Some(at),
             } if *at <= now => self.decide(now),
-            Phase::Probing { .. } => self.send_due_probes(now),
+            Phase::Probing { .. } => {
+                self.send_due_probes(now);
+                self.send_spray(now);
+            }
             Phase::Nominating { next_at, .. } if *next_at <= now => self.send_nominate(now),
             Phase::Nominating { .. } | Phase::Succeeded { .. } | Phase::Closed => {}
         }
@@ -368,7 +404,8 @@ impl Punch {
             Phase::Nominating { next_at, .. } => Some((*next_at).min(self.deadline)),
             Phase::Probing { decide_at } => {
                 let next_probe = self.paths.iter().filter_map(|p| p.next_probe_at).min();
-                [Some(self.deadline), *decide_at, next_probe]
+                let next_spray = self.spray.as_ref().and_then(Spray::next_at);
+                [Some(self.deadline), *decide_at, next_probe, next_spray]
                     .into_iter()
                     .flatten()
                     .min()
@@ -396,7 +433,7 @@ impl Punch {
 
     fn on_probe_ack(&mut self, now: Instant, from: SocketAddr, txid: u64) -> bool {
         let Some(sent) = self.outstanding.iter().find(|o| o.txid == txid).copied() else {
-            return false;
+            return self.on_spray_ack(now, from, txid);
         };
         let Phase::Probing { decide_at } = self.phase else {
             // Already decided: a late ack changes nothing.
@@ -421,6 +458,9 @@ impl Punch {
         // Keep probing it (at the backed-off pace) until a path is nominated: the peer
         // may not have validated it yet, and our probes give it triggered checks.
         path.validated = Some(rtt);
+        if let Some(spray) = self.spray.as_mut() {
+            spray.stop();
+        }
         let candidate = path.candidate;
         let kind = self.path_kind(sent.path);
         tracing::debug!(remote = %candidate.addr, kind = %candidate.kind, path = %kind, ?rtt, "path validated");
@@ -445,6 +485,68 @@ impl Punch {
             }
         }
         true
+    }
+
+    /// An acknowledgement of a spray probe: the guess was right. It becomes a
+    /// peer-reflexive candidate, validated by this very acknowledgement.
+    fn on_spray_ack(&mut self, now: Instant, from: SocketAddr, txid: u64) -> bool {
+        let Some((target, sent_at)) = self.spray.as_ref().and_then(|s| s.sent_to(txid)) else {
+            return false;
+        };
+        if target != from || !matches!(self.phase, Phase::Probing { .. }) {
+            return true;
+        }
+        tracing::debug!(remote = %from, "a guessed port answered");
+        if let Some(spray) = self.spray.as_mut() {
+            spray.stop();
+        }
+        let idx = match self.path_index(from) {
+            Some(idx) => idx,
+            None => {
+                let candidate = Candidate::new(from, CandidateKind::PeerReflexive);
+                self.paths.push(PathState {
+                    candidate,
+                    probes: 1,
+                    interval: self.config.first_interval(),
+                    next_probe_at: Some(after(now, self.config.first_interval())),
+                    last_probe_at: Some(sent_at),
+                    validated: None,
+                });
+                self.events
+                    .push_back(PunchEvent::CandidateLearned(candidate));
+                self.paths.len() - 1
+            }
+        };
+        if self.outstanding.len() >= MAX_OUTSTANDING {
+            self.outstanding.pop_front();
+        }
+        self.outstanding.push_back(Outstanding {
+            txid,
+            path: idx,
+            sent_at,
+        });
+        self.on_probe_ack(now, from, txid)
+    }
+
+    /// Sends the spray probes that are due.
+    fn send_spray(&mut self, now: Instant) {
+        if !matches!(self.phase, Phase::Probing { .. }) {
+            return;
+        }
+        // A late timer must not overflow the transmit queue: the rest follow next time.
+        let due = self
+            .spray
+            .as_ref()
+            .map_or(0, |s| s.due(now))
+            .min(MAX_TRANSMITS / 2);
+        for _ in 0..due {
+            let txid = self.fresh_txid();
+            let Some(target) = self.spray.as_mut().and_then(|s| s.next(now, txid)) else {
+                break;
+            };
+            self.stats.probes_sent = self.stats.probes_sent.saturating_add(1);
+            self.queue(ProbeType::Probe, target, txid, 0);
+        }
     }
 
     fn on_nominate(&mut self, now: Instant, from: SocketAddr, txid: u64, flags: u8) -> bool {

@@ -32,10 +32,13 @@
 mod candidate;
 mod config;
 mod event;
+#[cfg(test)]
+mod hard_nat_tests;
 mod local_net;
 mod machine;
 #[cfg(test)]
 mod machine_tests;
+mod spray;
 mod wire;
 
 pub use candidate::{Candidate, CandidateKind, PathKind, dedup};

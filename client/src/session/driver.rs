@@ -258,6 +258,7 @@ impl<C: Connect> Driver<C> {
             tls_relay: false,
             presence: false,
             udp_relay: false,
+            nat_probe_ports: Vec::new(),
         };
         let mut logged_in = false;
         let mut shutting_down = false;
@@ -308,6 +309,11 @@ impl<C: Connect> Driver<C> {
                             let _ =
                                 session.presence_contacts(chatr_proto::ContactsOp::Add, &contacts);
                         }
+                        info.nat_probe_ports = if v3 {
+                            session.nat_probe_ports().to_vec()
+                        } else {
+                            Vec::new()
+                        };
                         // Whatever waited for the TLS relay while we were offline is stale.
                         if let Some(relay) = self.relay.as_mut() {
                             while relay.outgoing.try_recv().is_ok() {}

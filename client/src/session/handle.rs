@@ -39,6 +39,8 @@ pub struct OnlineInfo {
     pub udp_relay: bool,
     /// Whether the server tells this session which mutual contacts are online (version 3).
     pub presence: bool,
+    /// The server's NAT probe ports (version 3; empty when it has none).
+    pub nat_probe_ports: Vec<u16>,
 }
 
 /// What we share through the server's presence (version 3): whom we consent to share

@@ -5,12 +5,18 @@
 //! sudo cargo run -p chatr-tests --bin chatr-natlab -- [--delay-ms 20] [--loss 0] [--out docs/NAT-MATRIX.md]
 //! ```
 //! Exits 1 when a pair that must be direct was not (after writing the table).
+//!
+//! Statistics mode: `--repeat 50 --pair symmetric,port-restricted [--background 20]` runs
+//! one pair many times (fresh NAT sites each try), prints the success rate, the
+//! time-to-direct distribution and the probes per try, and puts that row into the
+//! statistics section of `docs/NAT-MATRIX.md` (which matrix runs keep).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chatr_tests::lab::matrix::{self, Binaries, MatrixConfig, Pair};
+use chatr_tests::lab::stats::{self, PairStats};
 use chatr_tests::lab::{Lab, LinkCondition, NatProfile};
 use clap::Parser;
 
@@ -50,6 +56,18 @@ struct Args {
     /// Keep homes, data and logs in this directory.
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// Statistics mode: run `--pair` this many times.
+    #[arg(long, requires = "pair")]
+    repeat: Option<usize>,
+    /// The pair for `--repeat`, as `PROFILE,PROFILE`.
+    #[arg(long)]
+    pair: Option<String>,
+    /// New UDP flows per second another host on each NAT site opens meanwhile.
+    #[arg(long, default_value_t = 0)]
+    background: u32,
+    /// How long a pair that must be direct may take to get there, in seconds.
+    #[arg(long, default_value_t = 15)]
+    wait_direct: u64,
     /// Only remove namespaces left behind by killed lab runs, then exit.
     #[arg(long)]
     sweep: bool,
@@ -98,6 +116,15 @@ fn main() -> anyhow::Result<()> {
     config.bytes = args.bytes;
     config.pipe_timeout = Duration::from_secs(args.pipe_timeout);
     config.keep_dir = args.keep.clone();
+    config.background_flows = args.background;
+    config.wait_direct = Duration::from_secs(args.wait_direct);
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/NAT-MATRIX.md"));
+    if let (Some(n), Some(pair)) = (args.repeat, args.pair.as_deref()) {
+        return repeat(config, n, pair, &args, &out);
+    }
     if !args.pairs.is_empty() {
         config.pairs = args
             .pairs
@@ -120,13 +147,22 @@ fn main() -> anyhow::Result<()> {
     if !args.pairs.is_empty() {
         command.push_str(&format!(" --pairs {}", args.pairs.join(",")));
     }
-    let markdown = run.to_markdown(&command);
+    let mut markdown = run.to_markdown(&command);
     if args.stdout {
         print!("{markdown}");
     } else {
-        let out = args.out.unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/NAT-MATRIX.md")
-        });
+        // The statistics section comes from `--repeat` runs: keep it.
+        if let Ok(old) = std::fs::read_to_string(&out)
+            && let Some(block) = stats::block_of(&old)
+        {
+            markdown = format!(
+                "{}
+
+{block}
+",
+                markdown.trim_end()
+            );
+        }
         std::fs::write(&out, &markdown).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("natlab: wrote {}", out.display());
     }
@@ -153,6 +189,54 @@ fn main() -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
+    }
+    Ok(())
+}
+
+/// The statistics mode: `n` tries of one pair.
+fn repeat(
+    mut config: MatrixConfig,
+    n: usize,
+    pair: &str,
+    args: &Args,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let pair = Pair::parse(&pair.replacen(',', ":", 1)).map_err(anyhow::Error::msg)?;
+    config.pairs = vec![pair; n.max(1)];
+    eprintln!(
+        "natlab: {} × {}, {} ms between routers, {} background flows/s per site",
+        config.pairs.len(),
+        pair.label(),
+        config.delay_ms,
+        config.background_flows
+    );
+    let run = matrix::run(&config)?;
+    let summary = PairStats::of(pair, &run);
+    for (k, r) in run.results.iter().enumerate() {
+        eprintln!(
+            "natlab: try {k:>3}: {}{}",
+            if r.direct {
+                "direct"
+            } else if r.linked {
+                "relayed"
+            } else {
+                "failed"
+            },
+            if r.why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", r.why)
+            }
+        );
+    }
+    let row = summary.row(config.background_flows);
+    print!("{}{row}", stats::header());
+    if !args.stdout {
+        let old = std::fs::read_to_string(out).unwrap_or_default();
+        let key = format!("| {} | {} |", pair.label(), config.background_flows);
+        std::fs::write(out, stats::merge_into(&old, &row, &key))
+            .with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("natlab: wrote the statistics row into {}", out.display());
     }
     Ok(())
 }

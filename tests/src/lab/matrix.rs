@@ -286,22 +286,17 @@ impl Pair {
     /// filters like port-restricted): those, and every pair with a side that blocks UDP,
     /// must be relayed. A `upnp` side's router maps our port for anyone, so it must be
     /// direct with every peer UDP reaches.
+    ///
+    /// Against a peer whose NAT maps endpoint-independently, a symmetric NAT is beaten
+    /// by port prediction (sequential ports) or the birthday technique (random ports),
+    /// so those pairs must be direct too; two symmetric NATs stay relayed.
     pub fn expectation(&self) -> Expectation {
-        let port_filtered = |p: NatProfile| {
-            matches!(
-                p,
-                NatProfile::Symmetric | NatProfile::PortRestricted | NatProfile::Cgnat
-            )
-        };
+        let symmetric =
+            |p: NatProfile| matches!(p, NatProfile::Symmetric | NatProfile::SymmetricSequential);
         match *self {
             Pair::SameLan => Expectation::Direct,
             Pair::Profiles(a, b) if !a.passes_udp() || !b.passes_udp() => Expectation::Relayed,
-            Pair::Profiles(a, b)
-                if (a == NatProfile::Symmetric && port_filtered(b))
-                    || (b == NatProfile::Symmetric && port_filtered(a)) =>
-            {
-                Expectation::Relayed
-            }
+            Pair::Profiles(a, b) if symmetric(a) && symmetric(b) => Expectation::Relayed,
             Pair::Profiles(..) => Expectation::Direct,
             // Global IPv6 on both sides behind stateful firewalls: punching opens them.
             Pair::DualStack(a, b)
@@ -310,6 +305,24 @@ impl Pair {
                 Expectation::Direct
             }
             Pair::DualStack(a, b) => Pair::Profiles(a.nat, b.nat).expectation(),
+        }
+    }
+
+    /// Whether the pair needs prediction or the birthday technique (a symmetric NAT
+    /// against port-dependent filtering): direct only after a few seconds on the relay.
+    pub fn is_hard(&self) -> bool {
+        let symmetric =
+            |p: NatProfile| matches!(p, NatProfile::Symmetric | NatProfile::SymmetricSequential);
+        let port_filtered =
+            |p: NatProfile| matches!(p, NatProfile::PortRestricted | NatProfile::Cgnat);
+        match *self {
+            Pair::Profiles(a, b) => {
+                (symmetric(a) && port_filtered(b)) || (symmetric(b) && port_filtered(a))
+            }
+            // Both sides on global IPv6: the plain punch opens the firewalls.
+            Pair::DualStack(a, b) if a.ipv6 && b.ipv6 => false,
+            Pair::DualStack(a, b) => Pair::Profiles(a.nat, b.nat).is_hard(),
+            Pair::SameLan => false,
         }
     }
 
@@ -346,6 +359,12 @@ pub struct MatrixConfig {
     pub pipe_timeout: Duration,
     /// Keep homes, data and logs here instead of a temporary directory.
     pub keep_dir: Option<PathBuf>,
+    /// New UDP flows per second that another host on each NAT site opens while the pair
+    /// runs (0 = none): background traffic through the same NAT.
+    pub background_flows: u32,
+    /// How long a pair that must be direct may take, after its transfer over the relay,
+    /// to move to the direct path (prediction and the birthday technique take seconds).
+    pub wait_direct: Duration,
 }
 
 impl MatrixConfig {
@@ -360,6 +379,8 @@ impl MatrixConfig {
             concurrency: 4,
             pipe_timeout: Duration::from_secs(60),
             keep_dir: None,
+            background_flows: 0,
+            wait_direct: Duration::from_secs(15),
         }
     }
 
@@ -559,6 +580,7 @@ pub fn run(config: &MatrixConfig) -> Result<MatrixRun, MatrixError> {
     let server_host = lab.add_public_host("srv")?;
     let link = config.uplink();
     let mut peers: Vec<(Host, Host)> = Vec::new();
+    let mut background_hosts: Vec<Host> = Vec::new();
     for (k, pair) in config.pairs.iter().enumerate() {
         match *pair {
             Pair::Profiles(a, b) => {
@@ -568,6 +590,13 @@ pub fn run(config: &MatrixConfig) -> Result<MatrixRun, MatrixError> {
                     lab.add_host(&mut site_a, "alice")?,
                     lab.add_host(&mut site_b, "bob")?,
                 ));
+                if config.background_flows > 0 {
+                    for (site, profile) in [(&mut site_a, a), (&mut site_b, b)] {
+                        if profile != NatProfile::None {
+                            background_hosts.push(lab.add_host(site, "bg")?);
+                        }
+                    }
+                }
             }
             Pair::DualStack(a, b) => {
                 let mut site_a = add_site(&mut lab, &format!("p{k}a"), a, link)?;
@@ -588,6 +617,17 @@ pub fn run(config: &MatrixConfig) -> Result<MatrixRun, MatrixError> {
     }
 
     let server = LabServer::start(&config.binaries, &server_host, &work.join("server"))?;
+    let _background = if background_hosts.is_empty() {
+        None
+    } else {
+        let hosts: Vec<&Host> = background_hosts.iter().collect();
+        // The discard port of the server host: nothing answers, as for most flows.
+        let sink = std::net::SocketAddr::from((server_host.ip(), 9));
+        Some(
+            crate::lab::background::BackgroundFlows::start(&hosts, sink, config.background_flows)
+                .map_err(MatrixError::from)?,
+        )
+    };
     let next = AtomicUsize::new(0);
     let results: Mutex<Vec<Option<PairResult>>> = Mutex::new(vec![None; config.pairs.len()]);
     std::thread::scope(|scope| {
@@ -711,13 +751,17 @@ impl PairContext<'_> {
         let bob_sum = write_random(&bob_in, self.config.bytes, self.seed * 2 + 2)?;
 
         let clock = Instant::now();
+        let wait = match result.expectation {
+            Expectation::Direct => self.config.wait_direct.as_secs().to_string(),
+            Expectation::Relayed => "0".to_owned(),
+        };
         let (alice_done, bob_done) = std::thread::scope(|scope| {
             let listener = scope.spawn(|| {
                 self.runner.chatr(
                     alice,
                     "alice",
                     "pipe",
-                    &["pipe", "--listen", "--from", "bob"],
+                    &["pipe", "--listen", "--from", "bob", "--wait-direct", &wait],
                     Some(&alice_in),
                     self.config.pipe_timeout,
                 )
@@ -736,7 +780,7 @@ impl PairContext<'_> {
                     bob,
                     "bob",
                     "pipe",
-                    &["pipe", "alice"],
+                    &["pipe", "alice", "--wait-direct", &wait],
                     Some(&bob_in),
                     self.config.pipe_timeout,
                 );
@@ -1083,17 +1127,20 @@ inbound packets in its `input`/`forward` hooks, so they reach no socket and leav
 | address-restricted | EIM | ADF (UDP) | as full-cone, but DNAT only from addresses the mapping has sent to (dynamic set) |
 | port-restricted | EIM | APDF | plain Linux masquerade + conntrack |
 | symmetric | APDM | APDF | masquerade `fully-random` (a fresh random port per destination) |
+| symmetric-sequential | APDM (ports in sequence, step 1) | APDF | `snat to ADDR : numgen inc mod 4096 map { 0 : 20000, … }` for UDP: one counter for every new flow of the site (a map, because `numgen` used directly as a port comes out byte-swapped) |
 | cgnat | EIM | APDF | a port-restricted home router (WAN in 100.64.0.0/10) behind a port-restricted carrier NAT |
 | udp-blocked | EIM (TCP) | all UDP dropped | a port-restricted router whose firewall drops every UDP packet, both ways: only TCP (and so the TLS relay) gets through |
 | upnp | APDM (EIM + EIF for a mapped port) | APDF | a symmetric router running Debian's miniupnpd (UPnP IGD, NAT-PMP, PCP), WAN in 192.0.31.0/24 (miniupnpd refuses reserved ranges); the client asks it for a mapping of its UDP port; against symmetric and cgnat only |
 | same-lan | EIM | APDF | two peers on one port-restricted NAT, which does not hairpin: only private endpoints work |
 | *profile*+v6 | as *profile* (IPv4) | IPv6: stateful (APDF) | dual-stack: the IPv4 side as *profile*; IPv6 routed without NAT66 (`2001:2::/48` plays the internet) behind the router's `inet` filter: out allowed, established/related in, new inbound dropped |
 
-Symmetric meeting port-dependent filtering (symmetric, port-restricted, cgnat) leaves no direct path without port
-prediction, and a UDP-blocked network none at all: those pairs must link through the server's relay (UDP, or TLS for
-the blocked side), while the client keeps probing for a direct path in the background. With global IPv6 on both
-sides the same pairs have a direct path over IPv6 (*path* ends in `(v6)`), which the matrix requires; a dual-stack
-side meeting an IPv4-only one stays relayed.
+A symmetric NAT meeting port-dependent filtering (port-restricted, cgnat) needs more than the plain punch: port
+prediction when its ports come in sequence, the birthday technique when they are random (`docs/PROTOCOL.md` §10.7).
+Those pairs come up on the relay and move to the direct path within seconds. Two symmetric NATs leave no direct path
+(neither side can guess the other's port; the relay reason says so), and a UDP-blocked network none at all: those pairs
+must link through the server's relay (UDP, or TLS for the blocked side). With global IPv6 on both
+sides even two symmetric NATs have a direct path over IPv6 (*path* ends in `(v6)`), which the matrix requires; a
+dual-stack side meeting an IPv4-only one stays relayed.
 ";
 
 #[cfg(test)]
@@ -1103,7 +1150,7 @@ mod tests {
     #[test]
     fn every_pair_once_plus_same_lan() {
         let pairs = Pair::all();
-        assert_eq!(pairs.len(), 28 + 3 + UPNP_PARTNERS.len() + 1);
+        assert_eq!(pairs.len(), 36 + 3 + UPNP_PARTNERS.len() + 1);
         assert_eq!(pairs.last(), Some(&Pair::SameLan));
         // The upnp router's mapping must make it direct even with the hardest partners.
         for partner in UPNP_PARTNERS {
@@ -1120,11 +1167,12 @@ mod tests {
             "none ↔ udp-blocked".to_owned(),
             "full-cone ↔ udp-blocked".to_owned(),
             "address-restricted ↔ udp-blocked".to_owned(),
-            "port-restricted ↔ symmetric".to_owned(),
             "port-restricted ↔ udp-blocked".to_owned(),
             "symmetric ↔ symmetric".to_owned(),
-            "symmetric ↔ cgnat".to_owned(),
+            "symmetric ↔ symmetric-sequential".to_owned(),
+            "symmetric-sequential ↔ symmetric-sequential".to_owned(),
             "symmetric ↔ udp-blocked".to_owned(),
+            "symmetric-sequential ↔ udp-blocked".to_owned(),
             "cgnat ↔ udp-blocked".to_owned(),
             "udp-blocked ↔ udp-blocked".to_owned(),
             "symmetric+v6 ↔ symmetric".to_owned(),
@@ -1133,6 +1181,20 @@ mod tests {
         let mut relayed_sorted = relayed;
         relayed_sorted.sort();
         assert_eq!(relayed_sorted, expected);
+        let hard: Vec<String> = pairs
+            .iter()
+            .filter(|p| p.is_hard())
+            .map(Pair::label)
+            .collect();
+        assert_eq!(
+            hard,
+            [
+                "port-restricted ↔ symmetric",
+                "port-restricted ↔ symmetric-sequential",
+                "symmetric ↔ cgnat",
+                "symmetric-sequential ↔ cgnat",
+            ]
+        );
         let blocked = Pair::Profiles(NatProfile::None, NatProfile::UdpBlocked);
         assert_eq!(blocked.required_class(true), None);
         assert_eq!(blocked.required_class(false), Some(PathClass::RelayTls));

@@ -21,6 +21,7 @@
 //! the NAT profiles themselves) and [`matrix`] (every pair of profiles with the
 //! real `chatr` and `chatr-server` binaries, rendered to `docs/NAT-MATRIX.md`).
 
+pub mod background;
 pub mod cli_runner;
 mod error;
 pub mod lab_server;
@@ -30,6 +31,7 @@ mod netns;
 pub mod probe;
 mod run_id;
 mod site_profile;
+pub mod stats;
 mod sys;
 mod topology;
 pub mod upnp;

@@ -33,6 +33,9 @@ pub enum NatProfile {
     PortRestricted,
     /// APDM (a new random port per destination) + APDF: masquerade `fully-random`.
     Symmetric,
+    /// APDM with ports handed out in sequence (one counter for every new UDP flow of the
+    /// whole site, step 1) + APDF: `snat to ADDR : numgen inc mod N map { … }`.
+    SymmetricSequential,
     /// Two NAT layers: a port-restricted home router behind a port-restricted carrier NAT.
     Cgnat,
     /// A port-restricted router whose firewall drops every UDP packet, in and out (a
@@ -70,22 +73,24 @@ pub enum Filtering {
 impl NatProfile {
     /// Every NAT behaviour, in table order (each passes UDP; see also
     /// [`NatProfile::WITH_FIREWALLS`]).
-    pub const ALL: [NatProfile; 6] = [
+    pub const ALL: [NatProfile; 7] = [
         NatProfile::None,
         NatProfile::FullCone,
         NatProfile::AddressRestricted,
         NatProfile::PortRestricted,
         NatProfile::Symmetric,
+        NatProfile::SymmetricSequential,
         NatProfile::Cgnat,
     ];
 
     /// [`NatProfile::ALL`] and the profiles that block traffic outright, in table order.
-    pub const WITH_FIREWALLS: [NatProfile; 7] = [
+    pub const WITH_FIREWALLS: [NatProfile; 8] = [
         NatProfile::None,
         NatProfile::FullCone,
         NatProfile::AddressRestricted,
         NatProfile::PortRestricted,
         NatProfile::Symmetric,
+        NatProfile::SymmetricSequential,
         NatProfile::Cgnat,
         NatProfile::UdpBlocked,
     ];
@@ -107,6 +112,7 @@ impl NatProfile {
             NatProfile::AddressRestricted => "address-restricted",
             NatProfile::PortRestricted => "port-restricted",
             NatProfile::Symmetric => "symmetric",
+            NatProfile::SymmetricSequential => "symmetric-sequential",
             NatProfile::Cgnat => "cgnat",
             NatProfile::UdpBlocked => "udp-blocked",
             NatProfile::Upnp => "upnp",
@@ -117,7 +123,9 @@ impl NatProfile {
     pub fn mapping(self) -> Mapping {
         match self {
             NatProfile::None => Mapping::NoTranslation,
-            NatProfile::Symmetric | NatProfile::Upnp => Mapping::AddressAndPortDependent,
+            NatProfile::Symmetric | NatProfile::SymmetricSequential | NatProfile::Upnp => {
+                Mapping::AddressAndPortDependent
+            }
             NatProfile::FullCone
             | NatProfile::AddressRestricted
             | NatProfile::PortRestricted
@@ -134,6 +142,7 @@ impl NatProfile {
             NatProfile::AddressRestricted => Filtering::AddressDependent,
             NatProfile::PortRestricted
             | NatProfile::Symmetric
+            | NatProfile::SymmetricSequential
             | NatProfile::Cgnat
             | NatProfile::UdpBlocked
             | NatProfile::Upnp => Filtering::AddressAndPortDependent,
@@ -148,6 +157,7 @@ impl NatProfile {
             NatProfile::AddressRestricted => &[Layer::AddressRestricted],
             NatProfile::PortRestricted => &[Layer::PortRestricted],
             NatProfile::Symmetric => &[Layer::Symmetric],
+            NatProfile::SymmetricSequential => &[Layer::SymmetricSequential],
             NatProfile::Cgnat => &[Layer::PortRestricted, Layer::PortRestricted],
             NatProfile::UdpBlocked => &[Layer::TcpOnly],
             NatProfile::Upnp => &[Layer::Upnp],
@@ -164,7 +174,7 @@ impl fmt::Display for NatProfile {
 /// Error for an unknown profile name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown NAT profile `{0}` (expected one of: none, full-cone, address-restricted, port-restricted, symmetric, cgnat, udp-blocked, upnp)"
+    "unknown NAT profile `{0}` (expected one of: none, full-cone, address-restricted, port-restricted, symmetric, symmetric-sequential, cgnat, udp-blocked, upnp)"
 )]
 pub struct UnknownProfile(pub String);
 
@@ -187,17 +197,44 @@ pub(crate) enum Layer {
     AddressRestricted,
     PortRestricted,
     Symmetric,
+    /// Symmetric with sequential ports (needs the WAN address: `snat` names it).
+    SymmetricSequential,
     /// Port-restricted, and every UDP packet through the router is dropped.
     TcpOnly,
     /// Symmetric, with miniupnpd granting port mappings (`lab::upnp`).
     Upnp,
 }
 
+/// First public port of the sequential NAT, and how many it cycles through.
+pub(crate) const SEQUENTIAL_BASE: u16 = 20_000;
+pub(crate) const SEQUENTIAL_PORTS: u16 = 4_096;
+
+/// The `snat` of a sequential NAT: every new UDP flow takes the next port of the site's
+/// one counter. nftables' `numgen` yields a host-order number, which used directly as a
+/// port comes out byte-swapped, so a map turns counter values into ports.
+fn sequential_snat(wan_ip: std::net::Ipv4Addr) -> String {
+    let entries: Vec<String> = (0..SEQUENTIAL_PORTS)
+        .map(|i| format!("{i} : {}", SEQUENTIAL_BASE + i))
+        .collect();
+    format!(
+        "oifname \"{WAN}\" meta l4proto udp snat ip to {wan_ip} : numgen inc mod {SEQUENTIAL_PORTS} map {{ {} }}\n    oifname \"{WAN}\" masquerade",
+        entries.join(", ")
+    )
+}
+
 /// Name of the WAN interface in every router namespace; rules key on it.
 pub(crate) const WAN: &str = "wan";
 
 /// The nftables ruleset of one NAT router whose outside interface is [`WAN`].
+#[cfg(test)]
 pub(crate) fn router_ruleset(layer: Layer) -> String {
+    router_ruleset_at(layer, None)
+}
+
+/// [`router_ruleset`] for a router whose WAN address is `wan_ip` (needed by
+/// [`Layer::SymmetricSequential`]; without it that layer falls back to masquerade
+/// `fully-random`).
+pub(crate) fn router_ruleset_at(layer: Layer, wan_ip: Option<std::net::Ipv4Addr>) -> String {
     if layer == Layer::Upnp {
         return super::upnp::ruleset();
     }
@@ -230,15 +267,21 @@ pub(crate) fn router_ruleset(layer: Layer) -> String {
             ""
         }
     ));
-    let masquerade = match layer {
-        Layer::Symmetric => "masquerade fully-random",
-        _ => "masquerade",
+    let masquerade = match (layer, wan_ip) {
+        (Layer::SymmetricSequential, Some(ip)) => sequential_snat(ip),
+        (Layer::Symmetric | Layer::SymmetricSequential, _) => "masquerade fully-random".to_owned(),
+        _ => "masquerade".to_owned(),
+    };
+    let masquerade_rule = if masquerade.starts_with("oifname") {
+        masquerade
+    } else {
+        format!("oifname \"{WAN}\" {masquerade}")
     };
     rules.push_str(&format!(
         "table ip chatrlab_nat {{
   chain postrouting {{
     type nat hook postrouting priority srcnat; policy accept;
-    oifname \"{WAN}\" {masquerade}
+    {masquerade_rule}
   }}
 "
     ));
@@ -321,6 +364,23 @@ mod tests {
         assert!(pr.contains("masquerade\n"));
         assert!(!pr.contains("fully-random"));
         assert!(!pr.contains("dnat"));
+    }
+
+    #[test]
+    fn sequential_maps_the_counter_to_ports_in_order() {
+        let ip = std::net::Ipv4Addr::new(198, 51, 100, 9);
+        let rules = router_ruleset_at(Layer::SymmetricSequential, Some(ip));
+        assert!(rules.contains(&format!(
+            "udp snat ip to 198.51.100.9 : numgen inc mod {SEQUENTIAL_PORTS} map {{ 0 : 20000, 1 : 20001,"
+        )));
+        assert!(rules.contains(&format!(
+            "{} : {}",
+            SEQUENTIAL_PORTS - 1,
+            20_000 + SEQUENTIAL_PORTS - 1
+        )));
+        // TCP still goes out through plain masquerade.
+        assert!(rules.contains("oifname \"wan\" masquerade\n"));
+        assert!(!rules.contains("fully-random"));
     }
 
     #[test]

@@ -347,7 +347,9 @@ impl Lab {
                     carrier_link(carrier, &router, index, ifindex)?;
                 }
             }
-            router.nft(&nat::router_ruleset(*layer))?;
+            // Only the outermost router has a public address (the one snat may name).
+            let wan_ip = if depth == 0 { site.public_ip } else { None };
+            router.nft(&nat::router_ruleset_at(*layer, wan_ip))?;
             site.routers.insert(0, router.clone());
             outer = Some(router);
         }
