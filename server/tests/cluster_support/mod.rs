@@ -350,7 +350,7 @@ pub async fn wait_meshed(nodes: &[&Node]) {
     for node in nodes {
         let addr = node.handle.api_addr();
         let _ = addr;
-        eventually(Duration::from_secs(15), "nodes hearing each other", || {
+        eventually(Duration::from_secs(30), "nodes hearing each other", || {
             node.handle
                 .cluster_health()
                 .is_some_and(|h| h.connected && h.claims_ok && h.peers.len() >= want)

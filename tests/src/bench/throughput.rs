@@ -965,10 +965,15 @@ fn chatr_run(
             .and_then(|t| t.path_class)
             .or(r.path_class)
     };
+    // A link moves to a direct path within about 3 s of it opening (PROTOCOL.md §15); a
+    // transfer over before that may end on the relay and is recorded with that path.
+    let went_direct = |r: &AttemptReport| {
+        final_class(r).is_some_and(|c| !c.is_relayed())
+            || r.transfer.as_ref().is_some_and(|t| t.ms < 3_000)
+    };
     let linked = reports.iter().all(|r| {
-        r.as_ref().is_some_and(|r| {
-            r.is_linked() && (!must_be_direct || final_class(r).is_some_and(|c| !c.is_relayed()))
-        })
+        r.as_ref()
+            .is_some_and(|r| r.is_linked() && (!must_be_direct || went_direct(r)))
     });
     let path_class = reports[1]
         .as_ref()

@@ -1217,7 +1217,11 @@ mod tests {
             )
         );
         assert_eq!(both.label(), "cgnat+v6 ↔ symmetric+v6");
-        assert!(both.needs_ipv6() && both.direct_only_over_ipv6());
+        // Birthday punching gets this pair direct over IPv4 as well.
+        assert!(both.needs_ipv6() && !both.direct_only_over_ipv6());
+        let hard = Pair::parse("symmetric+v6:symmetric+v6").unwrap();
+        assert!(hard.needs_ipv6() && hard.direct_only_over_ipv6());
+        assert_eq!(hard.expectation(), Expectation::Direct);
         assert_eq!(both.expectation(), Expectation::Direct);
         let one = Pair::parse("symmetric+v6:symmetric").unwrap();
         assert_eq!(one.expectation(), Expectation::Relayed);
