@@ -402,23 +402,37 @@ impl PathSocket {
             let (Some(buf), Some(meta)) = (bufs.get_mut(filled), metas.get_mut(filled)) else {
                 break;
             };
-            let Some(dst) = buf.get_mut(..datagram.len()) else {
-                continue;
-            };
-            dst.copy_from_slice(&datagram);
-            if let Some(route) = self.routes.get(virtual_addr) {
-                route.touch();
+            if self.deliver(virtual_addr, &datagram, buf, meta) {
+                filled += 1;
             }
-            *meta = RecvMeta {
-                addr: self.as_seen_by_quinn(virtual_addr),
-                len: datagram.len(),
-                stride: datagram.len(),
-                ecn: None,
-                dst_ip: None,
-            };
-            filled += 1;
         }
         filled
+    }
+
+    /// Hands one QUIC datagram of the link at `virtual_addr` to quinn in a receive slot
+    /// (and marks its route active); `false` when it does not fit the slot.
+    fn deliver(
+        &self,
+        virtual_addr: SocketAddr,
+        datagram: &[u8],
+        buf: &mut IoSliceMut<'_>,
+        meta: &mut RecvMeta,
+    ) -> bool {
+        let Some(dst) = buf.get_mut(..datagram.len()) else {
+            return false;
+        };
+        dst.copy_from_slice(datagram);
+        if let Some(route) = self.routes.get(virtual_addr) {
+            route.touch();
+        }
+        *meta = RecvMeta {
+            addr: self.as_seen_by_quinn(virtual_addr),
+            len: datagram.len(),
+            stride: datagram.len(),
+            ecn: None,
+            dst_ip: None,
+        };
+        true
     }
 
     /// Maps an IPv4 destination for a dual-stack IPv6 socket.
@@ -661,21 +675,10 @@ impl PathSocket {
             let (Some(buf), Some(meta)) = (bufs.get_mut(filled), metas.get_mut(filled)) else {
                 break;
             };
-            let Some(dst) = buf.get_mut(..datagram.len()) else {
+            if !self.deliver(virtual_addr, &datagram, buf, meta) {
                 self.relay_stats.dropped.fetch_add(1, Ordering::Relaxed);
                 continue;
-            };
-            dst.copy_from_slice(&datagram);
-            if let Some(route) = self.routes.get(virtual_addr) {
-                route.touch();
             }
-            *meta = RecvMeta {
-                addr: self.as_seen_by_quinn(virtual_addr),
-                len: datagram.len(),
-                stride: datagram.len(),
-                ecn: None,
-                dst_ip: None,
-            };
             self.relay_stats.received.fetch_add(1, Ordering::Relaxed);
             filled += 1;
         }
