@@ -27,10 +27,7 @@ const EXIT_BOUND: Duration = Duration::from_secs(2);
 
 /// The directory of the binaries under test (the debug build `cargo test` made).
 fn bin_dir() -> Option<PathBuf> {
-    let binaries = Binaries::locate(None).unwrap_or_else(|e| panic!("{e}"));
-    if std::env::var_os("CHATR_BIN_DIR").is_none() {
-        binaries.check_fresh().unwrap_or_else(|e| panic!("{e}"));
-    }
+    let binaries = Binaries::for_tests().unwrap_or_else(|e| panic!("{e}"));
     binaries.chatr.parent().map(PathBuf::from)
 }
 

@@ -22,10 +22,7 @@ use chatr_tests::lab::matrix::{self, Binaries, Expectation, MatrixConfig};
 #[test]
 fn every_pair_of_nat_profiles_links_with_the_real_binaries() {
     let _serial = lab::exclusive();
-    let binaries = Binaries::locate(None).unwrap_or_else(|e| panic!("{e}"));
-    if std::env::var_os("CHATR_BIN_DIR").is_none() {
-        binaries.check_fresh().unwrap_or_else(|e| panic!("{e}"));
-    }
+    let binaries = Binaries::for_tests().unwrap_or_else(|e| panic!("{e}"));
     let mut config = MatrixConfig::new(binaries);
     config.delay_ms = 20;
     config.concurrency = 4;

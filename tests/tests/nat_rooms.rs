@@ -24,11 +24,7 @@ const LINE_LIMIT: Duration = Duration::from_secs(30);
 const KEEPALIVE: &str = "3";
 
 fn binaries() -> Binaries {
-    let binaries = Binaries::locate(None).unwrap_or_else(|e| panic!("{e}"));
-    if std::env::var_os("CHATR_BIN_DIR").is_none() {
-        binaries.check_fresh().unwrap_or_else(|e| panic!("{e}"));
-    }
-    binaries
+    Binaries::for_tests().unwrap_or_else(|e| panic!("{e}"))
 }
 
 struct Member {

@@ -28,11 +28,7 @@ use chatr_tests::lab::{self, Host, Lab, LinkCondition, NatProfile, Site};
 const PIPE_LIMIT: Duration = Duration::from_secs(60);
 
 fn binaries() -> Binaries {
-    let binaries = Binaries::locate(None).unwrap_or_else(|e| panic!("{e}"));
-    if std::env::var_os("CHATR_BIN_DIR").is_none() {
-        binaries.check_fresh().unwrap_or_else(|e| panic!("{e}"));
-    }
-    binaries
+    Binaries::for_tests().unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn site(lab: &mut Lab, name: &str, profile: NatProfile) -> (Site, Host) {

@@ -135,6 +135,16 @@ impl Binaries {
 }
 
 impl Binaries {
+    /// The binaries a lab test runs: [`Binaries::locate`] with no explicit directory,
+    /// checked to be fresh ([`Binaries::check_fresh`]) unless `CHATR_BIN_DIR` names them.
+    pub fn for_tests() -> Result<Binaries, MatrixError> {
+        let binaries = Self::locate(None)?;
+        if std::env::var_os("CHATR_BIN_DIR").is_none() {
+            binaries.check_fresh()?;
+        }
+        Ok(binaries)
+    }
+
     /// Fails when a binary is older than any source file it was built from, as listed in
     /// cargo's dep-info file next to it (`target/debug/chatr.d`): `cargo test -p
     /// chatr-tests` alone does not rebuild other packages' binaries, and a stale `chatr`
