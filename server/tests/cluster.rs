@@ -22,7 +22,7 @@ use chatr_proto::{
     PacketConnectionRequest, PacketConnectionRequestAccept, PacketConnectionRequestDenied,
     PacketPong, PacketRelayClose, PacketRelayData, RelayId, UDP_BINDING_EXPORTER_LABEL,
 };
-use cluster_support::{Nats, Node, Postgres, eventually, wait_meshed};
+use cluster_support::{Nats, Node, Postgres, eventually, one_cluster_at_a_time, wait_meshed};
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -154,6 +154,7 @@ async fn three_nodes(nats: &Nats) -> (Node, Node, Node) {
 
 #[tokio::test]
 async fn requests_are_brokered_across_nodes_and_udp_bindings_routed_by_token() {
+    let _one_at_a_time = one_cluster_at_a_time().await;
     let nats = Nats::start();
     let (n1, n2, n3) = three_nodes(&nats).await;
     let (a_id, b_id, c_id) = (Identity::new(), Identity::new(), Identity::new());
@@ -306,6 +307,7 @@ async fn datagram_within(
 
 #[tokio::test]
 async fn link_hints_and_relays_cross_nodes_as_on_one_node() {
+    let _one_at_a_time = one_cluster_at_a_time().await;
     const TO_SERVER: u8 = 0x30;
     const FROM_SERVER: u8 = 0x31;
     let nats = Nats::start();
@@ -585,6 +587,7 @@ fn live_login(addr: SocketAddr, cert_pem: String, id: &Identity) -> LiveLogin {
 
 #[tokio::test]
 async fn the_same_uuid_racing_on_two_nodes_ends_with_exactly_one_session_100_times() {
+    let _one_at_a_time = one_cluster_at_a_time().await;
     let nats = Nats::start();
     let (n1, n2, n3) = three_nodes(&nats).await;
     let nodes = [&n1, &n2, &n3];
@@ -642,6 +645,7 @@ async fn health(node: &Node) -> (u16, String) {
 
 #[tokio::test]
 async fn losing_nats_keeps_local_brokering_answers_offline_at_once_and_heals() {
+    let _one_at_a_time = one_cluster_at_a_time().await;
     let mut nats = Nats::start();
     let (n1, n2, n3) = three_nodes(&nats).await;
     let (a_id, b_id, c_id, d_id) = (
@@ -763,6 +767,7 @@ fn api_of(node: &Node) -> Api {
 
 #[tokio::test]
 async fn postgres_restarted_under_registrations_loses_no_acknowledged_one() {
+    let _one_at_a_time = one_cluster_at_a_time().await;
     let nats = Nats::start();
     let pg = Postgres::start();
     let n1 = Node::start(&nats, "n1", |c| c.registry_postgres = Some(pg.config())).await;
@@ -998,6 +1003,7 @@ async fn answer(session: &mut Session, requester: Uuid) {
 
 #[tokio::test]
 async fn ten_thousand_requests_across_three_nodes_each_get_exactly_one_outcome() {
+    let _one_at_a_time = one_cluster_at_a_time().await;
     let nats = Nats::start();
     let tweak = |c: &mut chatr_server::ServerConfig| {
         c.limits.requests_per_second = 10_000;
@@ -1150,6 +1156,7 @@ async fn wait_healthy_peers(node: &api_support::Binary, peers: usize) {
 
 #[tokio::test]
 async fn a_killed_node_reads_offline_and_its_clients_log_in_elsewhere() {
+    let _one_at_a_time = one_cluster_at_a_time().await;
     let nats = Nats::start();
     let pg = Postgres::start();
     let tmp = tempfile::tempdir().unwrap();
@@ -1199,6 +1206,7 @@ async fn a_killed_node_reads_offline_and_its_clients_log_in_elsewhere() {
 
 #[tokio::test]
 async fn a_hung_node_loses_its_sessions_and_ends_them_when_it_wakes() {
+    let _one_at_a_time = one_cluster_at_a_time().await;
     let nats = Nats::start();
     let pg = Postgres::start();
     let tmp = tempfile::tempdir().unwrap();

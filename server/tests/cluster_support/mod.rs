@@ -332,6 +332,15 @@ impl Node {
     }
 }
 
+/// Held by each cluster test for its whole run, so that one cluster runs at a time even when
+/// the harness runs tests in parallel: three nodes beside NATS and PostgreSQL per test, two
+/// tests at once on two cores, starved the nodes' 300 ms heartbeats (meshing not seen in 30 s).
+/// A tokio mutex: it is meant to be held across `.await` and does not poison when a test fails.
+pub async fn one_cluster_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE_AT_A_TIME.lock().await
+}
+
 /// Waits until `check` holds, polling; panics with `what` after `patience`.
 pub async fn eventually(patience: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + patience;
