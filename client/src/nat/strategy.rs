@@ -13,9 +13,10 @@ pub const BIRTHDAY_SOCKETS: usize = 256;
 /// hard side's sockets that is 1 280 probes per try, and P(hit) ≈ 1 − e^(−256·1024/64512)
 /// ≈ 98 %.
 pub const BIRTHDAY_PROBES: usize = 1024;
-/// Prediction: ports probed past the sequential peer's last known port, covering the
-/// ports its other candidates and other flows through its NAT take in between.
-pub const PREDICT_WINDOW: u16 = 64;
+/// Prediction: steps probed past the sequential peer's last known port (every port they
+/// reach), covering the ports its other candidates and other flows through its NAT take
+/// in between: 128 ports are 6 s of 20 new flows a second, sprayed in 0.64 s.
+pub const PREDICT_WINDOW: u16 = 128;
 
 /// The lowest port a NAT allocates for a source port ≥ 1024 (Linux and most routers).
 const LOWEST_PORT: u16 = 1024;
@@ -61,21 +62,24 @@ impl Strategy {
     }
 }
 
-/// The ports a sequential NAT hands out next after `hint.last_port`, nearest first:
-/// `last + step`, `last + 2·step`, … (`window` of them), wrapping inside 1024–65535.
+/// The ports a sequential NAT may hand out next after `hint.last_port`, nearest first:
+/// *every* port from `last ± 1` on, in the step's direction, as far as `window` steps
+/// reach (`window · |step|` ports, at most `4 · window`), wrapping inside 1024–65535.
+///
+/// Every port, not only `last + k·step`: a step measured while other flows crossed the
+/// NAT is not the NAT's own (2 when one other flow took a port in between), and the
+/// flows since the measurement move the next port by any amount. Guessing only every
+/// second port missed about half the tries of a sequential NAT with background traffic.
 pub fn predicted_ports(hint: &NatHint, window: u16) -> Vec<u16> {
     let Some(last) = hint.last_port else {
         return Vec::new();
     };
-    let step = if hint.step == 0 {
-        1
-    } else {
-        i32::from(hint.step)
-    };
+    let direction = if hint.step < 0 { -1 } else { 1 };
+    let reach = i32::from(window) * i32::from(hint.step.unsigned_abs().clamp(1, 4));
     let span = i32::from(u16::MAX) - i32::from(LOWEST_PORT) + 1;
-    (1..=i32::from(window))
+    (1..=reach)
         .filter_map(|k| {
-            let raw = i32::from(last) + k * step - i32::from(LOWEST_PORT);
+            let raw = i32::from(last) + k * direction - i32::from(LOWEST_PORT);
             u16::try_from(raw.rem_euclid(span) + i32::from(LOWEST_PORT)).ok()
         })
         .collect()
@@ -153,13 +157,17 @@ mod tests {
     }
 
     #[test]
-    fn prediction_follows_the_step_and_wraps() {
+    fn prediction_covers_every_port_the_steps_reach_and_wraps() {
         let h = NatHint {
             mapping: NatMapping::DependentSequential,
             step: 2,
             last_port: Some(1000 + 24),
         };
-        assert_eq!(predicted_ports(&h, 3), vec![1026, 1028, 1030]);
+        // Every port the steps reach, not only multiples of the step.
+        assert_eq!(
+            predicted_ports(&h, 3),
+            vec![1025, 1026, 1027, 1028, 1029, 1030]
+        );
         let h = NatHint {
             step: 1,
             last_port: Some(65534),

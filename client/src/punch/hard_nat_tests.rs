@@ -291,6 +291,29 @@ fn without_the_hard_sides_sockets_a_random_port_is_not_found() {
     assert!(direct <= 2, "{direct} of 10");
 }
 
+/// The lab's sequential NAT with 20 new flows a second: the login's measurement saw a
+/// step of 2 (a background flow took a port between two of its probes), while the NAT
+/// hands out every port. Guesses at `last + 2k` alone missed every odd offset.
+#[test]
+fn prediction_finds_the_port_when_the_measured_step_was_inflated_by_other_flows() {
+    for background in [0u16, 20, 40, 100] {
+        let out = run(
+            HardNat::Sequential { next: 20_000 },
+            background,
+            [9; 32],
+            |hint| {
+                let measured = NatHint { step: 2, ..*hint };
+                predicted_ports(&measured, PREDICT_WINDOW)
+            },
+            0,
+        );
+        let t = out
+            .agreed
+            .unwrap_or_else(|| panic!("background {background}: no path"));
+        assert!(t < Duration::from_secs(3), "background {background}: {t:?}");
+    }
+}
+
 #[test]
 fn prediction_finds_a_sequential_port_despite_background_flows() {
     for background in [0u16, 5, 20, 40] {
