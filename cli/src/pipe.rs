@@ -40,6 +40,9 @@ pub(crate) struct PipeArgs {
 
 /// How long the peer has to open the pipe stream once linked.
 const STREAM_WAIT: Duration = Duration::from_secs(30);
+/// With `--wait-direct`: how long the link stays up once this side is direct, for the
+/// peer's side to get there too (a round trip later) before we close it.
+const DIRECT_LINGER: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run(g: &Globals, args: PipeArgs) -> Result<(), CliError> {
     let target = match &args.peer {
@@ -81,6 +84,16 @@ pub(crate) async fn run(g: &Globals, args: PipeArgs) -> Result<(), CliError> {
         let direct_ms = wait_direct(&link, started, Duration::from_secs(args.wait_direct)).await;
         if direct_ms.is_some() {
             path = link.paths().map(|p| p.current()).unwrap_or_default();
+            if args.wait_direct > 0 {
+                // The two sides reach the direct path a round trip apart (the initiator
+                // moves when it nominates, the responder when the nomination arrives):
+                // closing at once would end the link before the peer's side got there,
+                // and its report would name the relay.
+                tokio::select! {
+                    () = tokio::time::sleep(DIRECT_LINGER) => {}
+                    _ = link.closed() => {}
+                }
+            }
         }
         report_transfer(
             g,

@@ -188,12 +188,14 @@ async fn setup_contacts_pipe_and_files() {
     let bob_report = root.path().join("bob-report.json");
     let alice_report = root.path().join("alice-report.json");
     let mut listen = chatr(&bob);
-    // Pinned to the direct path: this test is about the CLI's set-up, contacts, pipe and
-    // files on loopback; path selection (relay first, then direct) has its own tests.
-    listen
-        .arg("--report")
-        .arg(&bob_report)
-        .args(["--path", "direct", "pipe", "--listen", "--from", "alice"]);
+    listen.arg("--report").arg(&bob_report).args([
+        "pipe",
+        "--listen",
+        "--from",
+        "alice",
+        "--wait-direct",
+        "10",
+    ]);
     listen
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -214,7 +216,7 @@ async fn setup_contacts_pipe_and_files() {
     let mut pipe = chatr(&alice);
     pipe.arg("--report")
         .arg(&alice_report)
-        .args(["--path", "direct", "pipe", "bob"]);
+        .args(["pipe", "bob", "--wait-direct", "10"]);
     pipe.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -243,18 +245,25 @@ async fn setup_contacts_pipe_and_files() {
     for (path, peer) in [(&alice_report, &bob_uuid), (&bob_report, &alice_uuid)] {
         let r = read_report(path);
         assert_eq!(r["peer"], peer.as_str());
-        assert_eq!(r["result"], "direct", "{r}");
+        // On loopback the handshake may win over the relay copy (PROTOCOL.md §15 set-up);
+        // either way the link must settle on the direct path, and the pipe ran on it.
+        let final_path = r["transfer"]["path_class"].as_str().unwrap_or_default();
         assert!(
-            ["direct-lan", "direct-public"]
-                .contains(&r["transfer"]["path_class"].as_str().unwrap_or_default()),
-            "the pipe must run on the direct path: {r}"
+            ["direct-lan", "direct-public"].contains(&final_path),
+            "the pipe must end on a direct path: {r}"
         );
-        assert!(
-            ["lan", "public"].contains(&r["path"].as_str().unwrap()),
-            "{r}"
-        );
-        assert!(r["candidate"].is_string() && r["remote"].is_string(), "{r}");
-        assert!(r["punch_ms"].is_u64() && r["probes_sent"].is_u64(), "{r}");
+        match r["result"].as_str() {
+            Some("direct") => {
+                assert!(
+                    ["lan", "public"].contains(&r["path"].as_str().unwrap()),
+                    "{r}"
+                );
+                assert!(r["candidate"].is_string() && r["remote"].is_string(), "{r}");
+                assert!(r["punch_ms"].is_u64() && r["probes_sent"].is_u64(), "{r}");
+            }
+            Some("relayed") => assert!(r["transfer"]["switches"].as_u64() >= Some(1), "{r}"),
+            _ => panic!("the link must come up: {r}"),
+        }
     }
 
     // send / receive.

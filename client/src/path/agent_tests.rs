@@ -225,3 +225,78 @@ fn a_pinned_relay_says_so() {
     assert!(a.plan().extra.is_empty());
     assert_eq!(a.relay_reason(), Some(RelayReason::Pinned));
 }
+
+/// Loopback, where the peer's punch starts a moment after ours: our first probe finds no
+/// exchange there and is lost, the QUIC handshake wins over the relay copy, and the link
+/// must still move to the direct path once the punch gets through.
+#[test]
+fn a_lost_first_probe_is_sent_again_after_the_link_is_up_on_the_relay() {
+    use crate::punch::{Probe, ProbeKeys, ProbeType};
+    let t0 = Instant::now();
+    let peer = Uuid::from_bytes([2; 16]);
+    let mut a = LinkAgent::initiate(t0, AgentConfig::default(), local(1), peer);
+    actions(&mut a);
+    a.handle_accepted(t0, peer_private());
+    a.handle_client_info(t0, exchange(Some(RelayVia::Udp)));
+    actions(&mut a);
+    let public: SocketAddr = "198.51.100.9:5000".parse().unwrap();
+    let keys = ProbeKeys::new(&[3; 32]);
+    let first: Vec<_> = std::iter::from_fn(|| a.poll_transmit()).collect();
+    assert!(first.iter().any(|(p, _)| *p == PathId::Direct(public)));
+    // The peer's probe arrives (its punch started later); we answer it.
+    let theirs = keys.seal(&Probe {
+        kind: ProbeType::Probe,
+        sender: peer,
+        txid: 77,
+        flags: 0,
+    });
+    a.handle_datagram(t0 + ms(2), PathId::Direct(public), &theirs);
+    a.handle_quic_established(t0 + ms(3));
+    actions(&mut a);
+    // From here on, every probe we send to the public endpoint is answered.
+    let mut now = t0 + ms(3);
+    let mut resent = 0;
+    for _ in 0..200 {
+        while let Some((path, datagram)) = a.poll_transmit() {
+            if path != PathId::Direct(public) {
+                continue;
+            }
+            let Ok(probe) = keys.open(&datagram) else {
+                continue;
+            };
+            let answer = match probe.kind {
+                ProbeType::Probe => ProbeType::ProbeAck,
+                ProbeType::Nominate => ProbeType::NominateAck,
+                _ => continue,
+            };
+            if probe.kind == ProbeType::Probe {
+                resent += 1;
+            }
+            let ack = keys.seal(&Probe {
+                kind: answer,
+                sender: peer,
+                txid: probe.txid,
+                flags: 0,
+            });
+            a.handle_datagram(now + ms(1), path, &ack);
+        }
+        if a.paths().and_then(PathManager::active) == Some(PathId::Direct(public)) {
+            break;
+        }
+        let Some(next) = a.poll_timeout() else {
+            break;
+        };
+        now = next.max(now);
+        if now > t0 + Duration::from_secs(3) {
+            break;
+        }
+        a.handle_timeout(now);
+    }
+    assert!(resent > 0, "the lost probe was never sent again");
+    assert_eq!(
+        a.paths().and_then(PathManager::active),
+        Some(PathId::Direct(public)),
+        "the link stayed on {:?}",
+        a.paths().and_then(PathManager::active)
+    );
+}
