@@ -54,6 +54,9 @@ pub enum BenchError {
     /// The smoke run found the server misbehaving.
     #[error("smoke check failed: {0}")]
     Check(String),
+    /// The benchmark's options cannot give a meaningful figure.
+    #[error("bad options: {0}")]
+    Usage(String),
 }
 
 impl BenchError {

@@ -56,8 +56,9 @@ pub struct ClusterArgs {
     /// Exchanges per second in a latency phase (all pairs together).
     #[arg(long, default_value_t = 400)]
     pub rate: u32,
-    /// Session pairs in a latency phase.
-    #[arg(long, default_value_t = 32)]
+    /// Session pairs in a latency phase. Each pair's requester asks `rate / pairs` times a
+    /// second, which must stay within the server's per-session request limit.
+    #[arg(long, default_value_t = 96)]
     pub pairs: usize,
     /// Clients of the node that is killed (and of the one that is frozen).
     #[arg(long, default_value_t = 50)]
@@ -378,12 +379,26 @@ async fn phase(
             let first = start + period.mul_f64(k as f64 / count as f64);
             tokio::spawn(async move {
                 let mut due = first;
+                let mut told = false;
                 while due < start + duration {
                     tokio::time::sleep_until(due).await;
-                    match exchange(&mut pair).await {
-                        Ok(Some(latency)) => slot.0.record(latency),
-                        _ => {
-                            slot.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let outcome = exchange(&mut pair).await;
+                    if let Ok(Some(latency)) = outcome {
+                        slot.0.record(latency);
+                    } else {
+                        slot.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        // The first failure of each pair says why (a figure with errors
+                        // is no figure).
+                        if !told {
+                            told = true;
+                            match outcome {
+                                Err(e) => {
+                                    eprintln!("cluster latency: pair {k}: exchange failed: {e}")
+                                }
+                                _ => eprintln!(
+                                    "cluster latency: pair {k}: denied or unanswered within 5 s"
+                                ),
+                            }
                         }
                     }
                     due += period;
@@ -401,19 +416,26 @@ async fn phase(
     back
 }
 
+/// Ping time-out of the nodes of the failure phases: a client that stops answering is
+/// dropped within it.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Ping time-out of the latency phases' nodes: longer than all the phases together.
+const IDLE_PING_TIMEOUT: Duration = Duration::from_secs(600);
+
 fn node_spec(
     ws: &Workspace,
     name: &str,
     ids: &std::path::Path,
     cluster: Option<ClusterSpec>,
     log: &str,
+    ping_timeout: Duration,
 ) -> Result<crate::bench::server::ServerSpec, BenchError> {
     let mut spec = ws.spec(ServerKind::Chatr, Some(ids.to_path_buf()));
     spec.dir = ws.path().join(name);
     std::fs::create_dir_all(&spec.dir).map_err(|e| BenchError::io("node dir", e))?;
     spec.log = log.to_owned();
     spec.ping_interval_ms = Some(1000);
-    spec.ping_timeout_ms = Some(5000);
+    spec.ping_timeout_ms = Some(u64::try_from(ping_timeout.as_millis()).unwrap_or(u64::MAX));
     spec.cluster = cluster;
     Ok(spec)
 }
@@ -434,10 +456,18 @@ async fn start_nodes(
     pg: Option<&Postgres>,
     names: &[&str],
     log: &str,
+    ping_timeout: Duration,
 ) -> Result<Vec<ServerProcess>, BenchError> {
     let mut nodes = Vec::new();
     for name in names {
-        let spec = node_spec(ws, name, ids, Some(cluster_spec(nats, name, pg)), log)?;
+        let spec = node_spec(
+            ws,
+            name,
+            ids,
+            Some(cluster_spec(nats, name, pg)),
+            log,
+            ping_timeout,
+        )?;
         nodes.push(ServerProcess::start(&spec).await?);
     }
     // Let them find the bucket and each other.
@@ -479,8 +509,11 @@ async fn latency(
 ) -> Result<Vec<LatencyRow>, BenchError> {
     let connector = ws.cert.connector()?;
     let log = &args.server_log;
-    let single = ServerProcess::start(&node_spec(ws, "single", ids_file, None, log)?).await?;
-    let one = start_nodes(ws, ids_file, nats, None, &["one-1"], log).await?;
+    // The pairs of the other set-ups sit idle (not reading, so not answering pings)
+    // while one set-up is measured.
+    let idle = IDLE_PING_TIMEOUT;
+    let single = ServerProcess::start(&node_spec(ws, "single", ids_file, None, log, idle)?).await?;
+    let one = start_nodes(ws, ids_file, nats, None, &["one-1"], log, idle).await?;
     let three = start_nodes(
         ws,
         ids_file,
@@ -488,6 +521,7 @@ async fn latency(
         None,
         &["three-1", "three-2", "three-3"],
         log,
+        idle,
     )
     .await?;
     let p = args.pairs;
@@ -733,7 +767,16 @@ async fn failures(
 ) -> Result<Failures, BenchError> {
     let connector = ws.cert.connector()?;
     let log = &args.server_log;
-    let mut nodes = start_nodes(ws, ids_file, nats, None, &["f-1", "f-2", "f-3"], log).await?;
+    let mut nodes = start_nodes(
+        ws,
+        ids_file,
+        nats,
+        None,
+        &["f-1", "f-2", "f-3"],
+        log,
+        PING_TIMEOUT,
+    )
+    .await?;
     let n = args.clients;
     let (victims, rest) = ids.split_at(n);
     let (frozen, rest) = rest.split_at(n);
@@ -789,7 +832,8 @@ async fn failures(
     // NATS killed and restarted, between two fresh nodes.
     let (first, rest) = rest.split_at(1);
     let (second, rest) = rest.split_at(1);
-    let pair_nodes = start_nodes(ws, ids_file, nats, None, &["h-1", "h-2"], log).await?;
+    let pair_nodes =
+        start_nodes(ws, ids_file, nats, None, &["h-1", "h-2"], log, PING_TIMEOUT).await?;
     let mut pair = Pair {
         a: connect(pair_nodes[0].addr(), &connector, &first[0]).await?,
         b: connect(pair_nodes[1].addr(), &connector, &second[0]).await?,
@@ -859,7 +903,16 @@ async fn failures(
 
     // Registry across a PostgreSQL crash.
     let pg = Postgres::start()?;
-    let reg_nodes = start_nodes(ws, ids_file, nats, Some(&pg), &["r-1", "r-2"], log).await?;
+    let reg_nodes = start_nodes(
+        ws,
+        ids_file,
+        nats,
+        Some(&pg),
+        &["r-1", "r-2"],
+        log,
+        PING_TIMEOUT,
+    )
+    .await?;
     let apis: Vec<SocketAddr> = reg_nodes
         .iter()
         .filter_map(ServerProcess::api_addr)
@@ -883,7 +936,7 @@ async fn failures(
         node.stop(Duration::from_secs(10)).await;
     }
     // A fresh node loads the registry from PostgreSQL: every acknowledged identity must log in.
-    let fresh = start_nodes(ws, ids_file, nats, Some(&pg), &["r-3"], log).await?;
+    let fresh = start_nodes(ws, ids_file, nats, Some(&pg), &["r-3"], log, PING_TIMEOUT).await?;
     let mut lost = 0;
     for id in &acknowledged {
         if connect(fresh[0].addr(), &connector, id).await.is_err() {
@@ -914,6 +967,17 @@ async fn failures(
 
 /// Runs every figure.
 pub async fn run(args: &ClusterArgs) -> Result<ClusterReport, BenchError> {
+    // A requester over the per-session limit is denied (and, kept up, disconnected):
+    // its "latency" would be the rate limiter's.
+    let per_session = f64::from(args.rate) / args.pairs.max(1) as f64;
+    let limit = chatr_server::Limits::default().requests_per_second;
+    if per_session > f64::from(limit) {
+        return Err(BenchError::Usage(format!(
+            "--rate {} over --pairs {} is {per_session:.1} requests a second per session, over the \
+             server's per-session limit of {limit}/s: use more pairs or a lower rate",
+            args.rate, args.pairs
+        )));
+    }
     let machine = Machine::detect();
     let _ = crate::bench::sys::raise_nofile(65_536);
     let ws = Workspace::new()?;
