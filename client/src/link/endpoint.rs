@@ -145,7 +145,8 @@ impl LinkEndpoint {
         // control datagrams and STUN.
         endpoint_config.grease_quic_bit(false);
 
-        let (socket, control, tls_relay) = PathSocket::new(socket, config.control_queue)?;
+        let (socket, control, tls_relay) =
+            PathSocket::new(socket, config.control_queue, config.virtual_only)?;
         let endpoint = quinn::Endpoint::new_with_abstract_socket(
             endpoint_config,
             Some(server),

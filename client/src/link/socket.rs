@@ -142,6 +142,9 @@ pub(crate) struct PathSocket {
     relay_stats: RelayStats,
     /// A dual-stack IPv6 socket needs IPv4 destinations in their mapped form.
     ipv6: bool,
+    /// Every link is path-managed ([`crate::link::LinkConfig::virtual_only`]): QUIC from
+    /// an address no route knows is dropped here rather than shown to quinn at that address.
+    virtual_only: bool,
     routes: Arc<Routes>,
     tls_out: mpsc::Sender<TlsRelayed>,
     tls_in: Mutex<mpsc::Receiver<TlsRelayed>>,
@@ -180,6 +183,7 @@ impl PathSocket {
     pub(crate) fn new(
         socket: std::net::UdpSocket,
         control_queue: usize,
+        virtual_only: bool,
     ) -> io::Result<(Arc<Self>, ControlRx, TlsRelayPort)> {
         socket.set_nonblocking(true)?;
         let state = UdpSocketState::new((&socket).into())?;
@@ -197,6 +201,7 @@ impl PathSocket {
             stats: stats.clone(),
             relay_stats: RelayStats::default(),
             ipv6,
+            virtual_only,
             routes: Arc::new(Routes::default()),
             tls_out,
             tls_in: Mutex::new(tls_in),
@@ -619,6 +624,15 @@ impl PathSocket {
                             }
                             self.as_seen_by_quinn(v)
                         }
+                        // A copy of a handshake (or a packet of a link) from an address
+                        // the path manager has not learned yet, e.g. the peer's fresh
+                        // port behind a symmetric NAT. quinn must not see it: it would
+                        // open a pending connection at that address, hold the same
+                        // packet's relayed copy (same connection ID) in it, and lose both
+                        // when the acceptor ignores it, costing the initiator a
+                        // retransmission (about 50 ms of set-up). The copy through the
+                        // known path carries the link.
+                        None if self.virtual_only => continue,
                         None => meta.addr,
                     };
                     (len, meta.stride, addr)
