@@ -53,7 +53,8 @@ cargo clippy --workspace --all-targets --features "$features" --locked -- -D war
 step "cargo doc (warnings are errors: the docs are a newcomer's map)"
 # --examples makes cargo resolve the dev-dependencies' features too, as clippy --all-targets
 # did, so the doc step reuses clippy's checked dependencies instead of checking them again.
-RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --lib --bins --examples --features "$features" --locked
+# (Not --bins: the chatr-server binary would overwrite the library's page of the same name.)
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --lib --examples --features "$features" --locked
 step "MSRV check"
 # `rust-version` in Cargo.toml is the oldest toolchain we promise to build with, so it must be
 # one we actually build with. This machine has a single toolchain and cannot fetch others, so

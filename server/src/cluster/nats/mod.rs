@@ -1,17 +1,17 @@
 //! The cluster on NATS (feature `cluster`): routing between nodes with core NATS
-//! requests, session claims in a JetStream key-value bucket ([`claims`]).
+//! requests, session claims in a JetStream key-value bucket (`claims`).
 //!
 //! Each node has a random id of [`TOKEN_PREFIX_LEN`] bytes (8 hex digits) and one
 //! subscription, `<prefix>.node.<id>.>`, on which other nodes ask it to deliver a
 //! brokering message to one of its sessions (`peer`), to probe a session (`probe`),
 //! to end one (`kick`), or to check a UDP binding request for one of its tokens
-//! (`bind`); see [`wire`]. Where a UUID's session lives is its claim in the bucket
+//! (`bind`); see `wire`. Where a UUID's session lives is its claim in the bucket
 //! (cached per UUID, and looked up again when the cached node says "not here").
 //! "No responders" from NATS means the node is gone: the peer is offline.
 //!
 //! When NATS is unreachable the node keeps brokering between its own sessions,
 //! answers every cross-node request "offline" at once, admits logins locally, and
-//! re-checks every claim of its sessions once NATS is back ([`NatsCluster::reconcile`]):
+//! re-checks every claim of its sessions once NATS is back (`NatsCluster::reconcile`):
 //! a claim another node took over in the meantime ends the local session.
 
 mod claims;
