@@ -5,12 +5,15 @@
 //! itself. The decoder reserves only what the declared (already bounded) frame length
 //! needs and copies nothing but the packet's own fields.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
+use integer_encoding::VarInt;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::DecodeError;
 use crate::frame::{decode_frame, frame_len};
-use crate::packet::Packet;
+use crate::packet::{MAX_RELAY_DATAGRAM, Packet, PacketRelayData};
+use crate::varint::MAX_VARINT_LEN;
+use crate::{RELAY_ID_LEN, RelayId};
 
 /// Frames Connect packets on a byte stream.
 #[derive(Debug, Default)]
@@ -24,6 +27,26 @@ impl ConnectCodec {
     pub fn new() -> Self {
         Self::default()
     }
+}
+
+/// Appends the frame of a [`PacketRelayData`] carrying `datagram` for `relay_id` to `dst`,
+/// byte for byte what [`Packet::encode`] writes for it, without building the packet.
+///
+/// The TLS relay moves one frame per QUIC datagram; building a `Packet` would copy each
+/// datagram into a vector of its own first. A datagram longer than
+/// [`MAX_RELAY_DATAGRAM`] is cut to it, as [`Packet::encode`] does.
+pub fn encode_relay_data(relay_id: &RelayId, datagram: &[u8], dst: &mut BytesMut) {
+    let datagram = datagram.get(..MAX_RELAY_DATAGRAM).unwrap_or(datagram);
+    let body_len = 1 + RELAY_ID_LEN + datagram.len();
+    // Within MAX_FRAME, so it fits a u32.
+    let body = u32::try_from(body_len).unwrap_or(u32::MAX);
+    let mut prefix = [0u8; MAX_VARINT_LEN];
+    let prefix_len = body.encode_var(&mut prefix);
+    dst.reserve(prefix_len + body_len);
+    dst.put_slice(prefix.get(..prefix_len).unwrap_or(&prefix));
+    dst.put_u8(PacketRelayData::OPCODE);
+    dst.put_slice(relay_id.as_bytes());
+    dst.put_slice(datagram);
 }
 
 /// Error from [`ConnectCodec`].
@@ -76,5 +99,49 @@ impl Encoder<Packet> for ConnectCodec {
 
     fn encode(&mut self, item: Packet, dst: &mut BytesMut) -> Result<(), CodecError> {
         Encoder::<&Packet>::encode(self, &item, dst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_data_frames_are_what_the_packet_encodes() {
+        let relay_id = RelayId::from_wire([7; RELAY_ID_LEN]).expect("a valid relay id");
+        for len in [
+            1,
+            127,
+            128,
+            1200,
+            16_383,
+            16_384,
+            MAX_RELAY_DATAGRAM,
+            MAX_RELAY_DATAGRAM + 9,
+        ] {
+            let datagram: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut direct = BytesMut::new();
+            encode_relay_data(&relay_id, &datagram, &mut direct);
+            let packet = Packet::RelayData(PacketRelayData {
+                relay_id,
+                datagram: datagram.clone(),
+            });
+            assert_eq!(
+                &direct[..],
+                &packet.to_bytes()[..],
+                "datagram of {len} bytes"
+            );
+            let mut codec = ConnectCodec::new();
+            let decoded = codec.decode(&mut direct).expect("valid").expect("complete");
+            let Packet::RelayData(data) = decoded else {
+                panic!("decoded {decoded:?}");
+            };
+            assert_eq!(data.relay_id, relay_id);
+            assert_eq!(
+                data.datagram,
+                datagram.get(..MAX_RELAY_DATAGRAM).unwrap_or(&datagram)
+            );
+            assert!(direct.is_empty());
+        }
     }
 }

@@ -47,7 +47,7 @@ pub use endpoint::{
 };
 pub use error::LinkError;
 pub use peer_link::PeerLink;
-pub use socket::{ControlRx, RawSender, Source, TlsRelayPort, TlsRelayed};
+pub use socket::{ControlRx, RawSender, Source, TlsOutgoing, TlsRelayPort, TlsRelayed};
 pub use stream::{LinkStream, StreamKind};
 
 /// The ALPN protocol identifier of a Chatr peer link.

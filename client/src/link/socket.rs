@@ -69,8 +69,11 @@ use crate::path::{PathId, RelayVia, SendPlan};
 /// The bit every QUIC packet (long or short header) has set when the QUIC bit is not greased.
 const QUIC_FIXED_BIT: u8 = 0x40;
 
-/// Relayed datagrams queued towards (and from) the Connect TLS session.
+/// Relayed datagrams queued from the Connect TLS session.
 const TLS_RELAY_QUEUE: usize = 1024;
+
+/// Sends (each up to a GSO batch of datagrams) queued towards the Connect TLS session.
+const TLS_OUT_QUEUE: usize = 256;
 
 /// Datagrams received on auxiliary sockets, queued for the receive path.
 const AUX_QUEUE: usize = 1024;
@@ -105,12 +108,43 @@ pub type ControlDatagram = (Source, Bytes);
 /// A relayed datagram on its way between the socket and the Connect TLS session.
 pub type TlsRelayed = (RelayId, Bytes);
 
+/// Datagrams of one send on their way into the TLS session: one `PacketRelayData` each.
+///
+/// One send of quinn's is a GSO batch (datagrams back to back, `segment` bytes apart, the
+/// last maybe shorter); it crosses the channel as one message, copied once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOutgoing {
+    /// The exchange's relay.
+    pub relay: RelayId,
+    /// The datagrams, back to back.
+    pub datagrams: Bytes,
+    /// Every datagram but the last is this long.
+    pub segment: usize,
+}
+
+impl TlsOutgoing {
+    /// One datagram.
+    pub fn single(relay: RelayId, datagram: Bytes) -> Self {
+        let segment = datagram.len();
+        Self {
+            relay,
+            datagrams: datagram,
+            segment,
+        }
+    }
+
+    /// The datagrams, in order.
+    pub fn segments(&self) -> impl Iterator<Item = &[u8]> {
+        self.datagrams.chunks(self.segment.max(1))
+    }
+}
+
 /// The session driver's end of the TLS relay: what to send inside the TLS session, and
 /// where to put what arrives in it.
 #[derive(Debug)]
 pub struct TlsRelayPort {
     /// Datagrams the socket wants sent as `PacketRelayData`.
-    pub outgoing: mpsc::Receiver<TlsRelayed>,
+    pub outgoing: mpsc::Receiver<TlsOutgoing>,
     /// Where `PacketRelayData` from the server goes (full: dropped, like UDP).
     pub incoming: mpsc::Sender<TlsRelayed>,
 }
@@ -146,7 +180,7 @@ pub(crate) struct PathSocket {
     /// an address no route knows is dropped here rather than shown to quinn at that address.
     virtual_only: bool,
     routes: Arc<Routes>,
-    tls_out: mpsc::Sender<TlsRelayed>,
+    tls_out: mpsc::Sender<TlsOutgoing>,
     tls_in: Mutex<mpsc::Receiver<TlsRelayed>>,
     /// Recent handshake (long-header) datagrams per link.
     replay: Mutex<VecDeque<Remembered>>,
@@ -190,7 +224,7 @@ impl PathSocket {
         let ipv6 = socket.local_addr()?.is_ipv6();
         let io = tokio::net::UdpSocket::from_std(socket)?;
         let (tx, rx) = mpsc::channel(control_queue.max(1));
-        let (tls_out, outgoing) = mpsc::channel(TLS_RELAY_QUEUE);
+        let (tls_out, outgoing) = mpsc::channel(TLS_OUT_QUEUE);
         let (incoming, tls_in) = mpsc::channel(TLS_RELAY_QUEUE);
         let stats = Arc::new(ControlStats::default());
         let (aux_tx, aux_in) = mpsc::channel(AUX_QUEUE);
@@ -275,7 +309,7 @@ impl PathSocket {
                     }
                     RelayVia::Tls => self
                         .tls_out
-                        .try_send((relay, Bytes::copy_from_slice(datagram)))
+                        .try_send(TlsOutgoing::single(relay, Bytes::copy_from_slice(datagram)))
                         .map_err(|_| io::Error::from(io::ErrorKind::WouldBlock)),
                 }
             }
@@ -530,15 +564,17 @@ impl PathSocket {
                         })
                     }
                     RelayVia::Tls => {
-                        for chunk in transmit.contents.chunks(segment) {
-                            // A full queue is a lost datagram, as on UDP.
-                            if self
-                                .tls_out
-                                .try_send((relay, Bytes::copy_from_slice(chunk)))
-                                .is_ok()
-                            {
-                                self.relay_stats.sent.fetch_add(1, Ordering::Relaxed);
-                            }
+                        let count = transmit.contents.len().div_ceil(segment);
+                        let batch = TlsOutgoing {
+                            relay,
+                            datagrams: Bytes::copy_from_slice(transmit.contents),
+                            segment,
+                        };
+                        // A full queue is lost datagrams, as on UDP.
+                        if self.tls_out.try_send(batch).is_ok() {
+                            self.relay_stats
+                                .sent
+                                .fetch_add(count as u64, Ordering::Relaxed);
                         }
                         Ok(())
                     }

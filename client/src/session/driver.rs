@@ -17,11 +17,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use chatr_proto::codec::{CodecError, ConnectCodec};
+use chatr_proto::codec::{CodecError, ConnectCodec, encode_relay_data};
 use chatr_proto::udp::UdpMessage;
 use chatr_proto::{DisconnectReason, Packet};
 use futures_util::future::BoxFuture;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt as _, SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::codec::Framed;
@@ -38,9 +38,10 @@ use super::handle::{Command, OnlineInfo, PresenceWanted, SessionHandle, SessionS
 use super::machine::Session;
 use super::transport_error::TransportError;
 use crate::deadline::sleep_until_opt;
-use crate::link::TlsRelayPort;
+use crate::link::{TlsOutgoing, TlsRelayPort};
 
-/// Relayed datagrams written into the TLS buffer per loop turn, before a flush.
+/// Relayed datagrams written into the TLS buffer per loop turn, before a flush (and
+/// relayed frames read per turn).
 const RELAY_BATCH: usize = 64;
 
 /// Where the session driver sends UDP control datagrams: the client's shared
@@ -392,19 +393,20 @@ impl<C: Connect> Driver<C> {
                         session.handle_transport_closed(e);
                     }
                 }
-                frame = conn.next() => match frame {
-                    // Relayed datagrams of a version-3 session go straight to the link
-                    // socket: opaque data, not protocol state.
-                    Some(Ok(Packet::RelayData(data))) if relaying => {
-                        if let Some(relay) = &self.relay {
-                            let _ = relay.incoming.try_send((data.relay_id, data.datagram.into()));
-                        }
+                frame = conn.next() => {
+                    // A bulk transfer over the TLS relay brings many frames per read of
+                    // the TLS stream: take those already decoded in this turn, not one
+                    // per turn of this loop (each turn re-arms every branch and a timer).
+                    let mut relayed = self.on_frame(&mut session, relaying, frame);
+                    let mut taken = 1;
+                    while relayed && taken < RELAY_BATCH {
+                        let Some(frame) = conn.next().now_or_never() else {
+                            break;
+                        };
+                        relayed = self.on_frame(&mut session, relaying, frame);
+                        taken += 1;
                     }
-                    Some(Ok(packet)) => session.handle_packet(Instant::now().into_std(), packet),
-                    Some(Err(CodecError::Decode(e))) => session.handle_invalid_frame(e),
-                    Some(Err(e)) => session.handle_transport_closed(codec_to_transport(e)),
-                    None => session.handle_transport_closed(TransportError::Closed),
-                },
+                }
                 Some(cmd) = self.commands.recv() => {
                     let result = match &cmd {
                         Command::Request(peer, ep, _) => {
@@ -436,25 +438,53 @@ impl<C: Connect> Driver<C> {
         }
     }
 
-    /// Writes one relayed datagram and whatever else is queued (up to [`RELAY_BATCH`])
-    /// as `PacketRelayData`, then flushes.
+    /// Handles one frame read from the server; `true` when it was a relayed datagram
+    /// (handed to the link socket), `false` for anything else.
+    fn on_frame(
+        &self,
+        session: &mut Session,
+        relaying: bool,
+        frame: Option<Result<Packet, CodecError>>,
+    ) -> bool {
+        match frame {
+            // Relayed datagrams of a version-3 session go straight to the link socket:
+            // opaque data, not protocol state. A full queue drops them, as UDP would.
+            Some(Ok(Packet::RelayData(data))) if relaying => {
+                if let Some(relay) = &self.relay {
+                    let _ = relay
+                        .incoming
+                        .try_send((data.relay_id, data.datagram.into()));
+                }
+                return true;
+            }
+            Some(Ok(packet)) => session.handle_packet(Instant::now().into_std(), packet),
+            Some(Err(CodecError::Decode(e))) => session.handle_invalid_frame(e),
+            Some(Err(e)) => session.handle_transport_closed(codec_to_transport(e)),
+            None => session.handle_transport_closed(TransportError::Closed),
+        }
+        false
+    }
+
+    /// Writes one send of relayed datagrams and whatever else is queued (up to
+    /// [`RELAY_BATCH`] datagrams) as `PacketRelayData` frames, then flushes. The frames
+    /// are encoded straight into the write buffer: the whole batch waits on one flush
+    /// (bounded by the write time-out), not on one per datagram.
     async fn write_relayed<S>(
         &mut self,
         conn: &mut Framed<S, ConnectCodec>,
-        first: crate::link::TlsRelayed,
+        first: TlsOutgoing,
     ) -> Result<(), TransportError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let mut next = Some(first);
         let mut written = 0;
-        while let Some((relay_id, datagram)) = next.take() {
-            let packet = Packet::RelayData(chatr_proto::PacketRelayData {
-                relay_id,
-                datagram: datagram.to_vec(),
-            });
-            self.write(conn, packet).await?;
-            written += 1;
+        while let Some(out) = next.take() {
+            let buffer = conn.write_buffer_mut();
+            for datagram in out.segments() {
+                encode_relay_data(&out.relay, datagram, buffer);
+                written += 1;
+            }
             if written < RELAY_BATCH {
                 next = self.relay.as_mut().and_then(|r| r.outgoing.try_recv().ok());
             }

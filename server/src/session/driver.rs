@@ -16,12 +16,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use chatr_proto::codec::{CodecError, ConnectCodec};
+use chatr_proto::codec::{CodecError, ConnectCodec, encode_relay_data};
 use chatr_proto::{
-    CHANNEL_BINDING_EXPORTER_LABEL, DisconnectReason, Packet, PacketRelayClose, PacketRelayData,
+    CHANNEL_BINDING_EXPORTER_LABEL, DisconnectReason, Packet, PacketRelayClose,
     UDP_BINDING_EXPORTER_LABEL,
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt as _, SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -303,23 +303,7 @@ where
                     self.machine
                         .handle_kick(now, Some(DisconnectReason::ServerShuttingDown.as_str()));
                 }
-                Wake::Frame(Some(Ok(packet))) => {
-                    if let Packet::Connect(connect) = &packet {
-                        refresh_key(&self.ctx, connect.uuid).await;
-                    }
-                    // The lookup may have waited: time moved on.
-                    let after = tokio::time::Instant::now().into_std().max(now);
-                    self.machine.handle_packet(after, packet);
-                }
-                Wake::Frame(Some(Err(CodecError::Decode(err)))) => {
-                    tracing::debug!(error = %err, "invalid frame");
-                    self.machine.handle_malformed(now);
-                }
-                Wake::Frame(Some(Err(err))) => {
-                    tracing::debug!(error = %err, "connection failed");
-                    self.machine.handle_closed(now);
-                }
-                Wake::Frame(None) => self.machine.handle_closed(now),
+                Wake::Frame(frame) => self.read_frames(now, frame).await,
                 Wake::Mail(Some(Mailbox::Event(event))) => {
                     self.machine.handle_hub_event(now, *event);
                 }
@@ -406,26 +390,71 @@ where
         }
     }
 
+    /// Hands `first` to the machine, and after a relayed datagram whatever further
+    /// frames are already buffered, up to [`RELAY_BATCH`].
+    ///
+    /// A TLS-relayed link sends one frame per QUIC datagram: taking each through its
+    /// own turn of the select loop (and its own flush) would cost more than the frame.
+    /// Other packets end the batch, so login and brokering keep their one-turn order.
+    async fn read_frames(&mut self, now: Instant, first: Option<Result<Packet, CodecError>>) {
+        let mut frame = first;
+        for _ in 0..RELAY_BATCH {
+            let relayed = matches!(frame, Some(Ok(Packet::RelayData(_))));
+            self.on_frame(now, frame).await;
+            if !relayed || !self.machine.wants_packets() {
+                return;
+            }
+            match self.framed.next().now_or_never() {
+                Some(next) => frame = next,
+                None => return,
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, now: Instant, frame: Option<Result<Packet, CodecError>>) {
+        match frame {
+            Some(Ok(packet)) => {
+                if let Packet::Connect(connect) = &packet {
+                    refresh_key(&self.ctx, connect.uuid).await;
+                }
+                // The lookup may have waited: time moved on.
+                let after = tokio::time::Instant::now().into_std().max(now);
+                self.machine.handle_packet(after, packet);
+            }
+            Some(Err(CodecError::Decode(err))) => {
+                tracing::debug!(error = %err, "invalid frame");
+                self.machine.handle_malformed(now);
+            }
+            Some(Err(err)) => {
+                tracing::debug!(error = %err, "connection failed");
+                self.machine.handle_closed(now);
+            }
+            None => self.machine.handle_closed(now),
+        }
+    }
+
     /// Writes one relayed datagram (or relay notice) and whatever else is queued, up
     /// to [`RELAY_BATCH`], into the TLS buffer.
     fn write_relayed(&mut self, first: RelayOut) {
         let mut next = Some(first);
         let mut written = 0;
         while let Some(out) = next.take() {
-            let packet = match out {
+            match out {
                 RelayOut::Data(relay_id, datagram) => {
-                    Packet::RelayData(PacketRelayData { relay_id, datagram })
+                    encode_relay_data(&relay_id, &datagram, self.framed.write_buffer_mut());
                 }
-                RelayOut::Closed(relay_id, reason) => Packet::RelayClose(PacketRelayClose {
-                    relay_id,
-                    reason: reason.to_owned(),
-                }),
-            };
-            self.scratch.clear();
-            packet.encode(&mut self.scratch);
-            self.framed
-                .write_buffer_mut()
-                .extend_from_slice(&self.scratch);
+                RelayOut::Closed(relay_id, reason) => {
+                    let packet = Packet::RelayClose(PacketRelayClose {
+                        relay_id,
+                        reason: reason.to_owned(),
+                    });
+                    self.scratch.clear();
+                    packet.encode(&mut self.scratch);
+                    self.framed
+                        .write_buffer_mut()
+                        .extend_from_slice(&self.scratch);
+                }
+            }
             written += 1;
             if written < RELAY_BATCH {
                 next = self.relay_rx.as_mut().and_then(|rx| rx.try_recv().ok());

@@ -46,13 +46,14 @@ pub(crate) fn binaries(bin_dir: Option<&Path>) -> Result<Binaries, BenchError> {
     Binaries::locate(bin_dir).map_err(lab_err)
 }
 
-/// Starts the real server in the lab (see [`LabServer`]).
+/// Starts the real server in the lab (see [`LabServer`]), with `extra` arguments.
 pub(crate) fn start_server(
     bins: &Binaries,
     host: &Host,
     dir: &Path,
+    extra: &[&str],
 ) -> Result<LabServer, BenchError> {
-    LabServer::start(bins, host, dir).map_err(|e| BenchError::Tool {
+    LabServer::start_with(bins, host, dir, extra).map_err(|e| BenchError::Tool {
         tool: "chatr-server".into(),
         reason: e.to_string(),
     })
@@ -419,7 +420,7 @@ pub fn punch_time(args: &PunchArgs) -> Result<PunchReport, BenchError> {
     let _guard = crate::lab::exclusive();
     let mut lab = Lab::new().map_err(lab_err)?;
     let srv = lab.add_public_host("srv").map_err(lab_err)?;
-    let server = start_server(&bins, &srv, &work.path().join("server"))?;
+    let server = start_server(&bins, &srv, &work.path().join("server"), &[])?;
     let link = LinkCondition::delay_ms(args.delay_ms / 2);
     let input = work.path().join("input");
     write_pattern(&input, 1024)?;

@@ -1333,7 +1333,14 @@ pub fn run(args: &ThroughputArgs) -> Result<ThroughputReport, BenchError> {
     let _guard = crate::lab::exclusive();
     let mut lab = Lab::new().map_err(lab_err)?;
     let srv = lab.add_public_host("srv").map_err(lab_err)?;
-    let server = start_server(&bins, &srv, &work.join("server"))?;
+    // The relay's byte-rate limits are an operator's policy (100 MiB/s per client by
+    // default); iroh's relay has none, so both relays are measured unlimited.
+    let server = start_server(
+        &bins,
+        &srv,
+        &work.join("server"),
+        &["--relay-client-rate", "0", "--relay-total-rate", "0"],
+    )?;
     let relay = match &iroh_bin {
         Some(bin) => {
             let dir = work.join("iroh");

@@ -31,6 +31,16 @@ impl LabServer {
         host: &Host,
         data_dir: &Path,
     ) -> Result<LabServer, MatrixError> {
+        Self::start_with(binaries, host, data_dir, &[])
+    }
+
+    /// As [`LabServer::start`], with `extra` appended to `chatr-server serve`'s arguments.
+    pub fn start_with(
+        binaries: &Binaries,
+        host: &Host,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Result<LabServer, MatrixError> {
         std::fs::create_dir_all(data_dir)
             .map_err(io_err(format!("creating {}", data_dir.display())))?;
         let ready = data_dir.join("ready.json");
@@ -55,6 +65,7 @@ impl LabServer {
             .arg(&ready)
             // Every pair registers and looks up keys; same-lan peers share one public IP.
             .args(["--api-rate", "1000", "--api-burst", "1000"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
