@@ -6,6 +6,8 @@ mod session_support;
 
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWriteExt as _};
+
 use chatr_client::link::pipe::{PipeReport, run_pipe};
 use chatr_client::link::{PeerLink, StreamKind};
 use chatr_client::path::{PathClass, PathId, PathPolicy, RelayVia};
@@ -75,6 +77,18 @@ impl Pair {
     /// Pipes `len` bytes alice → bob (and a short reply back); checks both SHA-256s.
     async fn pipe(&self, len: usize, limit: Duration) -> PipeReport {
         let data = pattern(len, 7);
+        self.pipe_from(&data, std::io::Cursor::new(data.clone()), limit)
+            .await
+    }
+
+    /// Pipes what `input` yields (which must be `data`) alice → bob, as [`Pair::pipe`].
+    async fn pipe_from(
+        &self,
+        data: &[u8],
+        input: impl AsyncRead + Unpin,
+        limit: Duration,
+    ) -> PipeReport {
+        let len = data.len();
         let reply = pattern(999, 9);
         let bob_link = self.bob_link.clone();
         let reply2 = reply.clone();
@@ -89,13 +103,10 @@ impl Pair {
         });
         let stream = self.alice_link.open(StreamKind::Pipe).await.unwrap();
         let mut back: Vec<u8> = Vec::new();
-        let report = tokio::time::timeout(
-            limit,
-            run_pipe(stream, std::io::Cursor::new(data.clone()), &mut back),
-        )
-        .await
-        .expect("pipe timed out")
-        .unwrap();
+        let report = tokio::time::timeout(limit, run_pipe(stream, input, &mut back))
+            .await
+            .expect("pipe timed out")
+            .unwrap();
         assert!(report.delivered);
         assert_eq!(report.sent, len as u64);
         assert_eq!(back, reply);
@@ -105,7 +116,7 @@ impl Pair {
             .unwrap();
         assert!(bob_report.delivered);
         assert_eq!(received.len(), len);
-        assert_eq!(sha256(&received), sha256(&data));
+        assert_eq!(sha256(&received), sha256(data));
         report
     }
 }
@@ -159,6 +170,7 @@ async fn a_pipe_survives_a_hundred_forced_path_switches() {
     let before = pair.server.handle.metrics().relay_totals();
     let done = tokio_util::sync::CancellationToken::new();
     let stop = done.clone();
+    let (switched, mut switches) = tokio::sync::watch::channel(0usize);
     let switcher = tokio::spawn(async move {
         let (a, b) = (cycle(alice_direct), cycle(bob_direct));
         let mut forced = 0usize;
@@ -167,11 +179,30 @@ async fn a_pipe_survives_a_hundred_forced_path_switches() {
             assert!(alice_paths.pin(Some(a[forced % 4])).await);
             assert!(bob_paths.pin(Some(b[(forced + 1) % 4])).await);
             forced += 1;
+            switched.send_replace(forced);
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
         (forced, alice_paths, bob_paths)
     });
-    pair.pipe(50 * 1024 * 1024, Duration::from_secs(240)).await;
+    // The input is released a slice per forced switch, so the pipe spans 200 switches
+    // however fast the link moves the data (a fast link once finished within 81).
+    const LEN: usize = 50 * 1024 * 1024;
+    const SLICE: usize = LEN / 200;
+    let data = pattern(LEN, 7);
+    let (mut feed, input) = tokio::io::duplex(SLICE);
+    let slices = data.clone();
+    let feeder = tokio::spawn(async move {
+        for slice in slices.chunks(SLICE) {
+            feed.write_all(slice).await.unwrap();
+            switches
+                .changed()
+                .await
+                .expect("the switcher runs until the pipe ends");
+        }
+        feed.shutdown().await.unwrap();
+    });
+    pair.pipe_from(&data, input, Duration::from_secs(240)).await;
+    feeder.await.unwrap();
     done.cancel();
     let (forced, alice_paths, bob_paths) = switcher.await.unwrap();
     let (a, b) = (alice_paths.current(), bob_paths.current());

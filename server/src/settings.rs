@@ -593,7 +593,7 @@ mod tests {
             cluster_node_name = "n1"
             cluster_subject_prefix = "c1"
             cluster_claims_bucket = "b1"
-            cluster_request_timeout = "750ms"
+            cluster_request_timeout = "600ms"
             cluster_claim_ttl = "10m"
             cluster_heartbeat = "2s"
             cluster_nats_ca = "nats-ca.pem"
@@ -710,7 +710,7 @@ mod tests {
             "--cluster-node-name=n1",
             "--cluster-subject-prefix=c1",
             "--cluster-claims-bucket=b1",
-            "--cluster-request-timeout=750ms",
+            "--cluster-request-timeout=600ms",
             "--cluster-claim-ttl=10m",
             "--cluster-heartbeat=2s",
             "--cluster-nats-ca=nats-ca.pem",
@@ -770,7 +770,7 @@ mod tests {
             assert_eq!(k.node_name.as_deref(), Some("n1"));
             assert_eq!(k.subject_prefix, "c1");
             assert_eq!(k.claims_bucket, "b1");
-            assert_eq!(k.request_timeout, Duration::from_millis(750));
+            assert_eq!(k.request_timeout, Duration::from_millis(600));
             assert_eq!(k.claim_ttl, Duration::from_secs(600));
             assert_eq!(k.heartbeat, Duration::from_secs(2));
             assert_eq!(k.nats_ca.as_deref(), Some(Path::new("nats-ca.pem")));

@@ -228,6 +228,10 @@ pub struct ClusterConfig {
     /// Name of the JetStream key-value bucket holding the session claims.
     pub claims_bucket: String,
     /// Longest a cross-node request (forward, probe, binding) waits for its answer.
+    ///
+    /// A request that reaches a node in the instant it dies (before NATS has seen its
+    /// connection close) is lost with it and waits all of this, so the default stays
+    /// under the 1 s in which a dead node's UUIDs must read offline.
     pub request_timeout: Duration,
     /// A claim not refreshed for this long expires (the bucket's max age); nodes
     /// refresh theirs at a quarter of it.
@@ -247,7 +251,7 @@ impl Default for ClusterConfig {
             node_name: None,
             subject_prefix: "chatr".to_owned(),
             claims_bucket: "chatr_sessions".to_owned(),
-            request_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_millis(750),
             claim_ttl: Duration::from_secs(3600),
             heartbeat: Duration::from_secs(1),
             nats_ca: None,

@@ -205,7 +205,7 @@ impl ClusterReport {
         g.row(vec![
             "hung node: its UUIDs offline within 15 s".into(),
             format!(
-                "answered (Denied after the 1 s request time-out) from {} ms; at once from {} ms",
+                "answered (Denied after the cross-node request time-out) from {} ms; at once from {} ms",
                 ms(f.hung_first_answer),
                 ms(f.hung_offline)
             ),
