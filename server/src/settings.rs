@@ -653,7 +653,7 @@ mod tests {
                 ("CHATR_CLUSTER_NODE_NAME", "n1"),
                 ("CHATR_CLUSTER_SUBJECT_PREFIX", "c1"),
                 ("CHATR_CLUSTER_CLAIMS_BUCKET", "b1"),
-                ("CHATR_CLUSTER_REQUEST_TIMEOUT", "750ms"),
+                ("CHATR_CLUSTER_REQUEST_TIMEOUT", "600ms"),
                 ("CHATR_CLUSTER_CLAIM_TTL", "10m"),
                 ("CHATR_CLUSTER_HEARTBEAT", "2s"),
                 ("CHATR_CLUSTER_NATS_CA", "nats-ca.pem"),

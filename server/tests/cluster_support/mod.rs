@@ -357,13 +357,20 @@ pub async fn eventually(patience: Duration, what: &str, mut check: impl FnMut() 
 pub async fn wait_meshed(nodes: &[&Node]) {
     let want = nodes.len() - 1;
     for node in nodes {
-        let addr = node.handle.api_addr();
-        let _ = addr;
-        eventually(Duration::from_secs(30), "nodes hearing each other", || {
-            node.handle
-                .cluster_health()
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let health = node.handle.cluster_health();
+            if health
+                .as_ref()
                 .is_some_and(|h| h.connected && h.claims_ok && h.peers.len() >= want)
-        })
-        .await;
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nodes did not hear each other within 30 s (want {want} peers): {health:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

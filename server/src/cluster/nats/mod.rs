@@ -603,7 +603,8 @@ impl NatsCluster {
     }
 
     /// Opens the bucket and reconciles on every (re)connect; retries unconfirmed
-    /// claims every [`RETRY_UNCONFIRMED`]; refreshes all claims every quarter TTL.
+    /// claims, and a bucket that did not open, every [`RETRY_UNCONFIRMED`]; refreshes
+    /// all claims every quarter TTL.
     async fn keep_claims(self, shutdown: CancellationToken) {
         let refresh_every = (self.inner.config.claim_ttl / 4).max(Duration::from_secs(1));
         let mut next_refresh = tokio::time::Instant::now() + refresh_every;
@@ -620,7 +621,11 @@ impl NatsCluster {
                 }
                 _ = retry.tick() => {
                     let pending = self.inner.claims.iter().any(|c| c.revision.is_none());
-                    if !pending && tokio::time::Instant::now() < next_refresh {
+                    // A bucket that failed to open (JetStream still starting, a slow
+                    // answer) is retried too: else a node with no sessions would read
+                    // "claims unavailable" until its next refresh, a quarter TTL away.
+                    let unopened = self.bucket().is_none();
+                    if !pending && !unopened && tokio::time::Instant::now() < next_refresh {
                         continue;
                     }
                     tokio::time::Instant::now() >= next_refresh
