@@ -18,8 +18,9 @@
 //! **Mesh.** Every member dials every other current member it has no session with: at
 //! once when told it is present (`Present`, `WhoReply`, server presence), else on a
 //! backed-off timer. With sessions up it dials only members with a higher UUID (the
-//! lower side of a pair dials, so two members rarely dial each other at once); with no
-//! session at all it dials everyone.
+//! lower side of a pair dials, so two members rarely dial each other at once), and its
+//! own invitees that nobody reports here (they may not know the room yet, so they
+//! dial no one); with no session at all it dials everyone.
 //!
 //! **Delivery.** A message is `(sender, epoch, seq)`, signed by the sender, and sent by
 //! it on every session. A receiver delivers seq `n` of an epoch only after `n − 1`,
@@ -1014,6 +1015,18 @@ impl RoomMachine {
         self.schedule_dials(now);
     }
 
+    /// Whether `member` may not know the room exists: we invited it and nobody says it
+    /// is here. An invitee with nothing stored learns of the room only when a member
+    /// reaches it, and it never dials anyone, so its inviter keeps dialling it whatever
+    /// their UUIDs; once others see it here, the lower UUID of each pair dials again.
+    fn may_not_know_the_room(&self, member: &super::membership::Member) -> bool {
+        member.invited_by == self.me
+            && self
+                .present
+                .get(&member.uuid)
+                .is_none_or(|via| via.is_empty())
+    }
+
     fn dial_soon(&mut self, now: Instant, peer: Uuid) {
         let first = self.config.dial_backoff;
         let d = self.dials.entry(peer).or_insert(Dial {
@@ -1038,9 +1051,9 @@ impl RoomMachine {
         let wanted: Vec<Uuid> = self
             .membership
             .current()
+            .filter(|m| m.uuid != self.me && !self.has_session_with(&m.uuid))
+            .filter(|m| lonely || self.me < m.uuid || self.may_not_know_the_room(m))
             .map(|m| m.uuid)
-            .filter(|u| *u != self.me && !self.has_session_with(u))
-            .filter(|u| lonely || self.me < *u)
             .collect();
         let first = self.config.dial_backoff;
         self.dials.retain(|u, d| wanted.contains(u) || d.in_flight);

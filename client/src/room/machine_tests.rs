@@ -22,6 +22,8 @@ struct Net {
     next_stream: StreamId,
     cut: BTreeSet<(usize, usize)>,
     config: RoomConfig,
+    /// Every dial made: (dialler index, dialled member, when).
+    dialled: Vec<(usize, Uuid, Instant)>,
 }
 
 fn uuid(n: usize) -> Uuid {
@@ -31,6 +33,11 @@ fn uuid(n: usize) -> Uuid {
 impl Net {
     /// `n` people; member 0 creates the room and invites the first `invited` others.
     fn new(n: usize, invited: usize) -> (Self, Vec<Record>) {
+        Self::with_uuids(n, invited, uuid)
+    }
+
+    /// As [`Net::new`], with member `i`'s UUID `uuid_of(i)`.
+    fn with_uuids(n: usize, invited: usize, uuid_of: fn(usize) -> Uuid) -> (Self, Vec<Record>) {
         let config = RoomConfig {
             keepalive: Duration::from_secs(3),
             dial_backoff: Duration::from_millis(500),
@@ -40,7 +47,7 @@ impl Net {
         let people: Vec<(Uuid, SigningKey)> = (0..n)
             .map(|i| {
                 (
-                    uuid(i),
+                    uuid_of(i),
                     SigningKey::from_bytes(&[u8::try_from(i + 1).unwrap(); 32]),
                 )
             })
@@ -81,6 +88,7 @@ impl Net {
                 next_stream: 1,
                 cut: BTreeSet::new(),
                 config,
+                dialled: Vec::new(),
             },
             records,
         )
@@ -175,6 +183,7 @@ impl Net {
             }
         }
         for peer in dials {
+            self.dialled.push((i, peer, now));
             let j = self.index_of(peer);
             let reachable =
                 !self.is_cut(i, j) && !self.members[j].crashed && self.members[j].machine.is_some();
@@ -250,6 +259,50 @@ impl Net {
     fn saw(&self, i: usize, pred: impl Fn(&RoomEvent) -> bool) -> bool {
         self.members[i].events.iter().any(pred)
     }
+}
+
+/// An invitee with nothing stored knows no room and dials no one: only a member that
+/// reaches it lets it join. Its inviter must keep dialling it even when the invitee's
+/// UUID is the lower one and the inviter already has other sessions (a 16-member mesh
+/// on loopback once left the creator's lower-UUID invitees out for good: each was
+/// offline at the creator's first dial, and the creator then dialled only higher UUIDs).
+#[test]
+fn an_inviter_keeps_dialling_invitees_that_may_not_know_the_room() {
+    // The creator has the highest UUID; both invitees are lower.
+    let (mut net, records) = Net::with_uuids(3, 2, |i| {
+        Uuid::from_bytes([u8::try_from(10 - i).unwrap(); 16])
+    });
+    net.start(0, &records);
+    net.start(1, &records);
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.here(0), 1, "the creator and member 1 have a session");
+    // Member 2 is not running yet: it stands for an invitee that knows nothing.
+    let since = net.now;
+    let lower = net.members[2].uuid;
+    net.run_for(Duration::from_secs(10));
+    let redials = net
+        .dialled
+        .iter()
+        .filter(|(i, peer, at)| *i == 0 && *peer == lower && *at > since)
+        .count();
+    assert!(
+        redials >= 3,
+        "the creator dialled its lower-UUID invitee {redials} times in 10 s"
+    );
+    // Member 2 comes up (in this simulation with the records; the redial reaches it).
+    net.start(2, &records);
+    net.run_for(Duration::from_secs(5));
+    assert_eq!(net.here(0), 2);
+    assert_eq!(net.here(2), 2);
+    // Now that others see it here, the creator stops dialling it on its own account.
+    let settled = net.now;
+    net.run_for(Duration::from_secs(10));
+    assert!(
+        !net.dialled
+            .iter()
+            .any(|(i, peer, at)| *i == 0 && *peer == lower && *at > settled),
+        "no dials while the session holds"
+    );
 }
 
 fn texts(prefix: &str, n: usize) -> Vec<String> {
