@@ -444,15 +444,10 @@ where
                     encode_relay_data(&relay_id, &datagram, self.framed.write_buffer_mut());
                 }
                 RelayOut::Closed(relay_id, reason) => {
-                    let packet = Packet::RelayClose(PacketRelayClose {
+                    self.queue_packet(&Packet::RelayClose(PacketRelayClose {
                         relay_id,
                         reason: reason.to_owned(),
-                    });
-                    self.scratch.clear();
-                    packet.encode(&mut self.scratch);
-                    self.framed
-                        .write_buffer_mut()
-                        .extend_from_slice(&self.scratch);
+                    }));
                 }
             }
             written += 1;
@@ -460,6 +455,15 @@ where
                 next = self.relay_rx.as_mut().and_then(|rx| rx.try_recv().ok());
             }
         }
+    }
+
+    /// Appends `packet`'s frame to the TLS write buffer (written out at the next flush).
+    fn queue_packet(&mut self, packet: &Packet) {
+        self.scratch.clear();
+        packet.encode(&mut self.scratch);
+        self.framed
+            .write_buffer_mut()
+            .extend_from_slice(&self.scratch);
     }
 
     /// The connection is gone (however it ended): lets the machine close, and does what
@@ -480,13 +484,7 @@ where
         let mut close = false;
         while let Some(action) = self.machine.poll_action() {
             match action {
-                Action::Send(packet) => {
-                    self.scratch.clear();
-                    packet.encode(&mut self.scratch);
-                    self.framed
-                        .write_buffer_mut()
-                        .extend_from_slice(&self.scratch);
-                }
+                Action::Send(packet) => self.queue_packet(&packet),
                 Action::Claim(claim) => {
                     let entry = self.entry(&claim);
                     let outcome = self.ctx.hub.claim(entry.clone());

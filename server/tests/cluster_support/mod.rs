@@ -343,11 +343,27 @@ pub async fn one_cluster_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
 
 /// Waits until `check` holds, polling; panics with `what` after `patience`.
 pub async fn eventually(patience: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    eventually_explained(patience, || {
+        if check() {
+            Ok(())
+        } else {
+            Err(format!("{what} did not happen"))
+        }
+    })
+    .await;
+}
+
+/// Waits until `check` returns `Ok`, polling; after `patience`, panics with the last
+/// reason it gave (what the state was, so a failure says which part was missing).
+pub async fn eventually_explained(
+    patience: Duration,
+    mut check: impl FnMut() -> Result<(), String>,
+) {
     let deadline = tokio::time::Instant::now() + patience;
-    while !check() {
+    while let Err(why) = check() {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{what} did not happen within {patience:?}"
+            "{why} within {patience:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -357,20 +373,19 @@ pub async fn eventually(patience: Duration, what: &str, mut check: impl FnMut() 
 pub async fn wait_meshed(nodes: &[&Node]) {
     let want = nodes.len() - 1;
     for node in nodes {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        eventually_explained(Duration::from_secs(30), || {
             let health = node.handle.cluster_health();
             if health
                 .as_ref()
                 .is_some_and(|h| h.connected && h.claims_ok && h.peers.len() >= want)
             {
-                break;
+                Ok(())
+            } else {
+                Err(format!(
+                    "nodes hearing each other ({want} peers each) did not happen: {health:?}"
+                ))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nodes did not hear each other within 30 s (want {want} peers): {health:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
     }
 }
