@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use chatr_client::link::pipe::run_pipe;
+use chatr_client::link::pipe::run_pipe_blocking;
 use chatr_client::link::{CloseCode, StreamKind};
 
 use chatr_client::TransferReport;
@@ -36,6 +36,16 @@ pub(crate) struct PipeArgs {
     /// is relayed (the NAT lab measures time-to-direct with it); 0 = do not wait
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     wait_direct: u64,
+}
+
+/// Our stdin and stdout as plain files (duplicated descriptors): read and written in
+/// whole blocks on threads of their own, without std's line buffering of stdout or
+/// tokio's copy of every byte.
+fn stdio_files() -> Result<(std::fs::File, std::fs::File), CliError> {
+    use std::os::fd::AsFd as _;
+    let stdin = std::io::stdin().as_fd().try_clone_to_owned()?;
+    let stdout = std::io::stdout().as_fd().try_clone_to_owned()?;
+    Ok((stdin.into(), stdout.into()))
 }
 
 /// How long the peer has to open the pipe stream once linked.
@@ -75,9 +85,10 @@ pub(crate) async fn run(g: &Globals, args: PipeArgs) -> Result<(), CliError> {
                 (link, stream)
             }
         };
+        let (stdin, stdout) = stdio_files()?;
         let began = std::time::Instant::now();
         let report = tokio::select! {
-            r = run_pipe(stream, tokio::io::stdin(), tokio::io::stdout()) => r.map_err(|e| CliError::Undelivered(format!("the pipe failed: {e}")))?,
+            r = run_pipe_blocking(stream, stdin, stdout) => r.map_err(|e| CliError::Undelivered(format!("the pipe failed: {e}")))?,
             _ = ctrl_c() => return Err(CliError::Undelivered("interrupted".into())),
         };
         let mut path = link.paths().map(|p| p.current()).unwrap_or_default();

@@ -6,9 +6,12 @@ mod link_support;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use chatr_client::link::pipe::{PipeCodec, PipeError, PipeFrame, PipeSummary, run_pipe};
-use chatr_client::link::{CloseCode, StreamKind};
-use link_support::{linked_pair, random_bytes, sha256};
+use chatr_client::link::pipe::PipeReport;
+use chatr_client::link::pipe::{
+    PipeCodec, PipeError, PipeFrame, PipeSummary, run_pipe, run_pipe_blocking,
+};
+use chatr_client::link::{CloseCode, LinkVersion, StreamKind};
+use link_support::{config, linked_pair, linked_pair_with, random_bytes, sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_util::codec::Encoder as _;
 
@@ -92,11 +95,129 @@ fn frame(f: PipeFrame) -> BytesMut {
     out
 }
 
+/// The summary a peer on a link of this build's version sends (BLAKE3 on `chatr/2`).
 fn summary_of(data: &[u8]) -> PipeSummary {
-    PipeSummary {
-        total: data.len() as u64,
-        sha256: sha256(data),
+    PipeSummary::of(LinkVersion::NEWEST, data)
+}
+
+/// Pipes `data` from the initiator to the responder of `pair`; the responder's report and
+/// output.
+async fn pipe_one_way(
+    pair: &link_support::Pair,
+    data: Vec<u8>,
+) -> (PipeReport, PipeReport, Vec<u8>) {
+    let responder = pair.responder.clone();
+    let receiver = tokio::spawn(async move {
+        let stream = responder.accept_stream().await.unwrap();
+        let mut output = Vec::new();
+        let report = run_pipe(stream, tokio::io::empty(), &mut output)
+            .await
+            .unwrap();
+        (report, output)
+    });
+    let stream = pair.initiator.open(StreamKind::Pipe).await.unwrap();
+    let report = run_pipe(stream, &data[..], tokio::io::sink())
+        .await
+        .unwrap();
+    let (peer_report, output) = receiver.await.unwrap();
+    (report, peer_report, output)
+}
+
+#[tokio::test]
+async fn peers_of_this_version_agree_on_chatr_2_and_its_blake3_checksum() {
+    let pair = linked_pair().await;
+    assert_eq!(pair.initiator.version(), LinkVersion::V2);
+    assert_eq!(pair.responder.version(), LinkVersion::V2);
+    // A summary with SHA-256 (what a chatr/1 peer would send) does not pass on chatr/2.
+    let mut raw = pair.initiator.open(StreamKind::Pipe).await.unwrap();
+    raw.write_all(&frame(PipeFrame::Data(Bytes::from_static(b"abc"))))
+        .await
+        .unwrap();
+    let sha = PipeSummary::of(LinkVersion::V1, b"abc");
+    assert_eq!(sha.checksum, sha256(b"abc"));
+    raw.write_all(&frame(PipeFrame::End(sha))).await.unwrap();
+    let stream = pair.responder.accept_stream().await.unwrap();
+    let result = run_pipe(stream, tokio::io::empty(), tokio::io::sink()).await;
+    assert!(
+        matches!(
+            result,
+            Err(PipeError::Corrupted {
+                received: 3,
+                sent: 3,
+                hash_ok: false
+            })
+        ),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_chatr_1_peer_and_a_chatr_2_peer_pipe_with_sha256() {
+    let mut old = config();
+    old.newest_version = LinkVersion::V1;
+    for (initiator, responder) in [(old.clone(), config()), (config(), old.clone())] {
+        let pair = linked_pair_with(initiator, responder).await;
+        assert_eq!(pair.initiator.version(), LinkVersion::V1);
+        assert_eq!(pair.responder.version(), LinkVersion::V1);
+        let data = random_bytes(300_000);
+        let (report, peer_report, output) = pipe_one_way(&pair, data.clone()).await;
+        assert!(report.delivered && peer_report.delivered);
+        assert_eq!(output, data);
     }
+    // What a chatr/1 peer checks is SHA-256: its END for "hi" is the PROTOCOL.md example.
+    assert_eq!(
+        hex::encode(PipeSummary::of(LinkVersion::V1, b"hi").checksum),
+        "8f434346648f6b96df89dda901c5176b10a6d83961dd3c1ac88b59b2dc327aa4"
+    );
+}
+
+/// A blocking writer into shared memory, like stdout opened as a file.
+#[derive(Clone, Default)]
+struct SharedOutput(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn blocking_input_and_output_threads_carry_both_directions() {
+    let pair = linked_pair().await;
+    let a_data = random_bytes(5 * 1024 * 1024 + 3);
+    let b_data = random_bytes(1024 * 1024 + 11);
+    let responder = pair.responder.clone();
+    let b_input = b_data.clone();
+    let b_output = SharedOutput::default();
+    let b_seen = b_output.clone();
+    let b_side = tokio::spawn(async move {
+        let stream = responder.accept_stream().await.unwrap();
+        run_pipe_blocking(stream, std::io::Cursor::new(b_input), b_output)
+            .await
+            .unwrap()
+    });
+    let stream = pair.initiator.open(StreamKind::Pipe).await.unwrap();
+    let a_output = SharedOutput::default();
+    let a_report = run_pipe_blocking(
+        stream,
+        std::io::Cursor::new(a_data.clone()),
+        a_output.clone(),
+    )
+    .await
+    .unwrap();
+    let b_report = b_side.await.unwrap();
+    assert!(a_report.delivered && b_report.delivered);
+    assert_eq!(
+        (a_report.sent, a_report.received),
+        (a_data.len() as u64, b_data.len() as u64)
+    );
+    // Everything was written out before the ACK that made the peer's report delivered.
+    assert_eq!(*a_output.0.lock().unwrap(), b_data);
+    assert_eq!(*b_seen.0.lock().unwrap(), a_data);
 }
 
 #[tokio::test]

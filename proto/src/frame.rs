@@ -18,7 +18,7 @@ use crate::writer::Writer;
 /// When the VarInt itself is not fully buffered, the bytes seen so far already bound the
 /// value: if no continuation could produce a length in `1..=MAX_FRAME`, the prefix is
 /// rejected at once instead of waiting.
-fn frame_header(buf: &[u8]) -> Result<(usize, usize), DecodeError> {
+pub(crate) fn frame_header(buf: &[u8]) -> Result<(usize, usize), DecodeError> {
     match decode_varint(buf) {
         Ok((len, used)) => {
             let body = usize::try_from(len).unwrap_or(usize::MAX);

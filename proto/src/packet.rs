@@ -199,8 +199,31 @@ pub struct PacketRelayData {
     /// The exchange's relay.
     pub relay_id: RelayId,
     /// The datagram, as the peer's UDP socket would have received it (1 to
-    /// [`MAX_RELAY_DATAGRAM`] bytes; the rest of the frame).
-    pub datagram: Vec<u8>,
+    /// [`MAX_RELAY_DATAGRAM`] bytes; the rest of the frame). The codec decodes it as a
+    /// slice of its read buffer, uncopied.
+    pub datagram: bytes::Bytes,
+}
+
+impl PacketRelayData {
+    /// Parses a `PacketRelayData` payload (after the opcode) into the relay id and where
+    /// the datagram lies in `payload`; the one parser behind both the slice decoder
+    /// (which copies the datagram) and the codec (which slices its buffer).
+    pub(crate) fn parse(
+        payload: &[u8],
+    ) -> Result<(RelayId, std::ops::Range<usize>), crate::DecodeError> {
+        let mut r = crate::reader::Reader::new(payload);
+        let id = r.array::<RELAY_ID_LEN>("PacketRelayData.relay_id")?;
+        let relay_id = RelayId::from_wire(id).ok_or(crate::DecodeError::InvalidRelayId {
+            field: "PacketRelayData.relay_id",
+        })?;
+        // The datagram is the rest of the frame, which MAX_FRAME already bounds.
+        if payload.len() == RELAY_ID_LEN {
+            return Err(crate::DecodeError::Truncated {
+                field: "PacketRelayData.datagram",
+            });
+        }
+        Ok((relay_id, RELAY_ID_LEN..payload.len()))
+    }
 }
 
 /// Opcode 0xA, both directions (version 3): a relay is over. From a client: it no

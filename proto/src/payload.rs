@@ -432,18 +432,15 @@ impl Payload for PacketRelayData {
     }
 
     fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
-        let id = r.array::<RELAY_ID_LEN>("PacketRelayData.relay_id")?;
-        let relay_id = RelayId::from_wire(id).ok_or(DecodeError::InvalidRelayId {
-            field: "PacketRelayData.relay_id",
-        })?;
-        // The datagram is the rest of the frame, which MAX_FRAME already bounds.
-        let datagram = r.remaining();
-        if datagram.is_empty() {
-            return Err(DecodeError::Truncated {
+        let payload = r.remaining();
+        let (relay_id, datagram) = PacketRelayData::parse(payload)?;
+        let datagram = r
+            .take(payload.len(), "PacketRelayData.datagram")?
+            .get(datagram)
+            .map(bytes::Bytes::copy_from_slice)
+            .ok_or(DecodeError::Truncated {
                 field: "PacketRelayData.datagram",
-            });
-        }
-        let datagram = r.take(datagram.len(), "PacketRelayData.datagram")?.to_vec();
+            })?;
         Ok(Self { relay_id, datagram })
     }
 }

@@ -124,7 +124,7 @@ fn any_packet() -> impl Strategy<Value = Packet> {
         )
             .prop_map(|(relay_id, datagram)| Packet::RelayData(PacketRelayData {
                 relay_id,
-                datagram
+                datagram: datagram.into(),
             })),
         (any_relay_id(), ".{0,250}").prop_map(|(relay_id, reason)| Packet::RelayClose(
             PacketRelayClose { relay_id, reason }

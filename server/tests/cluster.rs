@@ -423,7 +423,7 @@ async fn link_hints_and_relays_cross_nodes_as_on_one_node() {
     // TLS: B's PacketRelayData reaches A (who last sent over UDP) over UDP ...
     b.send(Packet::RelayData(PacketRelayData {
         relay_id: relay,
-        datagram: b"\x42tls".to_vec(),
+        datagram: b"\x42tls".to_vec().into(),
     }))
     .await
     .unwrap();
@@ -440,7 +440,7 @@ async fn link_hints_and_relays_cross_nodes_as_on_one_node() {
         Packet::RelayData(data) => {
             assert_eq!(
                 (data.relay_id, data.datagram),
-                (relay, b"\x41to-tls".to_vec())
+                (relay, bytes::Bytes::from_static(b"\x41to-tls"))
             );
         }
         other => panic!("B expected RelayData, got {other:?}"),

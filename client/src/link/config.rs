@@ -28,6 +28,11 @@ pub struct LinkConfig {
     /// from an address the path manager has not learned yet is a copy of one that also
     /// comes through a known path. Default `false`.
     pub virtual_only: bool,
+    /// The newest peer-link revision this side offers in ALPN (see
+    /// [`LinkVersion`](super::LinkVersion)); a link runs the newest both sides offer.
+    /// Lower it only to talk like an older build (tests of mixed versions). Default
+    /// [`LinkVersion::NEWEST`](super::LinkVersion::NEWEST).
+    pub newest_version: super::LinkVersion,
 }
 
 /// Upper bound on the keep-alive interval: most NATs drop an idle UDP mapping after 30 s or
@@ -43,6 +48,7 @@ impl Default for LinkConfig {
             control_queue: 256,
             max_streams: 32,
             virtual_only: false,
+            newest_version: super::LinkVersion::NEWEST,
         }
     }
 }

@@ -135,6 +135,9 @@ struct RecentDelivery {
     current: (Instant, u64),
     /// Finished buckets within [`KEEP`], oldest first: (start, bytes).
     past: VecDeque<(Instant, u64)>,
+    /// The bytes of the best bucket in `past`, kept as buckets come and go (at most once a
+    /// [`BUCKET`]), because quinn asks for the window for every packet it sends.
+    past_best: u64,
     /// When the last ACK came.
     last_ack: Instant,
 }
@@ -144,6 +147,7 @@ impl RecentDelivery {
         RecentDelivery {
             current: (now, 0),
             past: VecDeque::new(),
+            past_best: 0,
             last_ack: now,
         }
     }
@@ -163,6 +167,7 @@ impl RecentDelivery {
             {
                 self.past.pop_front();
             }
+            self.past_best = self.past.iter().map(|&(_, bytes)| bytes).max().unwrap_or(0);
         }
         self.current.1 = self.current.1.saturating_add(bytes);
     }
@@ -177,12 +182,7 @@ impl RecentDelivery {
 
     /// The smallest window: the bytes of the best bucket (0 before any ACK).
     fn floor(&self) -> u64 {
-        self.past
-            .iter()
-            .map(|&(_, bytes)| bytes)
-            .chain([self.current.1])
-            .max()
-            .unwrap_or(0)
+        self.past_best.max(self.current.1)
     }
 }
 

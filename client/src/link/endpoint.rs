@@ -131,7 +131,7 @@ impl LinkEndpoint {
         let certified = rpk::certified_key(identity, &provider)?;
         let transport = Arc::new(transport_config(&config));
 
-        let server_tls = rpk::server_config(&provider, &certified)?;
+        let server_tls = rpk::server_config(&provider, &certified, config.newest_version)?;
         let server_quic = QuicServerConfig::try_from(server_tls).map_err(no_initial_suite)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_quic));
         server.transport_config(transport.clone());
@@ -209,7 +209,12 @@ impl LinkEndpoint {
         expected: VerifyingKey,
         measured: Option<Duration>,
     ) -> Result<PeerLink, LinkError> {
-        let (tls, seen) = rpk::client_config(&self.provider, &self.identity, expected)?;
+        let (tls, seen) = rpk::client_config(
+            &self.provider,
+            &self.identity,
+            expected,
+            self.config.newest_version,
+        )?;
         let quic = QuicClientConfig::try_from(tls).map_err(no_initial_suite)?;
         let mut client = quinn::ClientConfig::new(Arc::new(quic));
         let transport = match measured {

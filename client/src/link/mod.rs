@@ -39,6 +39,7 @@ pub mod rpk;
 pub mod socket;
 mod stream;
 pub mod transfer;
+mod version;
 
 pub use close_code::CloseCode;
 pub use config::LinkConfig;
@@ -49,6 +50,4 @@ pub use error::LinkError;
 pub use peer_link::PeerLink;
 pub use socket::{ControlRx, RawSender, Source, TlsOutgoing, TlsRelayPort, TlsRelayed};
 pub use stream::{LinkStream, StreamKind};
-
-/// The ALPN protocol identifier of a Chatr peer link.
-pub const ALPN: &[u8] = b"chatr/1";
+pub use version::LinkVersion;

@@ -9,6 +9,7 @@ use ed25519_dalek::VerifyingKey;
 use super::LinkError;
 use super::close_code::CloseCode;
 use super::stream::{LinkStream, StreamKind};
+use super::version::LinkVersion;
 
 /// A direct, mutually authenticated link to a peer.
 ///
@@ -20,6 +21,7 @@ use super::stream::{LinkStream, StreamKind};
 pub struct PeerLink {
     connection: quinn::Connection,
     peer: VerifyingKey,
+    version: LinkVersion,
     paths: Option<Arc<Paths>>,
 }
 
@@ -35,6 +37,7 @@ struct Paths {
 impl PeerLink {
     pub(crate) fn new(connection: quinn::Connection, peer: VerifyingKey) -> Self {
         Self {
+            version: LinkVersion::of(&connection),
             connection,
             peer,
             paths: None,
@@ -66,6 +69,11 @@ impl PeerLink {
         self.peer
     }
 
+    /// The peer-link revision both sides agreed on in the handshake.
+    pub fn version(&self) -> LinkVersion {
+        self.version
+    }
+
     /// The peer's address as QUIC knows it: for a link made by a
     /// [`crate::Client`], a stable virtual address whatever the path (see
     /// [`PeerLink::paths`] for the path itself).
@@ -88,7 +96,7 @@ impl PeerLink {
     pub async fn open(&self, kind: StreamKind) -> Result<LinkStream, LinkError> {
         let (mut send, recv) = self.connection.open_bi().await?;
         send.write_all(&[kind.to_byte()]).await?;
-        Ok(LinkStream::new(kind, send, recv))
+        Ok(LinkStream::new(kind, self.version, send, recv))
     }
 
     /// Waits for the next stream the peer opens and reads its kind. Streams of unknown kind
@@ -108,7 +116,7 @@ impl PeerLink {
             }
             let [byte] = kind;
             match StreamKind::from_byte(byte) {
-                Some(kind) => return Ok(LinkStream::new(kind, send, recv)),
+                Some(kind) => return Ok(LinkStream::new(kind, self.version, send, recv)),
                 None => {
                     tracing::debug!(kind = byte, "refusing a stream of unknown kind");
                     let _ = recv.stop(CloseCode::Refused.to_varint());

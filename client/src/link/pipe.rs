@@ -5,13 +5,17 @@
 //!
 //! ```text
 //! DATA  0x00 ‖ length: u32 BE (1..=65536) ‖ bytes
-//! END   0x01 ‖ total: u64 BE ‖ sha256: 32 bytes     (sender's input ended)
-//! ACK   0x02 ‖ total: u64 BE ‖ sha256: 32 bytes     (receiver wrote everything out)
+//! END   0x01 ‖ total: u64 BE ‖ checksum: 32 bytes   (sender's input ended)
+//! ACK   0x02 ‖ total: u64 BE ‖ checksum: 32 bytes   (receiver wrote everything out)
 //! ```
 //!
+//! The checksum is SHA-256 on a `chatr/1` link and BLAKE3 on a `chatr/2` link
+//! ([`LinkVersion`]): SHA-256 of the whole pipe was the largest cost of a fast pipe that
+//! was ours alone, and BLAKE3 costs a fraction of it (see BENCHMARKS.md).
+//!
 //! 1. A side sends `DATA` frames until its input reaches EOF, then one `END` with the byte
-//!    count and SHA-256 of everything it sent.
-//! 2. When a side receives `END`, it checks the count and hash against what it received,
+//!    count and checksum of everything it sent.
+//! 2. When a side receives `END`, it checks the count and checksum against what it received,
 //!    flushes its output, and answers with `ACK` (the count and hash it received), at once,
 //!    even while its own input is still open.
 //! 3. A side finishes its half of the stream after sending both `END` and `ACK`, and is done
@@ -19,6 +23,10 @@
 //!
 //! [`PipeReport::delivered`] is true only when the peer's `ACK` matches exactly what we sent,
 //! so a CLI can exit 0 only when every byte arrived and was written out.
+//!
+//! [`run_pipe`] works on any tokio reader and writer. [`run_pipe_blocking`] takes blocking
+//! ones (stdin and stdout as files) and runs each on a thread of its own that hands whole
+//! blocks across, which saves the copy tokio's stdio makes of every byte.
 
 use std::io;
 
@@ -30,6 +38,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use super::LinkError;
 use super::stream::{LinkStream, wait_delivered};
+use super::version::LinkVersion;
 
 /// Largest `DATA` payload.
 pub const MAX_PIPE_CHUNK: usize = 64 * 1024;
@@ -39,16 +48,25 @@ const TAG_END: u8 = 0x01;
 const TAG_ACK: u8 = 0x02;
 /// Tag + u32 length.
 const DATA_HEADER: usize = 5;
-/// Tag + u64 total + SHA-256.
+/// Tag + u64 total + 32-byte checksum.
 const SUMMARY_FRAME: usize = 1 + 8 + 32;
 
-/// Byte count and SHA-256 of one direction of a pipe.
+/// Byte count and checksum of one direction of a pipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PipeSummary {
     /// Number of bytes.
     pub total: u64,
-    /// SHA-256 of those bytes.
-    pub sha256: [u8; 32],
+    /// Checksum of those bytes: SHA-256 on a `chatr/1` link, BLAKE3 on `chatr/2`.
+    pub checksum: [u8; 32],
+}
+
+impl PipeSummary {
+    /// The summary a sender on a link of `version` sends for `data`.
+    pub fn of(version: LinkVersion, data: &[u8]) -> Self {
+        let mut tally = Tally::new(version);
+        tally.add(data);
+        tally.finish()
+    }
 }
 
 /// One frame of a pipe direction.
@@ -85,14 +103,14 @@ pub enum PipeError {
     #[error(
         "received data does not match what the peer sent: got {received} bytes, \
          the peer sent {sent}{}",
-        if *.hash_ok { "" } else { " (SHA-256 differs)" }
+        if *.hash_ok { "" } else { " (the checksum differs)" }
     )]
     Corrupted {
         /// Bytes we received.
         received: u64,
         /// Bytes the peer says it sent.
         sent: u64,
-        /// Whether the hashes agree.
+        /// Whether the checksums agree.
         hash_ok: bool,
     },
     /// Reading our input or writing our output failed.
@@ -109,8 +127,8 @@ pub struct PipeCodec;
 
 fn read_summary(frame: &[u8]) -> Option<PipeSummary> {
     let total = u64::from_be_bytes(*frame.get(1..9)?.first_chunk::<8>()?);
-    let sha256 = *frame.get(9..SUMMARY_FRAME)?.first_chunk::<32>()?;
-    Some(PipeSummary { total, sha256 })
+    let checksum = *frame.get(9..SUMMARY_FRAME)?.first_chunk::<32>()?;
+    Some(PipeSummary { total, checksum })
 }
 
 impl Decoder for PipeCodec {
@@ -191,7 +209,7 @@ impl Encoder<PipeFrame> for PipeCodec {
                 dst.reserve(SUMMARY_FRAME);
                 dst.put_u8(tag);
                 dst.put_u64(summary.total);
-                dst.put_slice(&summary.sha256);
+                dst.put_slice(&summary.checksum);
             }
         }
         Ok(())
@@ -205,35 +223,56 @@ pub struct PipeReport {
     pub sent: u64,
     /// Bytes we received from the peer and wrote to our output.
     pub received: u64,
-    /// Whether the peer confirmed receiving exactly what we sent (count and SHA-256).
+    /// Whether the peer confirmed receiving exactly what we sent (count and checksum).
     pub delivered: bool,
 }
 
-/// Running count and hash of a byte stream.
+/// The running checksum of one direction, as the link's version says.
+enum Checksum {
+    // Boxed, both: a future that holds a tally stays small (the BLAKE3 hasher keeps a
+    // stack of chaining values, about 1.9 KB).
+    Sha256(Box<digest::Context>),
+    Blake3(Box<blake3::Hasher>),
+}
+
+/// Running count and checksum of a byte stream. Fed whole blocks (up to a MiB), so BLAKE3
+/// hashes many 1 KiB chunks at once with SIMD.
 struct Tally {
     total: u64,
-    hash: digest::Context,
+    checksum: Checksum,
 }
 
 impl Tally {
-    fn new() -> Self {
-        Self {
-            total: 0,
-            hash: digest::Context::new(&digest::SHA256),
-        }
+    fn new(version: LinkVersion) -> Self {
+        let checksum = match version {
+            LinkVersion::V1 => Checksum::Sha256(Box::new(digest::Context::new(&digest::SHA256))),
+            _ => Checksum::Blake3(Box::default()),
+        };
+        Self { total: 0, checksum }
     }
 
     fn add(&mut self, bytes: &[u8]) {
         self.total += bytes.len() as u64;
-        self.hash.update(bytes);
+        match &mut self.checksum {
+            Checksum::Sha256(context) => context.update(bytes),
+            Checksum::Blake3(hasher) => {
+                hasher.update(bytes);
+            }
+        }
     }
 
     fn finish(self) -> PipeSummary {
-        let mut sha256 = [0u8; 32];
-        sha256.copy_from_slice(self.hash.finish().as_ref());
+        let checksum = match self.checksum {
+            Checksum::Sha256(context) => {
+                let mut out = [0u8; 32];
+                out.copy_from_slice(context.finish().as_ref());
+                out
+            }
+            Checksum::Blake3(hasher) => *hasher.finalize().as_bytes(),
+        };
         PipeSummary {
             total: self.total,
-            sha256,
+            checksum,
         }
     }
 }
@@ -243,14 +282,20 @@ impl Tally {
 /// so interactive input still goes out at once.
 const READ_BUF: usize = 1024 * 1024;
 
-/// Received payload is gathered up to this much before one write to the output, unless
-/// the stream has nothing more ready (then it is written at once).
-const WRITE_BUF: usize = 1024 * 1024;
+/// Received payload is gathered up to this much before it is checksummed and written
+/// out, unless the stream has nothing more ready (then it goes at once). Small enough
+/// that the block is still in the CPU's cache for the checksum and the write.
+const WRITE_BUF: usize = 256 * 1024;
+
+/// Blocks in flight between a pipe and the thread of a blocking reader or writer (of at
+/// most [`READ_BUF`] or [`WRITE_BUF`] each): a bound on the memory a slow side ties up.
+const THREAD_QUEUE: usize = 4;
 
 /// Runs a pipe on `stream`: `input` goes to the peer, the peer's bytes go to `output`.
 ///
 /// Returns when both directions are done: our input reached EOF and the peer acknowledged it,
-/// and the peer's input ended and we acknowledged it. Both sides of a pipe call this.
+/// and the peer's input ended and we acknowledged it. Both sides of a pipe call this (or
+/// [`run_pipe_blocking`]).
 pub async fn run_pipe<R, W>(
     stream: LinkStream,
     input: R,
@@ -260,10 +305,46 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let input = Input::Async {
+        reader: input,
+        buf: BytesMut::new(),
+    };
+    pipe(stream, input, Output::Async(output)).await
+}
+
+/// [`run_pipe`] over a blocking `input` and `output` (such as stdin and stdout opened as
+/// files), each driven by a thread of its own that passes whole blocks to the pipe.
+///
+/// A read that blocks forever (a terminal nobody types into) keeps its thread until the
+/// process exits; the pipe itself returns as soon as it is done.
+pub async fn run_pipe_blocking<R, W>(
+    stream: LinkStream,
+    input: R,
+    output: W,
+) -> Result<PipeReport, PipeError>
+where
+    R: io::Read + Send + 'static,
+    W: io::Write + Send + 'static,
+{
+    let input = Input::<tokio::io::Empty>::Thread(spawn_reader(input)?);
+    let output = Output::<tokio::io::Sink>::Thread(ThreadWriter::spawn(output)?);
+    pipe(stream, input, output).await
+}
+
+async fn pipe<R, W>(
+    stream: LinkStream,
+    input: Input<R>,
+    output: Output<W>,
+) -> Result<PipeReport, PipeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let version = stream.version();
     let (send, recv) = stream.into_split();
     let (ack_tx, ack_rx) = oneshot::channel();
-    let sending = send_half(send, input, ack_rx);
-    let receiving = receive_half(recv, output, ack_tx);
+    let sending = send_half(send, input, ack_rx, version);
+    let receiving = receive_half(recv, output, ack_tx, version);
     let (sent, (received, peer_ack)) = tokio::try_join!(sending, receiving)?;
     Ok(PipeReport {
         sent: sent.total,
@@ -283,17 +364,17 @@ fn summary_frame(frame: PipeFrame) -> Result<Bytes, PipeError> {
 /// finishes the stream after both. Returns the summary of what we sent.
 async fn send_half<R: AsyncRead + Unpin>(
     mut send: quinn::SendStream,
-    mut input: R,
+    mut input: Input<R>,
     mut ack_rx: oneshot::Receiver<PipeSummary>,
+    version: LinkVersion,
 ) -> Result<PipeSummary, PipeError> {
-    let mut tally = Tally::new();
+    let mut tally = Tally::new(version);
     let mut sent = None;
     let mut acked = false;
-    let mut buf = BytesMut::new();
     let mut frames = Vec::new();
     while sent.is_none() || !acked {
         tokio::select! {
-            read = read_some(&mut input, &mut buf), if sent.is_none() => {
+            read = input.next(), if sent.is_none() => {
                 match read? {
                     Some(data) => {
                         tally.add(&data);
@@ -302,7 +383,7 @@ async fn send_half<R: AsyncRead + Unpin>(
                         frames.clear();
                     }
                     None => {
-                        let summary = std::mem::replace(&mut tally, Tally::new()).finish();
+                        let summary = std::mem::replace(&mut tally, Tally::new(version)).finish();
                         let end = summary_frame(PipeFrame::End(summary))?;
                         send.write_chunk(end).await.map_err(LinkError::from)?;
                         sent = Some(summary);
@@ -325,19 +406,71 @@ async fn send_half<R: AsyncRead + Unpin>(
     sent.ok_or(PipeError::Protocol("unreachable: sent without END"))
 }
 
-/// Reads what `input` has, up to [`READ_BUF`]; `None` at EOF. Cancel-safe: `read_buf` only
-/// appends to `buf`, and what it appended is taken out only once the read completed.
-async fn read_some<R: AsyncRead + Unpin>(
-    input: &mut R,
-    buf: &mut BytesMut,
-) -> io::Result<Option<Bytes>> {
-    if buf.capacity() - buf.len() < READ_BUF / 2 {
-        buf.reserve(READ_BUF);
+/// Where a pipe's input comes from, one block at a time.
+enum Input<R> {
+    /// A tokio reader, read into `buf`.
+    Async { reader: R, buf: BytesMut },
+    /// Blocks a reader thread sends (see [`spawn_reader`]).
+    Thread(tokio::sync::mpsc::Receiver<io::Result<Bytes>>),
+}
+
+impl<R: AsyncRead + Unpin> Input<R> {
+    /// The next block of input, `None` at EOF. Cancel-safe: a tokio read only appends to
+    /// `buf` and what it appended is taken out once the read completed; a channel receive
+    /// loses nothing when dropped.
+    async fn next(&mut self) -> io::Result<Option<Bytes>> {
+        match self {
+            Input::Async { reader, buf } => {
+                if buf.capacity() - buf.len() < READ_BUF / 2 {
+                    buf.reserve(READ_BUF);
+                }
+                if reader.read_buf(buf).await? == 0 {
+                    return Ok(None);
+                }
+                Ok(Some(buf.split().freeze()))
+            }
+            // A closed channel: the thread ended after EOF (or after sending its error).
+            Input::Thread(blocks) => blocks.recv().await.transpose(),
+        }
     }
-    if input.read_buf(buf).await? == 0 {
-        return Ok(None);
-    }
-    Ok(Some(buf.split().freeze()))
+}
+
+/// Starts a thread that reads `input` in blocks of up to [`READ_BUF`] and sends them, then
+/// ends at EOF or after sending the first error.
+fn spawn_reader<R: io::Read + Send + 'static>(
+    mut input: R,
+) -> io::Result<tokio::sync::mpsc::Receiver<io::Result<Bytes>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(THREAD_QUEUE);
+    std::thread::Builder::new()
+        .name("pipe-input".into())
+        .spawn(move || {
+            // Safe code cannot read into spare capacity, so blocks are cut from a zeroed
+            // buffer (calloc: fresh pages come zeroed); a read overwrites what it uses.
+            let mut buf = BytesMut::new();
+            loop {
+                if buf.len() < READ_BUF / 2 {
+                    buf = BytesMut::zeroed(READ_BUF);
+                }
+                let read = loop {
+                    match input.read(&mut buf) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        other => break other,
+                    }
+                };
+                let sent = match read {
+                    Ok(0) => break,
+                    Ok(n) => tx.blocking_send(Ok(buf.split_to(n).freeze())),
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        break;
+                    }
+                };
+                if sent.is_err() {
+                    break; // The pipe is gone.
+                }
+            }
+        })?;
+    Ok(rx)
 }
 
 /// Cuts `data` into `DATA` frames, as chunks quinn queues without copying: a 5-byte
@@ -474,18 +607,104 @@ async fn next_chunk(
     }
 }
 
+/// Where a pipe's output goes, one block at a time.
+enum Output<W> {
+    /// A tokio writer.
+    Async(W),
+    /// A writer thread (see [`ThreadWriter`]).
+    Thread(ThreadWriter),
+}
+
+impl<W: AsyncWrite + Unpin> Output<W> {
+    async fn write(&mut self, block: Bytes) -> io::Result<()> {
+        match self {
+            Output::Async(writer) => writer.write_all(&block).await,
+            Output::Thread(writer) => writer.send(WriterJob::Write(block)).await,
+        }
+    }
+
+    /// Returns once everything written so far is out of our hands (in the kernel).
+    async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Output::Async(writer) => writer.flush().await,
+            Output::Thread(writer) => {
+                let (done_tx, done_rx) = oneshot::channel();
+                writer.send(WriterJob::Flush(done_tx)).await?;
+                match done_rx.await {
+                    Ok(result) => result,
+                    Err(_) => Err(writer.failure()),
+                }
+            }
+        }
+    }
+}
+
+/// What the writer thread is asked to do.
+enum WriterJob {
+    Write(Bytes),
+    Flush(oneshot::Sender<io::Result<()>>),
+}
+
+/// A thread that writes blocks to a blocking writer. It stops at the first error and
+/// keeps it for the pipe to report.
+struct ThreadWriter {
+    jobs: tokio::sync::mpsc::Sender<WriterJob>,
+    error: std::sync::Arc<std::sync::Mutex<Option<io::Error>>>,
+}
+
+impl ThreadWriter {
+    fn spawn<W: io::Write + Send + 'static>(mut output: W) -> io::Result<Self> {
+        let (jobs, mut rx) = tokio::sync::mpsc::channel::<WriterJob>(THREAD_QUEUE);
+        let error = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let failed = error.clone();
+        std::thread::Builder::new()
+            .name("pipe-output".into())
+            .spawn(move || {
+                while let Some(job) = rx.blocking_recv() {
+                    let result = match job {
+                        WriterJob::Write(block) => output.write_all(&block),
+                        WriterJob::Flush(done) => {
+                            let _ = done.send(output.flush());
+                            continue;
+                        }
+                    };
+                    if let Err(e) = result {
+                        if let Ok(mut slot) = failed.lock() {
+                            *slot = Some(e);
+                        }
+                        return;
+                    }
+                }
+                let _ = output.flush();
+            })?;
+        Ok(Self { jobs, error })
+    }
+
+    async fn send(&mut self, job: WriterJob) -> io::Result<()> {
+        self.jobs.send(job).await.map_err(|_| self.failure())
+    }
+
+    /// Why the thread stopped.
+    fn failure(&self) -> io::Error {
+        let kept = self.error.lock().ok().and_then(|mut slot| slot.take());
+        kept.unwrap_or_else(|| io::Error::other("the pipe's output thread stopped"))
+    }
+}
+
 /// Writes the peer's data to `output`; on `END` checks it, flushes and asks the sending half
 /// to `ACK`; records the peer's `ACK`. Returns bytes received and the peer's acknowledgement.
 ///
-/// Payload is gathered into writes of up to [`WRITE_BUF`]; whatever is gathered is written
-/// as soon as the stream has nothing more ready, so interactive data is never held back.
+/// Payload is gathered into blocks of up to [`WRITE_BUF`], each checksummed and written
+/// as a whole; whatever is gathered goes as soon as the stream has nothing more ready, so
+/// interactive data is never held back.
 async fn receive_half<W: AsyncWrite + Unpin>(
     mut recv: quinn::RecvStream,
-    mut output: W,
+    mut output: Output<W>,
     ack_tx: oneshot::Sender<PipeSummary>,
+    version: LinkVersion,
 ) -> Result<(u64, PipeSummary), PipeError> {
     let mut splitter = FrameSplitter::default();
-    let mut tally = Some(Tally::new());
+    let mut tally = Some(Tally::new(version));
     let mut received = 0u64;
     let mut ack_tx = Some(ack_tx);
     let mut peer_ack = None;
@@ -494,8 +713,7 @@ async fn receive_half<W: AsyncWrite + Unpin>(
         let chunk = match next_chunk(&mut recv, pending.is_empty()).await? {
             Some(Some(chunk)) => chunk,
             Some(None) => {
-                output.write_all(&pending).await?;
-                pending.clear();
+                write_block(&mut pending, tally.as_mut(), &mut output).await?;
                 continue;
             }
             None => break,
@@ -504,33 +722,30 @@ async fn receive_half<W: AsyncWrite + Unpin>(
         while let Some(piece) = splitter.next(&mut chunk)? {
             match piece {
                 Piece::Data(bytes) => {
-                    let Some(tally) = tally.as_mut() else {
+                    if tally.is_none() {
                         return Err(PipeError::Protocol("data after END"));
-                    };
-                    tally.add(&bytes);
-                    received = tally.total;
+                    }
+                    received += bytes.len() as u64;
                     if pending.is_empty() && pending.capacity() < WRITE_BUF {
                         pending.reserve(WRITE_BUF);
                     }
                     pending.extend_from_slice(&bytes);
                     if pending.len() >= WRITE_BUF {
-                        output.write_all(&pending).await?;
-                        pending.clear();
+                        write_block(&mut pending, tally.as_mut(), &mut output).await?;
                     }
                 }
                 Piece::End(claimed) => {
+                    write_block(&mut pending, tally.as_mut(), &mut output).await?;
                     let Some(done) = tally.take() else {
                         return Err(PipeError::Protocol("a second END"));
                     };
-                    output.write_all(&pending).await?;
-                    pending.clear();
                     output.flush().await?;
                     let got = done.finish();
                     if got != claimed {
                         return Err(PipeError::Corrupted {
                             received: got.total,
                             sent: claimed.total,
-                            hash_ok: got.sha256 == claimed.sha256,
+                            hash_ok: got.checksum == claimed.checksum,
                         });
                     }
                     if let Some(tx) = ack_tx.take() {
@@ -554,6 +769,20 @@ async fn receive_half<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Checksums the gathered payload and writes it out as one block (nothing if empty).
+async fn write_block<W: AsyncWrite + Unpin>(
+    pending: &mut BytesMut,
+    tally: Option<&mut Tally>,
+    output: &mut Output<W>,
+) -> io::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    if let Some(tally) = tally {
+        tally.add(pending);
+    }
+    output.write(pending.split().freeze()).await
+}
 #[cfg(test)]
 #[allow(clippy::indexing_slicing)]
 mod tests {
@@ -573,7 +802,7 @@ mod tests {
         );
         let summary = PipeSummary {
             total: 258,
-            sha256: [0xab; 32],
+            checksum: [0xab; 32],
         };
         let end = encode(PipeFrame::End(summary));
         assert_eq!(end.len(), SUMMARY_FRAME);
@@ -587,13 +816,18 @@ mod tests {
         // docs/PROTOCOL.md §11 "Pipe": DATA `hi`, then END for it.
         let data = encode(PipeFrame::Data(Bytes::from_static(b"hi")));
         assert_eq!(hex::encode(&data), "00000000026869");
-        let mut tally = Tally::new();
-        tally.add(b"hi");
-        let end = encode(PipeFrame::End(tally.finish()));
+        let end = encode(PipeFrame::End(PipeSummary::of(LinkVersion::V1, b"hi")));
         assert_eq!(
             hex::encode(&end),
             "010000000000000002\
              8f434346648f6b96df89dda901c5176b10a6d83961dd3c1ac88b59b2dc327aa4"
+        );
+        // The same END on a chatr/2 link: BLAKE3.
+        let end = encode(PipeFrame::End(PipeSummary::of(LinkVersion::V2, b"hi")));
+        assert_eq!(
+            hex::encode(&end),
+            "010000000000000002\
+             85052e9aab1b67b6622d94a08441b09fd5b7aca61ee360416d70de5da67d86ca"
         );
     }
 
@@ -601,7 +835,7 @@ mod tests {
     fn frames_round_trip_and_need_more_when_cut() {
         let summary = PipeSummary {
             total: 5,
-            sha256: [7; 32],
+            checksum: [7; 32],
         };
         for frame in [
             PipeFrame::Data(Bytes::from(vec![9u8; MAX_PIPE_CHUNK])),
@@ -704,7 +938,7 @@ mod tests {
     fn the_splitter_reads_frames_however_the_stream_is_cut() {
         let summary = PipeSummary {
             total: 70_000,
-            sha256: [3; 32],
+            checksum: [3; 32],
         };
         let payload: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
         let mut stream = BytesMut::new();
@@ -772,14 +1006,104 @@ mod tests {
 
     #[test]
     fn tally_matches_a_one_shot_digest() {
-        let mut tally = Tally::new();
-        tally.add(b"hello ");
-        tally.add(b"world");
-        let summary = tally.finish();
-        assert_eq!(summary.total, 11);
+        let mut v1 = Tally::new(LinkVersion::V1);
+        let mut v2 = Tally::new(LinkVersion::V2);
+        for tally in [&mut v1, &mut v2] {
+            tally.add(b"hello ");
+            tally.add(b"world");
+        }
+        let (v1, v2) = (v1.finish(), v2.finish());
+        assert_eq!((v1.total, v2.total), (11, 11));
         assert_eq!(
-            &summary.sha256[..],
+            &v1.checksum[..],
             digest::digest(&digest::SHA256, b"hello world").as_ref()
+        );
+        assert_eq!(v2.checksum, *blake3::hash(b"hello world").as_bytes());
+        // BLAKE3's published test vector for the empty input.
+        assert_eq!(
+            hex::encode(PipeSummary::of(LinkVersion::V2, b"").checksum),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+    }
+
+    /// A blocking writer that records what reaches it, or fails every write.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        got: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        broken: bool,
+    }
+
+    impl io::Write for Recorder {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.broken {
+                return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+            }
+            self.got.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_thread_writer_delivers_in_order_and_reports_the_first_error() {
+        let recorder = Recorder::default();
+        let mut out =
+            Output::<tokio::io::Sink>::Thread(ThreadWriter::spawn(recorder.clone()).unwrap());
+        for i in 0..50u8 {
+            out.write(Bytes::from(vec![i; 1000])).await.unwrap();
+        }
+        out.flush().await.unwrap();
+        let got = recorder.got.lock().unwrap().clone();
+        assert_eq!(got.len(), 50_000);
+        assert!(
+            got.chunks(1000)
+                .enumerate()
+                .all(|(i, c)| c.iter().all(|&b| b == i as u8))
+        );
+
+        let broken = Recorder {
+            broken: true,
+            ..Recorder::default()
+        };
+        let mut out = Output::<tokio::io::Sink>::Thread(ThreadWriter::spawn(broken).unwrap());
+        out.write(Bytes::from_static(b"x")).await.unwrap();
+        // The failed write surfaces at the latest on the flush, with its own kind.
+        let mut failure = out.flush().await.err();
+        for _ in 0..10 {
+            if failure.is_some() {
+                break;
+            }
+            failure = out.write(Bytes::from_static(b"y")).await.err();
+        }
+        assert_eq!(failure.map(|e| e.kind()), Some(io::ErrorKind::BrokenPipe));
+    }
+
+    #[tokio::test]
+    async fn the_thread_reader_passes_every_byte_then_eof_then_errors() {
+        let data: Vec<u8> = (0..3 * READ_BUF as u32 + 17)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let mut input =
+            Input::<tokio::io::Empty>::Thread(spawn_reader(io::Cursor::new(data.clone())).unwrap());
+        let mut got = Vec::new();
+        while let Some(block) = input.next().await.unwrap() {
+            assert!(!block.is_empty() && block.len() <= READ_BUF);
+            got.extend_from_slice(&block);
+        }
+        assert_eq!(got, data);
+
+        struct Failing;
+        impl io::Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::from(io::ErrorKind::PermissionDenied))
+            }
+        }
+        let mut input = Input::<tokio::io::Empty>::Thread(spawn_reader(Failing).unwrap());
+        assert_eq!(
+            input.next().await.err().map(|e| e.kind()),
+            Some(io::ErrorKind::PermissionDenied)
         );
     }
 }

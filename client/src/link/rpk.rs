@@ -13,7 +13,7 @@
 //!   by [`IncomingLink::accept`](super::IncomingLink::accept), which knows who the responder
 //!   agreed to talk to.
 //!
-//! Only ed25519 signatures, TLS 1.3, ALPN `chatr/1`, the ring provider, and no session
+//! Only ed25519 signatures, TLS 1.3, ALPN `chatr/2` or `chatr/1` (see `version`), the ring provider, and no session
 //! resumption (every link proves both keys afresh).
 
 use std::sync::{Arc, OnceLock};
@@ -33,7 +33,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DistinguishedName, Error as TlsError, SignatureScheme};
 
-use super::{ALPN, LinkError};
+use super::{LinkError, LinkVersion};
 
 /// DER prefix of an ed25519 `SubjectPublicKeyInfo` (RFC 8410): SEQUENCE { SEQUENCE { OID
 /// 1.3.101.112 }, BIT STRING (0 unused bits) }, followed by the 32 key bytes.
@@ -232,6 +232,7 @@ pub(crate) fn client_config(
     provider: &Arc<CryptoProvider>,
     identity: &Arc<CertifiedKey>,
     expected: VerifyingKey,
+    newest: LinkVersion,
 ) -> Result<(rustls::ClientConfig, SeenKey), LinkError> {
     let seen = SeenKey::default();
     let verifier = PinnedServerKey {
@@ -246,15 +247,17 @@ pub(crate) fn client_config(
         .with_client_cert_resolver(Arc::new(AlwaysResolvesClientRawPublicKeys::new(
             identity.clone(),
         )));
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = LinkVersion::offered(newest);
     config.resumption = Resumption::disabled();
     Ok((config, seen))
 }
 
-/// The responder's TLS config: our raw key, any client raw key, ALPN `chatr/1`.
+/// The responder's TLS config: our raw key, any client raw key, ALPN `chatr/2` or
+/// `chatr/1` (the first of ours the initiator offers: rustls picks by the server's order).
 pub(crate) fn server_config(
     provider: &Arc<CryptoProvider>,
     identity: &Arc<CertifiedKey>,
+    newest: LinkVersion,
 ) -> Result<rustls::ServerConfig, LinkError> {
     let verifier = AnyEd25519ClientKey {
         algorithms: provider.signature_verification_algorithms,
@@ -265,7 +268,7 @@ pub(crate) fn server_config(
         .with_cert_resolver(Arc::new(AlwaysResolvesServerRawPublicKeys::new(
             identity.clone(),
         )));
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = LinkVersion::offered(newest);
     // No tickets: a resumed session would skip proving the client key again.
     config.send_tls13_tickets = 0;
     Ok(config)

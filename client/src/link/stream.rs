@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::LinkError;
 use super::close_code::CloseCode;
+use super::version::LinkVersion;
 
 /// What a bidirectional stream carries; its byte is the first byte the opener sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,13 +60,30 @@ impl StreamKind {
 #[derive(Debug)]
 pub struct LinkStream {
     kind: StreamKind,
+    version: LinkVersion,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
 }
 
 impl LinkStream {
-    pub(crate) fn new(kind: StreamKind, send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
-        Self { kind, send, recv }
+    pub(crate) fn new(
+        kind: StreamKind,
+        version: LinkVersion,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    ) -> Self {
+        Self {
+            kind,
+            version,
+            send,
+            recv,
+        }
+    }
+
+    /// The link's protocol revision, which decides details of some stream kinds (the
+    /// pipe's checksum).
+    pub fn version(&self) -> LinkVersion {
+        self.version
     }
 
     /// What this stream carries.

@@ -17,7 +17,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use chatr_proto::codec::{CodecError, ConnectCodec, encode_relay_data};
+use chatr_proto::codec::{CodecError, ConnectCodec, encode_relay_data, make_room_for_relay_data};
 use chatr_proto::udp::UdpMessage;
 use chatr_proto::{DisconnectReason, Packet};
 use futures_util::future::BoxFuture;
@@ -406,6 +406,9 @@ impl<C: Connect> Driver<C> {
                         relayed = self.on_frame(&mut session, relaying, frame);
                         taken += 1;
                     }
+                    if relayed {
+                        make_room_for_relay_data(conn.read_buffer_mut());
+                    }
                 }
                 Some(cmd) = self.commands.recv() => {
                     let result = match &cmd {
@@ -451,9 +454,7 @@ impl<C: Connect> Driver<C> {
             // opaque data, not protocol state. A full queue drops them, as UDP would.
             Some(Ok(Packet::RelayData(data))) if relaying => {
                 if let Some(relay) = &self.relay {
-                    let _ = relay
-                        .incoming
-                        .try_send((data.relay_id, data.datagram.into()));
+                    let _ = relay.incoming.try_send((data.relay_id, data.datagram));
                 }
                 return true;
             }

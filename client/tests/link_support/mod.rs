@@ -46,10 +46,15 @@ pub struct Pair {
 
 /// Links two fresh endpoints (initiator connects, responder accepts the expected key).
 pub async fn linked_pair() -> Pair {
+    linked_pair_with(config(), config()).await
+}
+
+/// [`linked_pair`] with a config for each side.
+pub async fn linked_pair_with(initiator: LinkConfig, responder: LinkConfig) -> Pair {
     let initiator_key = identity();
     let responder_key = identity();
-    let (initiator_endpoint, initiator_control) = endpoint(&initiator_key);
-    let (responder_endpoint, responder_control) = endpoint(&responder_key);
+    let (initiator_endpoint, initiator_control) = endpoint_with(&initiator_key, initiator);
+    let (responder_endpoint, responder_control) = endpoint_with(&responder_key, responder);
     let responder_addr = responder_endpoint.local_addr().unwrap();
     let expected_initiator = initiator_key.verifying_key();
     let (initiator, responder) = tokio::join!(

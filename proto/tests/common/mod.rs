@@ -335,7 +335,7 @@ pub(crate) fn goldens() -> Vec<Golden> {
             hex: "0c 09 0102030405060708 41dead",
             packet: Packet::RelayData(PacketRelayData {
                 relay_id: RelayId([1, 2, 3, 4, 5, 6, 7, 8]),
-                datagram: vec![0x41, 0xde, 0xad],
+                datagram: vec![0x41, 0xde, 0xad].into(),
             }),
             // The datagram is the rest of the frame: any non-empty prefix is a datagram.
             valid_cuts: &[9, 10],

@@ -58,7 +58,7 @@ use crate::metrics::{Metrics, RelayCloseReason, RelayDrop, RelayOpenResult};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RelayOut {
     /// A relayed datagram for this session's client (`PacketRelayData`).
-    Data(RelayId, Vec<u8>),
+    Data(RelayId, bytes::Bytes),
     /// The relay is over (`PacketRelayClose`).
     Closed(RelayId, &'static str),
 }
@@ -261,7 +261,7 @@ impl Relay {
         &self,
         sender: &SessionShared,
         id: RelayId,
-        datagram: Vec<u8>,
+        datagram: bytes::Bytes,
         now: Instant,
     ) {
         let metrics = &self.inner.metrics;
@@ -376,7 +376,11 @@ impl Relay {
                     let to = 1 - from;
                     match self.target(&link, to) {
                         Ok(Target::Tls(queue)) => {
-                            self.push_tls(&queue, hop.id, hop.datagram.to_vec());
+                            self.push_tls(
+                                &queue,
+                                hop.id,
+                                bytes::Bytes::copy_from_slice(hop.datagram),
+                            );
                         }
                         Ok(Target::Udp(addr)) => self.send_udp_one(addr, hop.id, hop.datagram),
                         Ok(Target::Remote(node)) => {
@@ -399,7 +403,9 @@ impl Relay {
                     return None;
                 };
                 match self.local_target(&session, remote.via()) {
-                    Ok(Target::Tls(queue)) => self.push_tls(&queue, hop.id, hop.datagram.to_vec()),
+                    Ok(Target::Tls(queue)) => {
+                        self.push_tls(&queue, hop.id, bytes::Bytes::copy_from_slice(hop.datagram))
+                    }
                     Ok(Target::Udp(addr)) => self.send_udp_one(addr, hop.id, hop.datagram),
                     Ok(Target::Remote(_)) => metrics.relay_dropped(RelayDrop::PeerOffline),
                     Err(cause) => metrics.relay_dropped(cause),
@@ -426,7 +432,7 @@ impl Relay {
         }
     }
 
-    fn push_tls(&self, queue: &mpsc::Sender<RelayOut>, id: RelayId, datagram: Vec<u8>) {
+    fn push_tls(&self, queue: &mpsc::Sender<RelayOut>, id: RelayId, datagram: bytes::Bytes) {
         let len = datagram.len();
         match queue.try_send(RelayOut::Data(id, datagram)) {
             Ok(()) => self.inner.metrics.relay_forwarded(Transport::Tls, len),

@@ -156,7 +156,7 @@ fn forward_uniform(
         Ok(Target::Tls(queue)) => {
             for (start, end) in segments(len, stride) {
                 if let Some(inner) = batch.get(start + RELAY_HEADER_LEN..end) {
-                    relay.push_tls(&queue, id, inner.to_vec());
+                    relay.push_tls(&queue, id, bytes::Bytes::copy_from_slice(inner));
                 }
             }
             UdpForward::Done

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use chatr_proto::codec::{CodecError, ConnectCodec, encode_relay_data};
+use chatr_proto::codec::{CodecError, ConnectCodec, encode_relay_data, make_room_for_relay_data};
 use chatr_proto::{
     CHANNEL_BINDING_EXPORTER_LABEL, DisconnectReason, Packet, PacketRelayClose,
     UDP_BINDING_EXPORTER_LABEL,
@@ -404,6 +404,7 @@ where
             if !relayed || !self.machine.wants_packets() {
                 return;
             }
+            make_room_for_relay_data(self.framed.read_buffer_mut());
             match self.framed.next().now_or_never() {
                 Some(next) => frame = next,
                 None => return,

@@ -1223,7 +1223,7 @@ fn relay_packets_are_for_v3_sessions_only() {
     let relays = Arc::new(FakeRelays::default());
     let data = chatr_proto::PacketRelayData {
         relay_id: chatr_proto::RelayId([5; 8]),
-        datagram: vec![0x41, 1],
+        datagram: vec![0x41, 1].into(),
     };
     let close = chatr_proto::PacketRelayClose {
         relay_id: chatr_proto::RelayId([5; 8]),
