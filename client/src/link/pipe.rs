@@ -16,7 +16,7 @@
 //! 1. A side sends `DATA` frames until its input reaches EOF, then one `END` with the byte
 //!    count and checksum of everything it sent.
 //! 2. When a side receives `END`, it checks the count and checksum against what it received,
-//!    flushes its output, and answers with `ACK` (the count and hash it received), at once,
+//!    flushes its output, and answers with `ACK` (the count and checksum it received), at once,
 //!    even while its own input is still open.
 //! 3. A side finishes its half of the stream after sending both `END` and `ACK`, and is done
 //!    when the peer's half has ended too.
@@ -725,7 +725,6 @@ async fn receive_half<W: AsyncWrite + Unpin>(
                     if tally.is_none() {
                         return Err(PipeError::Protocol("data after END"));
                     }
-                    received += bytes.len() as u64;
                     if pending.is_empty() && pending.capacity() < WRITE_BUF {
                         pending.reserve(WRITE_BUF);
                     }
@@ -741,6 +740,7 @@ async fn receive_half<W: AsyncWrite + Unpin>(
                     };
                     output.flush().await?;
                     let got = done.finish();
+                    received = got.total;
                     if got != claimed {
                         return Err(PipeError::Corrupted {
                             received: got.total,
@@ -783,6 +783,7 @@ async fn write_block<W: AsyncWrite + Unpin>(
     }
     output.write(pending.split().freeze()).await
 }
+
 #[cfg(test)]
 #[allow(clippy::indexing_slicing)]
 mod tests {

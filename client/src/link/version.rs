@@ -24,24 +24,30 @@ impl LinkVersion {
     /// The newest revision this build speaks.
     pub const NEWEST: LinkVersion = LinkVersion::V2;
 
+    /// Every revision this build speaks, newest first (the order a side offers them in).
+    const KNOWN: [LinkVersion; 2] = [LinkVersion::V2, LinkVersion::V1];
+
+    /// The ALPN protocol identifier of this revision, as text.
+    fn name(self) -> &'static str {
+        match self {
+            LinkVersion::V1 => "chatr/1",
+            LinkVersion::V2 => "chatr/2",
+        }
+    }
+
     /// The ALPN protocol identifier of this revision.
     pub fn alpn(self) -> &'static [u8] {
-        match self {
-            LinkVersion::V1 => b"chatr/1",
-            LinkVersion::V2 => b"chatr/2",
-        }
+        self.name().as_bytes()
     }
 
     /// The revision an ALPN identifier names, if this build knows it.
     pub fn from_alpn(alpn: &[u8]) -> Option<Self> {
-        [LinkVersion::V2, LinkVersion::V1]
-            .into_iter()
-            .find(|v| v.alpn() == alpn)
+        Self::KNOWN.into_iter().find(|v| v.alpn() == alpn)
     }
 
     /// The ALPN list a side offers: every revision up to `newest`, newest first.
     pub(crate) fn offered(newest: LinkVersion) -> Vec<Vec<u8>> {
-        [LinkVersion::V2, LinkVersion::V1]
+        Self::KNOWN
             .into_iter()
             .filter(|v| *v <= newest)
             .map(|v| v.alpn().to_vec())
@@ -62,7 +68,7 @@ impl LinkVersion {
 
 impl std::fmt::Display for LinkVersion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&String::from_utf8_lossy(self.alpn()))
+        f.write_str(self.name())
     }
 }
 
