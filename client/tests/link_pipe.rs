@@ -185,6 +185,15 @@ impl std::io::Write for SharedOutput {
     }
 }
 
+/// A temporary file holding `data`, read from its start (the blocking pipe reads a descriptor).
+fn file_with(data: &[u8]) -> std::fs::File {
+    use std::io::{Seek as _, Write as _};
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(data).unwrap();
+    file.rewind().unwrap();
+    file
+}
+
 #[tokio::test]
 async fn blocking_input_and_output_threads_carry_both_directions() {
     let pair = linked_pair().await;
@@ -196,19 +205,15 @@ async fn blocking_input_and_output_threads_carry_both_directions() {
     let b_seen = b_output.clone();
     let b_side = tokio::spawn(async move {
         let stream = responder.accept_stream().await.unwrap();
-        run_pipe_blocking(stream, std::io::Cursor::new(b_input), b_output)
+        run_pipe_blocking(stream, file_with(&b_input), b_output)
             .await
             .unwrap()
     });
     let stream = pair.initiator.open(StreamKind::Pipe).await.unwrap();
     let a_output = SharedOutput::default();
-    let a_report = run_pipe_blocking(
-        stream,
-        std::io::Cursor::new(a_data.clone()),
-        a_output.clone(),
-    )
-    .await
-    .unwrap();
+    let a_report = run_pipe_blocking(stream, file_with(&a_data), a_output.clone())
+        .await
+        .unwrap();
     let b_report = b_side.await.unwrap();
     assert!(a_report.delivered && b_report.delivered);
     assert_eq!(

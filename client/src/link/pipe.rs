@@ -29,6 +29,7 @@
 //! blocks across, which saves the copy tokio's stdio makes of every byte.
 
 use std::io;
+use std::os::fd::AsFd;
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use ring::digest;
@@ -323,7 +324,7 @@ pub async fn run_pipe_blocking<R, W>(
     output: W,
 ) -> Result<PipeReport, PipeError>
 where
-    R: io::Read + Send + 'static,
+    R: AsFd + Send + 'static,
     W: io::Write + Send + 'static,
 {
     let input = Input::<tokio::io::Empty>::Thread(spawn_reader(input)?);
@@ -437,31 +438,35 @@ impl<R: AsyncRead + Unpin> Input<R> {
 
 /// Starts a thread that reads `input` in blocks of up to [`READ_BUF`] and sends them, then
 /// ends at EOF or after sending the first error.
-fn spawn_reader<R: io::Read + Send + 'static>(
-    mut input: R,
+///
+/// Each read goes into the spare capacity of a fresh vector, so no byte is zeroed first
+/// (a zeroed buffer cost the sender 3 % of its CPU in memset and page clearing). The vector
+/// is then shrunk to what the read filled, which glibc does in place, and handed over
+/// whole: no copy, and a short read (interactive input, 64 KiB from a pipe) never pins a
+/// 1 MiB block while quinn waits for its acknowledgement.
+fn spawn_reader<R: AsFd + Send + 'static>(
+    input: R,
 ) -> io::Result<tokio::sync::mpsc::Receiver<io::Result<Bytes>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(THREAD_QUEUE);
     std::thread::Builder::new()
         .name("pipe-input".into())
         .spawn(move || {
-            // Safe code cannot read into spare capacity, so blocks are cut from a zeroed
-            // buffer (calloc: fresh pages come zeroed); a read overwrites what it uses.
-            let mut buf = BytesMut::new();
             loop {
-                if buf.len() < READ_BUF / 2 {
-                    buf = BytesMut::zeroed(READ_BUF);
-                }
+                let mut block = Vec::with_capacity(READ_BUF);
                 let read = loop {
-                    match input.read(&mut buf) {
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    match rustix::io::read(&input, rustix::buffer::spare_capacity(&mut block)) {
+                        Err(rustix::io::Errno::INTR) => continue,
                         other => break other,
                     }
                 };
                 let sent = match read {
                     Ok(0) => break,
-                    Ok(n) => tx.blocking_send(Ok(buf.split_to(n).freeze())),
+                    Ok(_) => {
+                        block.shrink_to_fit();
+                        tx.blocking_send(Ok(Bytes::from(block)))
+                    }
                     Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
+                        let _ = tx.blocking_send(Err(e.into()));
                         break;
                     }
                 };
@@ -1086,8 +1091,10 @@ mod tests {
         let data: Vec<u8> = (0..3 * READ_BUF as u32 + 17)
             .map(|i| (i % 253) as u8)
             .collect();
-        let mut input =
-            Input::<tokio::io::Empty>::Thread(spawn_reader(io::Cursor::new(data.clone())).unwrap());
+        let mut file = tempfile::tempfile().unwrap();
+        io::Write::write_all(&mut file, &data).unwrap();
+        io::Seek::rewind(&mut file).unwrap();
+        let mut input = Input::<tokio::io::Empty>::Thread(spawn_reader(file).unwrap());
         let mut got = Vec::new();
         while let Some(block) = input.next().await.unwrap() {
             assert!(!block.is_empty() && block.len() <= READ_BUF);
@@ -1095,16 +1102,24 @@ mod tests {
         }
         assert_eq!(got, data);
 
-        struct Failing;
-        impl io::Read for Failing {
-            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-                Err(io::Error::from(io::ErrorKind::PermissionDenied))
-            }
-        }
-        let mut input = Input::<tokio::io::Empty>::Thread(spawn_reader(Failing).unwrap());
-        assert_eq!(
-            input.next().await.err().map(|e| e.kind()),
-            Some(io::ErrorKind::PermissionDenied)
-        );
+        // A pipe's short reads arrive as blocks of their own size, in order.
+        let (reader, mut writer) = io::pipe().unwrap();
+        let mut input = Input::<tokio::io::Empty>::Thread(spawn_reader(reader).unwrap());
+        io::Write::write_all(&mut writer, b"first line\n").unwrap();
+        let first = input.next().await.unwrap().unwrap();
+        assert_eq!(&first[..], b"first line\n");
+        io::Write::write_all(&mut writer, b"second").unwrap();
+        drop(writer);
+        assert_eq!(&input.next().await.unwrap().unwrap()[..], b"second");
+        assert!(input.next().await.unwrap().is_none());
+
+        // A descriptor that cannot be read (opened for writing only) reports the error.
+        let write_only = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        let mut input = Input::<tokio::io::Empty>::Thread(spawn_reader(write_only).unwrap());
+        let error = input.next().await.err().map(|e| e.raw_os_error());
+        assert_eq!(error, Some(Some(rustix::io::Errno::BADF.raw_os_error())));
     }
 }
