@@ -2,7 +2,7 @@
 //!
 //! stdin goes to the peer and the peer's bytes go to stdout; end of stdin
 //! closes our sending half. The pipe protocol confirms delivery end to end
-//! (byte count and checksum: BLAKE3, or SHA-256 with an older peer), so the
+//! (byte count and checksum: XXH3-128, or BLAKE3 or SHA-256 with an older peer), so the
 //! exit status is 0 only when the peer received and wrote out every byte we
 //! read.
 

@@ -28,7 +28,7 @@ async fn pinned_keys_link_and_each_side_sees_the_other() {
         pair.responder.remote_addr(),
         pair.initiator_endpoint.local_addr().unwrap()
     );
-    // ALPN chatr/2, the newest both sides offer, was negotiated.
+    // ALPN chatr/3, the newest both sides offer, was negotiated.
     let data = pair
         .initiator
         .connection()
@@ -36,10 +36,10 @@ async fn pinned_keys_link_and_each_side_sees_the_other() {
         .unwrap()
         .downcast::<quinn::crypto::rustls::HandshakeData>()
         .unwrap();
-    assert_eq!(data.protocol.as_deref(), Some(&b"chatr/2"[..]));
+    assert_eq!(data.protocol.as_deref(), Some(&b"chatr/3"[..]));
     assert_eq!(
         pair.initiator.version(),
-        chatr_client::link::LinkVersion::V2
+        chatr_client::link::LinkVersion::V3
     );
 
     // One stream each way, to check both can open.

@@ -95,7 +95,7 @@ fn frame(f: PipeFrame) -> BytesMut {
     out
 }
 
-/// The summary a peer on a link of this build's version sends (BLAKE3 on `chatr/2`).
+/// The summary a peer on a link of this build's version sends (XXH3-128 on `chatr/3`).
 fn summary_of(data: &[u8]) -> PipeSummary {
     PipeSummary::of(LinkVersion::NEWEST, data)
 }
@@ -124,45 +124,50 @@ async fn pipe_one_way(
 }
 
 #[tokio::test]
-async fn peers_of_this_version_agree_on_chatr_2_and_its_blake3_checksum() {
+async fn peers_of_this_version_agree_on_chatr_3_and_its_xxh3_checksum() {
     let pair = linked_pair().await;
-    assert_eq!(pair.initiator.version(), LinkVersion::V2);
-    assert_eq!(pair.responder.version(), LinkVersion::V2);
-    // A summary with SHA-256 (what a chatr/1 peer would send) does not pass on chatr/2.
-    let mut raw = pair.initiator.open(StreamKind::Pipe).await.unwrap();
-    raw.write_all(&frame(PipeFrame::Data(Bytes::from_static(b"abc"))))
-        .await
-        .unwrap();
+    assert_eq!(pair.initiator.version(), LinkVersion::V3);
+    assert_eq!(pair.responder.version(), LinkVersion::V3);
+    // A summary of an older revision (SHA-256 from chatr/1, BLAKE3 from chatr/2) does not
+    // pass on chatr/3.
     let sha = PipeSummary::of(LinkVersion::V1, b"abc");
     assert_eq!(sha.checksum, sha256(b"abc"));
-    raw.write_all(&frame(PipeFrame::End(sha))).await.unwrap();
-    let stream = pair.responder.accept_stream().await.unwrap();
-    let result = run_pipe(stream, tokio::io::empty(), tokio::io::sink()).await;
-    assert!(
-        matches!(
-            result,
-            Err(PipeError::Corrupted {
-                received: 3,
-                sent: 3,
-                hash_ok: false
-            })
-        ),
-        "{result:?}"
-    );
+    for older in [sha, PipeSummary::of(LinkVersion::V2, b"abc")] {
+        let mut raw = pair.initiator.open(StreamKind::Pipe).await.unwrap();
+        raw.write_all(&frame(PipeFrame::Data(Bytes::from_static(b"abc"))))
+            .await
+            .unwrap();
+        raw.write_all(&frame(PipeFrame::End(older))).await.unwrap();
+        let stream = pair.responder.accept_stream().await.unwrap();
+        let result = run_pipe(stream, tokio::io::empty(), tokio::io::sink()).await;
+        assert!(
+            matches!(
+                result,
+                Err(PipeError::Corrupted {
+                    received: 3,
+                    sent: 3,
+                    hash_ok: false
+                })
+            ),
+            "{result:?}"
+        );
+    }
 }
 
 #[tokio::test]
-async fn a_chatr_1_peer_and_a_chatr_2_peer_pipe_with_sha256() {
-    let mut old = config();
-    old.newest_version = LinkVersion::V1;
-    for (initiator, responder) in [(old.clone(), config()), (config(), old.clone())] {
-        let pair = linked_pair_with(initiator, responder).await;
-        assert_eq!(pair.initiator.version(), LinkVersion::V1);
-        assert_eq!(pair.responder.version(), LinkVersion::V1);
-        let data = random_bytes(300_000);
-        let (report, peer_report, output) = pipe_one_way(&pair, data.clone()).await;
-        assert!(report.delivered && peer_report.delivered);
-        assert_eq!(output, data);
+async fn an_older_peer_and_a_chatr_3_peer_pipe_on_the_older_revision() {
+    for older in [LinkVersion::V1, LinkVersion::V2] {
+        let mut old = config();
+        old.newest_version = older;
+        for (initiator, responder) in [(old.clone(), config()), (config(), old.clone())] {
+            let pair = linked_pair_with(initiator, responder).await;
+            assert_eq!(pair.initiator.version(), older);
+            assert_eq!(pair.responder.version(), older);
+            let data = random_bytes(300_000);
+            let (report, peer_report, output) = pipe_one_way(&pair, data.clone()).await;
+            assert!(report.delivered && peer_report.delivered, "{older}");
+            assert_eq!(output, data, "{older}");
+        }
     }
     // What a chatr/1 peer checks is SHA-256: its END for "hi" is the PROTOCOL.md example.
     assert_eq!(

@@ -9,9 +9,12 @@
 //! ACK   0x02 ‖ total: u64 BE ‖ checksum: 32 bytes   (receiver wrote everything out)
 //! ```
 //!
-//! The checksum is SHA-256 on a `chatr/1` link and BLAKE3 on a `chatr/2` link
-//! ([`LinkVersion`]): SHA-256 of the whole pipe was the largest cost of a fast pipe that
-//! was ours alone, and BLAKE3 costs a fraction of it (see BENCHMARKS.md).
+//! The checksum is SHA-256 on a `chatr/1` link, BLAKE3 on `chatr/2` and XXH3-128 on
+//! `chatr/3` ([`LinkVersion`]). QUIC already authenticates every packet against tampering;
+//! the checksum only has to catch our own mistakes (framing, path switches, either side's
+//! I/O), and each revision made it cheaper: SHA-256 of the whole pipe was the largest cost
+//! of a fast pipe, BLAKE3 still about a tenth of the receiver's CPU, XXH3 a fiftieth of
+//! that (see BENCHMARKS.md).
 //!
 //! 1. A side sends `DATA` frames until its input reaches EOF, then one `END` with the byte
 //!    count and checksum of everything it sent.
@@ -30,6 +33,8 @@
 
 use std::io;
 use std::os::fd::AsFd;
+
+use std::io::IoSlice;
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use ring::digest;
@@ -57,7 +62,8 @@ const SUMMARY_FRAME: usize = 1 + 8 + 32;
 pub struct PipeSummary {
     /// Number of bytes.
     pub total: u64,
-    /// Checksum of those bytes: SHA-256 on a `chatr/1` link, BLAKE3 on `chatr/2`.
+    /// Checksum of those bytes: SHA-256 on a `chatr/1` link, BLAKE3 on `chatr/2`, and on
+    /// `chatr/3` XXH3-128 (big-endian) in the first 16 bytes with the other 16 zero.
     pub checksum: [u8; 32],
 }
 
@@ -228,16 +234,24 @@ pub struct PipeReport {
     pub delivered: bool,
 }
 
+/// BLAKE3 is fed in blocks of at least this much: its SIMD hashes up to 16 of its 1 KiB
+/// chunks at once, and fed packet-sized pieces it ran three times slower.
+const BLAKE3_BLOCK: usize = 64 * 1024;
+
 /// The running checksum of one direction, as the link's version says.
 enum Checksum {
-    // Boxed, both: a future that holds a tally stays small (the BLAKE3 hasher keeps a
-    // stack of chaining values, about 1.9 KB).
+    // Boxed, all: a future that holds a tally stays small (the BLAKE3 hasher keeps a
+    // stack of chaining values, about 1.9 KB; XXH3 keeps a 256-byte buffer and more).
     Sha256(Box<digest::Context>),
-    Blake3(Box<blake3::Hasher>),
+    Blake3 {
+        hasher: Box<blake3::Hasher>,
+        /// Small pieces gathered up to [`BLAKE3_BLOCK`] before they are hashed.
+        gathered: Vec<u8>,
+    },
+    Xxh3(Box<twox_hash::XxHash3_128>),
 }
 
-/// Running count and checksum of a byte stream. Fed whole blocks (up to a MiB), so BLAKE3
-/// hashes many 1 KiB chunks at once with SIMD.
+/// Running count and checksum of a byte stream, fed in pieces of any size.
 struct Tally {
     total: u64,
     checksum: Checksum,
@@ -247,7 +261,11 @@ impl Tally {
     fn new(version: LinkVersion) -> Self {
         let checksum = match version {
             LinkVersion::V1 => Checksum::Sha256(Box::new(digest::Context::new(&digest::SHA256))),
-            _ => Checksum::Blake3(Box::default()),
+            LinkVersion::V2 => Checksum::Blake3 {
+                hasher: Box::default(),
+                gathered: Vec::new(),
+            },
+            LinkVersion::V3 => Checksum::Xxh3(Box::default()),
         };
         Self { total: 0, checksum }
     }
@@ -256,21 +274,37 @@ impl Tally {
         self.total += bytes.len() as u64;
         match &mut self.checksum {
             Checksum::Sha256(context) => context.update(bytes),
-            Checksum::Blake3(hasher) => {
-                hasher.update(bytes);
+            Checksum::Blake3 { hasher, gathered } => {
+                if gathered.is_empty() && bytes.len() >= BLAKE3_BLOCK {
+                    hasher.update(bytes);
+                    return;
+                }
+                gathered.extend_from_slice(bytes);
+                if gathered.len() >= BLAKE3_BLOCK {
+                    hasher.update(gathered);
+                    gathered.clear();
+                }
             }
+            Checksum::Xxh3(hasher) => hasher.write(bytes),
         }
     }
 
     fn finish(self) -> PipeSummary {
-        let checksum = match self.checksum {
-            Checksum::Sha256(context) => {
-                let mut out = [0u8; 32];
-                out.copy_from_slice(context.finish().as_ref());
-                out
+        let mut checksum = [0u8; 32];
+        match self.checksum {
+            Checksum::Sha256(context) => checksum.copy_from_slice(context.finish().as_ref()),
+            Checksum::Blake3 {
+                mut hasher,
+                gathered,
+            } => {
+                hasher.update(&gathered);
+                checksum = *hasher.finalize().as_bytes();
             }
-            Checksum::Blake3(hasher) => *hasher.finalize().as_bytes(),
-        };
+            Checksum::Xxh3(hasher) => {
+                let (hash, _reserved_zero) = checksum.split_at_mut(16);
+                hash.copy_from_slice(&hasher.finish_128().to_be_bytes());
+            }
+        }
         PipeSummary {
             total: self.total,
             checksum,
@@ -283,9 +317,9 @@ impl Tally {
 /// so interactive input still goes out at once.
 const READ_BUF: usize = 1024 * 1024;
 
-/// Received payload is gathered up to this much before it is checksummed and written
-/// out, unless the stream has nothing more ready (then it goes at once). Small enough
-/// that the block is still in the CPU's cache for the checksum and the write.
+/// Received payload is gathered up to this much (as the pieces quinn handed out, uncopied)
+/// before it is written out in one vectored write, unless the stream has nothing more
+/// ready (then it goes at once).
 const WRITE_BUF: usize = 256 * 1024;
 
 /// Blocks in flight between a pipe and the thread of a blocking reader or writer (of at
@@ -621,9 +655,11 @@ enum Output<W> {
 }
 
 impl<W: AsyncWrite + Unpin> Output<W> {
-    async fn write(&mut self, block: Bytes) -> io::Result<()> {
+    async fn write(&mut self, block: Block) -> io::Result<()> {
         match self {
-            Output::Async(writer) => writer.write_all(&block).await,
+            // A tokio writer takes one buffer per call (tokio's stdout a round trip through
+            // the blocking pool each), so the pieces are joined first.
+            Output::Async(writer) => writer.write_all(&block.joined()).await,
             Output::Thread(writer) => writer.send(WriterJob::Write(block)).await,
         }
     }
@@ -644,9 +680,59 @@ impl<W: AsyncWrite + Unpin> Output<W> {
     }
 }
 
+/// Received payload on its way out: the pieces of `DATA` frames as they came off the
+/// stream, each a slice of a received packet.
+#[derive(Debug, Default)]
+struct Block {
+    pieces: Vec<Bytes>,
+    len: usize,
+}
+
+impl Block {
+    fn push(&mut self, piece: Bytes) {
+        self.len += piece.len();
+        self.pieces.push(piece);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The pieces in one buffer (no copy if there is just one).
+    fn joined(self) -> Bytes {
+        match <[Bytes; 1]>::try_from(self.pieces) {
+            Ok([piece]) => piece,
+            Err(pieces) => {
+                let mut joined = BytesMut::with_capacity(self.len);
+                for piece in &pieces {
+                    joined.extend_from_slice(piece);
+                }
+                joined.freeze()
+            }
+        }
+    }
+
+    /// Writes every piece to `output`, as few vectored writes as it takes (the kernel
+    /// gathers the pieces, so they are copied once, into the output).
+    fn write_to(&self, output: &mut impl io::Write) -> io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = self.pieces.iter().map(|p| IoSlice::new(p)).collect();
+        let mut rest = &mut slices[..];
+        IoSlice::advance_slices(&mut rest, 0); // Skips any empty pieces at the front.
+        while !rest.is_empty() {
+            match output.write_vectored(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => IoSlice::advance_slices(&mut rest, written),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What the writer thread is asked to do.
 enum WriterJob {
-    Write(Bytes),
+    Write(Block),
     Flush(oneshot::Sender<io::Result<()>>),
 }
 
@@ -667,7 +753,7 @@ impl ThreadWriter {
             .spawn(move || {
                 while let Some(job) = rx.blocking_recv() {
                     let result = match job {
-                        WriterJob::Write(block) => output.write_all(&block),
+                        WriterJob::Write(block) => block.write_to(&mut output),
                         WriterJob::Flush(done) => {
                             let _ = done.send(output.flush());
                             continue;
@@ -699,9 +785,9 @@ impl ThreadWriter {
 /// Writes the peer's data to `output`; on `END` checks it, flushes and asks the sending half
 /// to `ACK`; records the peer's `ACK`. Returns bytes received and the peer's acknowledgement.
 ///
-/// Payload is gathered into blocks of up to [`WRITE_BUF`], each checksummed and written
-/// as a whole; whatever is gathered goes as soon as the stream has nothing more ready, so
-/// interactive data is never held back.
+/// Payload is checksummed piece by piece as it comes off the stream and gathered, uncopied,
+/// into blocks of up to [`WRITE_BUF`], each written as a whole; whatever is gathered goes as
+/// soon as the stream has nothing more ready, so interactive data is never held back.
 async fn receive_half<W: AsyncWrite + Unpin>(
     mut recv: quinn::RecvStream,
     mut output: Output<W>,
@@ -713,12 +799,12 @@ async fn receive_half<W: AsyncWrite + Unpin>(
     let mut received = 0u64;
     let mut ack_tx = Some(ack_tx);
     let mut peer_ack = None;
-    let mut pending = BytesMut::new();
+    let mut pending = Block::default();
     loop {
         let chunk = match next_chunk(&mut recv, pending.is_empty()).await? {
             Some(Some(chunk)) => chunk,
             Some(None) => {
-                write_block(&mut pending, tally.as_mut(), &mut output).await?;
+                write_block(&mut pending, &mut output).await?;
                 continue;
             }
             None => break,
@@ -727,19 +813,17 @@ async fn receive_half<W: AsyncWrite + Unpin>(
         while let Some(piece) = splitter.next(&mut chunk)? {
             match piece {
                 Piece::Data(bytes) => {
-                    if tally.is_none() {
+                    let Some(tally) = tally.as_mut() else {
                         return Err(PipeError::Protocol("data after END"));
-                    }
-                    if pending.is_empty() && pending.capacity() < WRITE_BUF {
-                        pending.reserve(WRITE_BUF);
-                    }
-                    pending.extend_from_slice(&bytes);
-                    if pending.len() >= WRITE_BUF {
-                        write_block(&mut pending, tally.as_mut(), &mut output).await?;
+                    };
+                    tally.add(&bytes);
+                    pending.push(bytes);
+                    if pending.len >= WRITE_BUF {
+                        write_block(&mut pending, &mut output).await?;
                     }
                 }
                 Piece::End(claimed) => {
-                    write_block(&mut pending, tally.as_mut(), &mut output).await?;
+                    write_block(&mut pending, &mut output).await?;
                     let Some(done) = tally.take() else {
                         return Err(PipeError::Protocol("a second END"));
                     };
@@ -774,25 +858,28 @@ async fn receive_half<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Checksums the gathered payload and writes it out as one block (nothing if empty).
+/// Writes the gathered payload out as one block (nothing if empty).
 async fn write_block<W: AsyncWrite + Unpin>(
-    pending: &mut BytesMut,
-    tally: Option<&mut Tally>,
+    pending: &mut Block,
     output: &mut Output<W>,
 ) -> io::Result<()> {
     if pending.is_empty() {
         return Ok(());
     }
-    if let Some(tally) = tally {
-        tally.add(pending);
-    }
-    output.write(pending.split().freeze()).await
+    output.write(std::mem::take(pending)).await
 }
 
 #[cfg(test)]
 #[allow(clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    /// A block of one piece.
+    fn block(piece: Bytes) -> Block {
+        let mut block = Block::default();
+        block.push(piece);
+        block
+    }
 
     fn encode(frame: PipeFrame) -> BytesMut {
         let mut out = BytesMut::new();
@@ -834,6 +921,14 @@ mod tests {
             hex::encode(&end),
             "010000000000000002\
              85052e9aab1b67b6622d94a08441b09fd5b7aca61ee360416d70de5da67d86ca"
+        );
+        // And on a chatr/3 link: XXH3-128 of `hi` (as Python's xxhash prints it), then
+        // 16 zero bytes.
+        let end = encode(PipeFrame::End(PipeSummary::of(LinkVersion::V3, b"hi")));
+        assert_eq!(
+            hex::encode(&end),
+            "010000000000000002\
+             7d596ce5fcabaf622a2300bbd7ea6e9a00000000000000000000000000000000"
         );
     }
 
@@ -1014,22 +1109,124 @@ mod tests {
     fn tally_matches_a_one_shot_digest() {
         let mut v1 = Tally::new(LinkVersion::V1);
         let mut v2 = Tally::new(LinkVersion::V2);
-        for tally in [&mut v1, &mut v2] {
+        let mut v3 = Tally::new(LinkVersion::V3);
+        for tally in [&mut v1, &mut v2, &mut v3] {
             tally.add(b"hello ");
             tally.add(b"world");
         }
-        let (v1, v2) = (v1.finish(), v2.finish());
-        assert_eq!((v1.total, v2.total), (11, 11));
+        let (v1, v2, v3) = (v1.finish(), v2.finish(), v3.finish());
+        assert_eq!((v1.total, v2.total, v3.total), (11, 11, 11));
         assert_eq!(
             &v1.checksum[..],
             digest::digest(&digest::SHA256, b"hello world").as_ref()
         );
         assert_eq!(v2.checksum, *blake3::hash(b"hello world").as_bytes());
-        // BLAKE3's published test vector for the empty input.
+        assert_eq!(
+            hex::encode(v3.checksum),
+            "df8d09e93f874900a99b8775cc15b6c700000000000000000000000000000000"
+        );
+        // Published vectors for the empty input: BLAKE3's, and XXH3-128's.
         assert_eq!(
             hex::encode(PipeSummary::of(LinkVersion::V2, b"").checksum),
             "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
         );
+        assert_eq!(
+            hex::encode(&PipeSummary::of(LinkVersion::V3, b"").checksum[..16]),
+            "99aa06d3014798d86001c324468d497f"
+        );
+    }
+
+    #[test]
+    fn tally_is_the_same_however_the_bytes_are_cut() {
+        // Long enough for XXH3's long-input (SIMD) path and for several BLAKE3 blocks,
+        // fed whole, in packet-sized pieces, and in pieces that straddle BLAKE3_BLOCK.
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        for version in [LinkVersion::V1, LinkVersion::V2, LinkVersion::V3] {
+            let whole = PipeSummary::of(version, &data);
+            for piece in [1, 1_400, BLAKE3_BLOCK - 1, BLAKE3_BLOCK + 7, 200_000] {
+                let mut tally = Tally::new(version);
+                for part in data.chunks(piece) {
+                    tally.add(part);
+                }
+                assert_eq!(tally.finish(), whole, "{version}, pieces of {piece}");
+            }
+        }
+        // XXH3-128 of that input as Python's xxhash computes it.
+        assert_eq!(
+            hex::encode(&PipeSummary::of(LinkVersion::V3, &data).checksum[..16]),
+            "b65af738c61b5fc15d12941f4cf541c5"
+        );
+        assert_eq!(
+            PipeSummary::of(LinkVersion::V2, &data).checksum,
+            *blake3::hash(&data).as_bytes()
+        );
+    }
+
+    /// A writer that takes at most `limit` bytes per call and fails every other call
+    /// with `Interrupted`, as a slow pipe or a signal would.
+    struct Trickle {
+        got: Vec<u8>,
+        limit: usize,
+        calls: usize,
+    }
+
+    impl io::Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.calls.is_multiple_of(2) {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let mut taken = 0;
+            for buf in bufs {
+                let take = buf.len().min(self.limit - taken);
+                self.got.extend_from_slice(&buf[..take]);
+                taken += take;
+            }
+            Ok(taken)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_block_is_written_whole_through_short_and_interrupted_writes() {
+        let mut block = Block::default();
+        let mut expected = Vec::new();
+        for (i, len) in [0usize, 3, 1_400, 0, 7, 65_536, 1].into_iter().enumerate() {
+            let piece = vec![i as u8; len];
+            expected.extend_from_slice(&piece);
+            block.push(Bytes::from(piece));
+        }
+        assert_eq!(block.len, expected.len());
+        for limit in [1, 5, 1_000, 1 << 20] {
+            let mut out = Trickle {
+                got: Vec::new(),
+                limit,
+                calls: 0,
+            };
+            block.write_to(&mut out).unwrap();
+            assert_eq!(out.got, expected, "at most {limit} bytes per write");
+        }
+        // A writer that takes nothing is an error, not a busy loop.
+        let mut full = Trickle {
+            got: Vec::new(),
+            limit: 0,
+            calls: 0,
+        };
+        let err = block.write_to(&mut full).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WriteZero);
+        assert_eq!(block.joined(), Bytes::from(expected));
+        // One piece is passed on as it is, not copied.
+        let piece = Bytes::from(vec![9u8; 10]);
+        let mut single = Block::default();
+        single.push(piece.clone());
+        assert_eq!(single.joined().as_ptr(), piece.as_ptr());
     }
 
     /// A blocking writer that records what reaches it, or fails every write.
@@ -1058,7 +1255,7 @@ mod tests {
         let mut out =
             Output::<tokio::io::Sink>::Thread(ThreadWriter::spawn(recorder.clone()).unwrap());
         for i in 0..50u8 {
-            out.write(Bytes::from(vec![i; 1000])).await.unwrap();
+            out.write(block(Bytes::from(vec![i; 1000]))).await.unwrap();
         }
         out.flush().await.unwrap();
         let got = recorder.got.lock().unwrap().clone();
@@ -1074,14 +1271,14 @@ mod tests {
             ..Recorder::default()
         };
         let mut out = Output::<tokio::io::Sink>::Thread(ThreadWriter::spawn(broken).unwrap());
-        out.write(Bytes::from_static(b"x")).await.unwrap();
+        out.write(block(Bytes::from_static(b"x"))).await.unwrap();
         // The failed write surfaces at the latest on the flush, with its own kind.
         let mut failure = out.flush().await.err();
         for _ in 0..10 {
             if failure.is_some() {
                 break;
             }
-            failure = out.write(Bytes::from_static(b"y")).await.err();
+            failure = out.write(block(Bytes::from_static(b"y"))).await.err();
         }
         assert_eq!(failure.map(|e| e.kind()), Some(io::ErrorKind::BrokenPipe));
     }

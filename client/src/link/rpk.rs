@@ -13,8 +13,9 @@
 //!   by [`IncomingLink::accept`](super::IncomingLink::accept), which knows who the responder
 //!   agreed to talk to.
 //!
-//! Only ed25519 signatures, TLS 1.3, ALPN `chatr/2` or `chatr/1` (see `version`), the ring provider, and no session
-//! resumption (every link proves both keys afresh).
+//! Only ed25519 signatures, TLS 1.3, ALPN `chatr/3`, `chatr/2` or `chatr/1` (see
+//! `version`), the ring provider, and no session resumption (every link proves both keys
+//! afresh).
 
 use std::sync::{Arc, OnceLock};
 
@@ -252,8 +253,8 @@ pub(crate) fn client_config(
     Ok((config, seen))
 }
 
-/// The responder's TLS config: our raw key, any client raw key, ALPN `chatr/2` or
-/// `chatr/1` (the first of ours the initiator offers: rustls picks by the server's order).
+/// The responder's TLS config: our raw key, any client raw key, ALPN `chatr/3`, `chatr/2`
+/// or `chatr/1` (the first of ours the initiator offers: rustls picks by the server's order).
 pub(crate) fn server_config(
     provider: &Arc<CryptoProvider>,
     identity: &Arc<CertifiedKey>,

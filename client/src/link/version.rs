@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `chatr/1` | [`LinkVersion::V1`] | the first link protocol (PROTOCOL.md §11) |
 //! | `chatr/2` | [`LinkVersion::V2`] | pipe `END`/`ACK` carry BLAKE3 instead of SHA-256 |
+//! | `chatr/3` | [`LinkVersion::V3`] | pipe `END`/`ACK` carry XXH3-128 instead of BLAKE3 |
 
 /// A revision of the peer-link protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -18,20 +19,23 @@ pub enum LinkVersion {
     V1,
     /// ALPN `chatr/2`: the pipe's end-to-end check is BLAKE3.
     V2,
+    /// ALPN `chatr/3`: the pipe's end-to-end check is XXH3-128.
+    V3,
 }
 
 impl LinkVersion {
     /// The newest revision this build speaks.
-    pub const NEWEST: LinkVersion = LinkVersion::V2;
+    pub const NEWEST: LinkVersion = LinkVersion::V3;
 
     /// Every revision this build speaks, newest first (the order a side offers them in).
-    const KNOWN: [LinkVersion; 2] = [LinkVersion::V2, LinkVersion::V1];
+    const KNOWN: [LinkVersion; 3] = [LinkVersion::V3, LinkVersion::V2, LinkVersion::V1];
 
     /// The ALPN protocol identifier of this revision, as text.
     fn name(self) -> &'static str {
         match self {
             LinkVersion::V1 => "chatr/1",
             LinkVersion::V2 => "chatr/2",
+            LinkVersion::V3 => "chatr/3",
         }
     }
 
@@ -78,10 +82,19 @@ mod tests {
 
     #[test]
     fn alpn_round_trips_and_offers_newest_first() {
-        for v in [LinkVersion::V1, LinkVersion::V2] {
+        for v in [LinkVersion::V1, LinkVersion::V2, LinkVersion::V3] {
             assert_eq!(LinkVersion::from_alpn(v.alpn()), Some(v));
         }
-        assert_eq!(LinkVersion::from_alpn(b"chatr/3"), None);
+        assert_eq!(LinkVersion::from_alpn(b"chatr/4"), None);
+        assert_eq!(LinkVersion::from_alpn(b"chatr/"), None);
+        assert_eq!(
+            LinkVersion::offered(LinkVersion::V3),
+            vec![
+                b"chatr/3".to_vec(),
+                b"chatr/2".to_vec(),
+                b"chatr/1".to_vec()
+            ]
+        );
         assert_eq!(
             LinkVersion::offered(LinkVersion::V2),
             vec![b"chatr/2".to_vec(), b"chatr/1".to_vec()]
